@@ -64,9 +64,10 @@ def normalize_targets(targets: Targets, n_images: int, n_outputs: int) -> list[l
                 "explain.bad_targets",
                 f"got target lists for {len(items)} images, but {n_images} images",
             )
-        rows = [list(row) for row in items]  # type: ignore[arg-type]
+        rows = [list(row) if isinstance(row, Sequence) else [row] for row in items]
     else:
-        rows = [list(items) for _ in range(n_images)]
+        flat: list[TargetSpec] = [t for t in items if not isinstance(t, Sequence)]
+        rows = [list(flat) for _ in range(n_images)]
     return [[_as_target(t, n_outputs) for t in row] for row in rows]
 
 
