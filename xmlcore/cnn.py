@@ -1,0 +1,311 @@
+"""The image model of the two-step method: a CNN that regresses the latent label vector.
+
+``LatentLabelRegressor`` puts a new dense head with an IDENTITY output of size d on a
+backbone (VGG16 in the paper, see ``xmlcore.backbones``) whose top ``fine_tune_layers``
+conv layers are trained, and fits it with mean squared error to W_L, the autoencoder's
+latent codes. ``ImageNetwork`` holds everything the regressor shares with the
+binary-relevance baseline (same body, same training loop), so comparisons are fair.
+
+Target scaling (``target_scaling="std"``, the default): latent units differ in scale by
+orders of magnitude, and a plain MSE would then fit only the largest ones. The head
+therefore learns standardised targets ``W_L / std`` and a fixed, non-trainable
+``FixedScale`` layer multiplies by ``std`` again, so ``model_`` outputs W_L in its own
+units and no caller has to undo anything.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+from keras import layers
+
+from xmlcore.backbones import BACKBONES, build_backbone, set_fine_tuning
+from xmlcore.errors import ConfigError, ModelError
+from xmlcore.pipeline import ArrayBatches, ImageBatches
+
+__all__ = ["FixedScale", "ImageBatches", "ImageNetwork", "LatentLabelRegressor"]
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@keras.saving.register_keras_serializable(package="xmlcore")
+class FixedScale(layers.Layer):
+    """Multiplies by a constant per-unit vector (stored with the model, never trained)."""
+
+    def __init__(self, scale: Sequence[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scale = [float(v) for v in scale]
+
+    def call(self, inputs: Any) -> Any:
+        return inputs * keras.ops.convert_to_tensor(self.scale, dtype=inputs.dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "scale": self.scale}
+
+
+class ImageNetwork:
+    """A backbone + dense head trained on raw-pixel images; subclasses pick output and loss.
+
+    ``fit(images, targets)``: ``images`` uint8 ``(n, H, W, 3)`` or an ``ImageBatches``
+    (then ``targets`` may come from it). ``predict(images) -> (n, d)`` float32. Learned
+    state: ``model_`` (raw 0..255 float32 pixels in), ``history_`` (per-epoch lists),
+    ``output_dim_``, ``image_size_``.
+    """
+
+    activation = "linear"
+    loss = "mse"
+
+    def __init__(
+        self,
+        base: str = "small",
+        weights: str = "none",
+        image_size: tuple[int, int] | None = (64, 64),
+        fine_tune_layers: int = 2,
+        head_units: Sequence[int] = (256,),
+        dropout: float = 0.2,
+        epochs: int = 30,
+        batch_size: int = 32,
+        learning_rate: float = 1e-3,
+        patience: int = 5,
+        validation_split: float = 0.1,
+        seed: int = 0,
+        augment: bool = False,
+        verbose: int = 0,
+        alpha: float = 1.0,
+    ) -> None:
+        self.base = base
+        self.weights = weights
+        self.image_size = None if image_size is None else tuple(int(v) for v in image_size)
+        self.fine_tune_layers = fine_tune_layers
+        self.head_units = tuple(int(u) for u in head_units)
+        self.dropout = dropout
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.patience = patience
+        self.validation_split = validation_split
+        self.seed = seed
+        self.augment = augment
+        self.verbose = verbose
+        self.alpha = alpha
+
+    def get_params(self) -> dict[str, Any]:
+        """Hyper-parameters as plain JSON values (round-trips through ``__init__``)."""
+        names = list(inspect.signature(ImageNetwork.__init__).parameters)[1:]
+        params = {name: getattr(self, name) for name in names}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+
+    @classmethod
+    def from_keras(cls, model: keras.Model, params: dict[str, Any]) -> ImageNetwork:
+        """An already trained network (e.g. loaded from ``model.keras``)."""
+        net = cls(**params)
+        net.model_ = model
+        net.output_dim_ = int(model.output.shape[-1])
+        net.image_size_ = (int(model.input.shape[1]), int(model.input.shape[2]))
+        net.history_ = {}
+        return net
+
+    def fit(
+        self,
+        images: np.ndarray | ImageBatches,
+        targets: np.ndarray | None = None,
+        *,
+        on_epoch: EpochCallback | None = None,
+    ) -> ImageNetwork:
+        self._check_params()
+        keras.utils.set_random_seed(self.seed)
+        data = images if isinstance(images, ImageBatches) else _check_images(images)
+        y = self._targets(data, targets)
+        size = self._image_size_for(data)
+        train, val = self._split(len(y))
+        pre = self._prepare_targets(y)
+        head_in, head_out = self._build(size, y.shape[1])
+        trainer = keras.Model(head_in, head_out, name="trainer")
+        trainer.compile(optimizer=keras.optimizers.Adam(self.learning_rate), loss=self.loss)
+        history = trainer.fit(
+            self._batches(data, train, pre, shuffle=True),
+            validation_data=None if val is None else self._batches(data, val, pre, shuffle=False),
+            epochs=self.epochs,
+            callbacks=self._callbacks(val is not None, on_epoch),
+            verbose=self.verbose,
+        )
+        self.model_ = self._finish(head_in, head_out)
+        self.history_ = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+        self.output_dim_ = int(y.shape[1])
+        self.image_size_ = size
+        return self
+
+    def predict(self, images: np.ndarray | ImageBatches, batch_size: int | None = None) -> Any:
+        """``(n, d)`` float32 outputs for uint8/float ``(n, H, W, 3)`` 0..255 images."""
+        model = self._fitted()
+        if isinstance(images, ImageBatches):
+            return np.asarray(model.predict(images, verbose=0), dtype="float32")
+        pixels = _check_images(images, allow_float=True)
+        if pixels.shape[1:3] != self.image_size_:
+            raise ConfigError(
+                "config.image_size",
+                f"model takes {self.image_size_} images, got {pixels.shape[1:3]}",
+            )
+        step = int(batch_size or self.batch_size)
+        chunks = [
+            np.asarray(model.predict_on_batch(pixels[i : i + step].astype("float32")))
+            for i in range(0, len(pixels), step)
+        ]
+        return np.concatenate(chunks).astype("float32", copy=False)
+
+    # -- hooks for subclasses -------------------------------------------------------
+
+    def _prepare_targets(self, y: np.ndarray) -> np.ndarray:
+        """Targets as the trainer sees them (identity here)."""
+        return y
+
+    def _finish(self, head_in: Any, head_out: Any) -> keras.Model:
+        """The public model built from the trained layers."""
+        return keras.Model(head_in, head_out, name=type(self).__name__)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _build(self, size: tuple[int, int], output_dim: int) -> tuple[Any, Any]:
+        backbone = build_backbone(self.base, self.weights, (*size, 3), alpha=self.alpha)
+        set_fine_tuning(backbone, self.fine_tune_layers, self.base)
+        x = layers.GlobalAveragePooling2D(name="head_pool")(backbone.output)
+        for i, units in enumerate(self.head_units, start=1):
+            x = layers.Dense(units, activation="relu", name=f"head_dense{i}")(x)
+            if self.dropout > 0:
+                x = layers.Dropout(self.dropout, seed=self.seed, name=f"head_dropout{i}")(x)
+        out = layers.Dense(output_dim, activation=self.activation, name="head_output")(x)
+        return backbone.input, out
+
+    def _callbacks(self, has_val: bool, on_epoch: EpochCallback | None) -> list[Any]:
+        monitor = "val_loss" if has_val else "loss"
+        callbacks: list[Any] = [
+            keras.callbacks.EarlyStopping(
+                monitor=monitor, patience=self.patience, restore_best_weights=True
+            )
+        ]
+        if on_epoch is not None:
+            callbacks.append(
+                keras.callbacks.LambdaCallback(
+                    on_epoch_end=lambda epoch, logs: on_epoch(
+                        epoch, {k: float(v) for k, v in (logs or {}).items()}
+                    )
+                )
+            )
+        return callbacks
+
+    def _targets(self, data: np.ndarray | ImageBatches, targets: np.ndarray | None) -> Any:
+        if targets is None and isinstance(data, ImageBatches):
+            targets = data.targets
+        if targets is None:
+            raise ConfigError("config.targets", "fit needs targets (n, d)")
+        y = np.asarray(targets, dtype="float32")
+        if y.ndim != 2 or y.shape[1] < 1:
+            raise ConfigError("config.targets", f"targets must be 2-D (n, d), got {y.shape}")
+        n = data.n_items if isinstance(data, ImageBatches) else len(data)
+        if len(y) != n:
+            raise ConfigError("config.shape", f"{n} images but {len(y)} target rows")
+        if not np.all(np.isfinite(y)):
+            raise ConfigError("config.targets", "targets contain NaN or infinity")
+        return y
+
+    def _image_size_for(self, data: np.ndarray | ImageBatches) -> tuple[int, int]:
+        given = data.image_size if isinstance(data, ImageBatches) else data.shape[1:3]
+        size = (int(given[0]), int(given[1]))
+        if self.image_size is not None and tuple(self.image_size) != size:
+            raise ConfigError(
+                "config.image_size", f"image_size is {self.image_size} but images are {size}"
+            )
+        return size
+
+    def _split(self, n: int) -> tuple[Any, Any]:
+        """Seeded random (train_rows, val_rows); val is None when too few images."""
+        n_val = round(n * self.validation_split)
+        if n_val < 1 or n - n_val < 1:
+            return np.arange(n), None
+        order = np.random.default_rng(self.seed).permutation(n)
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+    def _batches(self, data: Any, rows: np.ndarray, y: np.ndarray, *, shuffle: bool) -> Any:
+        if isinstance(data, ImageBatches):
+            return data.with_targets(y).subset(rows, shuffle=shuffle)
+        return ArrayBatches(
+            data[rows],
+            y[rows],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            augment=self.augment and shuffle,
+            seed=self.seed,
+        )
+
+    def _fitted(self) -> keras.Model:
+        model = getattr(self, "model_", None)
+        if model is None:
+            raise ModelError("model.not_fitted", f"{type(self).__name__} is not fitted yet")
+        return model
+
+    def _check_params(self) -> None:
+        if self.base not in BACKBONES:
+            raise ConfigError("config.base", f"unknown base {self.base!r}")
+        checks = {
+            "config.epochs": self.epochs >= 1,
+            "config.batch_size": self.batch_size >= 1,
+            "config.learning_rate": self.learning_rate > 0,
+            "config.patience": self.patience >= 0,
+            "config.validation_split": 0 <= self.validation_split < 1,
+            "config.dropout": 0 <= self.dropout < 1,
+            "config.head_units": all(u >= 1 for u in self.head_units),
+            "config.fine_tune_layers": self.fine_tune_layers >= -1,
+        }
+        for code, ok in checks.items():
+            if not ok:
+                name = code.split(".", 1)[1]
+                raise ConfigError(code, f"{name} = {getattr(self, name)!r} is out of range")
+
+
+class LatentLabelRegressor(ImageNetwork):
+    """CNN + dense head with an identity output regressing W_L with MSE (paper, step 2).
+
+    ``target_scaling``: ``"std"`` (default; see the module docstring) or ``"none"``.
+    """
+
+    activation = "linear"
+    loss = "mse"
+
+    def __init__(self, *args: Any, target_scaling: str = "std", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.target_scaling = target_scaling
+
+    def get_params(self) -> dict[str, Any]:
+        return {**super().get_params(), "target_scaling": self.target_scaling}
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.target_scaling not in ("std", "none"):
+            raise ConfigError("config.target_scaling", "target_scaling must be 'std' or 'none'")
+
+    def _prepare_targets(self, y: np.ndarray) -> np.ndarray:
+        if self.target_scaling == "none":
+            self.target_scale_ = np.ones(y.shape[1], dtype="float32")
+        else:
+            std = y.std(axis=0)
+            self.target_scale_ = np.where(std > 1e-8, std, 1.0).astype("float32")
+        return y / self.target_scale_
+
+    def _finish(self, head_in: Any, head_out: Any) -> keras.Model:
+        out = FixedScale(self.target_scale_.tolist(), name="latent")(head_out)
+        return keras.Model(head_in, out, name="latent_label_regressor")
+
+
+def _check_images(images: Any, *, allow_float: bool = False) -> Any:
+    arr = np.asarray(images)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or len(arr) == 0:
+        raise ConfigError(
+            "config.images", f"images must be a non-empty (N, H, W, 3) array, got {arr.shape}"
+        )
+    if arr.dtype != np.uint8 and not (allow_float and np.issubdtype(arr.dtype, np.floating)):
+        raise ConfigError("config.images", f"images must be uint8 0..255, got {arr.dtype}")
+    return arr

@@ -1,0 +1,177 @@
+"""Feeding encoded images to Keras without starving the model.
+
+``ImageBatches`` is a ``keras.utils.PyDataset`` over encoded image bytes (or keys and a
+loader that returns bytes). Keras fetches several batches at once on worker threads
+(``workers``) and keeps up to ``max_queue_size`` batches ready, so decoding (Pillow
+releases the GIL) overlaps with the training step. Threads rather than processes:
+decoders are cheap to share and TensorFlow is not fork-safe.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from xmlcore.errors import ConfigError
+from xmlcore.images import decode_image
+
+
+class ImageBatches(keras.utils.PyDataset):
+    """Batches ``(pixels float32 (b, H, W, 3) in 0..255, targets (b, d))`` decoded on demand.
+
+    ``items`` are encoded images (``bytes``), or keys passed to ``loader(key) -> bytes``.
+    ``targets`` ``(n, d)`` may be None for prediction, where batches are pixels only.
+    ``shuffle`` reorders items every epoch (seeded); the last batch may be partial.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Any],
+        targets: np.ndarray | None = None,
+        *,
+        image_size: tuple[int, int],
+        batch_size: int = 32,
+        loader: Callable[[Any], bytes] | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        workers: int = 4,
+        max_queue_size: int = 8,
+    ) -> None:
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size)
+        if batch_size < 1:
+            raise ConfigError("config.batch_size", "batch_size must be >= 1")
+        if len(items) == 0:
+            raise ConfigError("config.empty", "ImageBatches needs at least one image")
+        if targets is not None and len(targets) != len(items):
+            raise ConfigError("config.shape", f"{len(items)} images but {len(targets)} target rows")
+        self.items = list(items)
+        self.targets = None if targets is None else np.asarray(targets, dtype="float32")
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.batch_size = int(batch_size)
+        self.loader = loader
+        self.shuffle = shuffle
+        self._rng = np.random.default_rng(seed)
+        self._order = np.arange(len(self.items))
+        if shuffle:
+            self._rng.shuffle(self._order)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.items) / self.batch_size)
+
+    def __getitem__(self, index: int) -> Any:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        pixels = np.stack([self._decode(self.items[i]) for i in rows]).astype("float32")
+        if self.targets is None:
+            return (pixels,)
+        return pixels, self.targets[rows]
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self._rng.shuffle(self._order)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def output_dim(self) -> int | None:
+        return None if self.targets is None else int(self.targets.shape[1])
+
+    def subset(self, rows: np.ndarray, *, shuffle: bool | None = None) -> ImageBatches:
+        """The same source restricted to ``rows`` (used for the validation split)."""
+        return ImageBatches(
+            [self.items[i] for i in rows],
+            None if self.targets is None else self.targets[rows],
+            image_size=self.image_size,
+            batch_size=self.batch_size,
+            loader=self.loader,
+            shuffle=self.shuffle if shuffle is None else shuffle,
+            seed=int(self._rng.integers(2**31)),
+            workers=self.workers,
+            max_queue_size=self.max_queue_size,
+        )
+
+    def with_targets(self, targets: np.ndarray | None) -> ImageBatches:
+        """The same images with other targets (e.g. scaled latent codes)."""
+        return ImageBatches(
+            self.items,
+            targets,
+            image_size=self.image_size,
+            batch_size=self.batch_size,
+            loader=self.loader,
+            shuffle=self.shuffle,
+            seed=int(self._rng.integers(2**31)),
+            workers=self.workers,
+            max_queue_size=self.max_queue_size,
+        )
+
+    def _decode(self, item: Any) -> np.ndarray:
+        data = self.loader(item) if self.loader is not None else item
+        return decode_image(data, size=self.image_size)
+
+
+class ArrayBatches(keras.utils.PyDataset):
+    """Batches over in-memory uint8 images ``(n, H, W, 3)``, cast to float32 per batch.
+
+    Casting per batch keeps memory at one uint8 copy of the data set. ``augment`` applies
+    a random horizontal flip and a shift of up to 1/8 of the side to each training image
+    (numpy, outside the model, so the saved model stays a plain feed-forward graph).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        targets: np.ndarray | None = None,
+        *,
+        batch_size: int = 32,
+        shuffle: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.images = images
+        self.targets = None if targets is None else np.asarray(targets, dtype="float32")
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.augment = augment
+        self._rng = np.random.default_rng(seed)
+        self._order = np.arange(len(images))
+        if shuffle:
+            self._rng.shuffle(self._order)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, index: int) -> Any:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        pixels = self.images[rows]
+        if self.augment:
+            pixels = augment_batch(pixels, self._rng)
+        pixels = pixels.astype("float32")
+        if self.targets is None:
+            return (pixels,)
+        return pixels, self.targets[rows]
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self._rng.shuffle(self._order)
+
+
+def augment_batch(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random horizontal flips and small circular shifts of ``(b, H, W, 3)`` images."""
+    out = pixels.copy()
+    flip = rng.random(len(out)) < 0.5
+    out[flip] = out[flip, :, ::-1]
+    h, w = out.shape[1:3]
+    for i in range(len(out)):
+        dy, dx = rng.integers(-(h // 8), h // 8 + 1), rng.integers(-(w // 8), w // 8 + 1)
+        out[i] = np.roll(out[i], (int(dy), int(dx)), axis=(0, 1))
+    return out
