@@ -1,0 +1,239 @@
+"""Input and layer gradients of a Keras model, for every Keras backend.
+
+This is the only module of xmlcore that touches TensorFlow, JAX or PyTorch, and it
+imports the active backend's library lazily, inside the function that needs it, so a
+process running Keras on JAX never loads TensorFlow (and the other way round).
+
+Both functions differentiate the scalar ``sum_n sum_j w[n, j] * out[n, j]``. Images of a
+batch do not interact in inference mode, so row ``n`` of the gradient is the gradient of
+``w[n] . out[n]`` with respect to image ``n`` alone: one call answers a different target
+(a one-hot row of ``w``) for every row of the batch.
+
+Layer gradients (for Grad-CAM) intercept the named layer's output while the whole model
+runs, instead of cutting the model in two, so layers nested inside sub-models (a
+backbone inside the regressor inside the two-step model) work the same as top-level
+ones. The layer must be called once per forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import keras
+import numpy as np
+
+from xmlcore.errors import ExplainError
+
+_Capture = dict[str, Any]
+
+
+def gradients(model: keras.Model, images: np.ndarray, output_weights: np.ndarray) -> np.ndarray:
+    """``d(sum_j w[n, j] * out[n, j]) / d images[n]`` for every row ``n``.
+
+    ``images`` float32 ``(N, H, W, 3)`` raw 0..255 pixels (any input shape works);
+    ``output_weights`` ``(N, m)`` with ``m`` the model's output width. Returns float32
+    with the shape of ``images``.
+    """
+    x, w = _check(images, output_weights)
+    grad_fn = _backend_functions()[0]
+    return np.asarray(grad_fn(model, x, w), dtype=np.float32)
+
+
+def layer_gradients(
+    model: keras.Model, layer_name: str, images: np.ndarray, output_weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Activations of layer ``layer_name`` and the gradient of the weighted output there.
+
+    Returns ``(activations, grads)``, both float32 with the layer's output shape
+    (``(N, h, w, c)`` for a convolution). The layer is looked up in nested models too.
+    """
+    x, w = _check(images, output_weights)
+    layer = find_layer(model, layer_name)
+    layer_fn = _backend_functions()[1]
+    acts, grads = layer_fn(model, layer, x, w)
+    return np.asarray(acts, dtype=np.float32), np.asarray(grads, dtype=np.float32)
+
+
+def find_layer(model: keras.Model, name: str) -> keras.layers.Layer:
+    """The layer called ``name`` in ``model`` or in any model nested inside it."""
+    for layer in iter_layers(model):
+        if layer.name == name:
+            return layer
+    raise ExplainError("explain.unknown_layer", f"the model has no layer named {name!r}")
+
+
+def iter_layers(model: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
+    """Every layer of ``model`` depth-first, in the order of ``model.layers``."""
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from iter_layers(layer)
+
+
+def _backend_functions() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    name = keras.backend.backend()
+    if name not in _BACKENDS:
+        raise ExplainError(
+            "explain.unsupported_backend",
+            f"gradient methods need the tensorflow, jax or torch Keras backend, not {name!r}",
+        )
+    return _BACKENDS[name]
+
+
+def _check(images: np.ndarray, output_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(images, dtype=np.float32)
+    w = np.asarray(output_weights, dtype=np.float32)
+    if w.ndim != 2 or w.shape[0] != x.shape[0]:
+        raise ExplainError(
+            "explain.bad_output_weights",
+            f"output_weights must be (N, m) with N={x.shape[0]}, got {w.shape}",
+        )
+    return x, w
+
+
+def _objective(outputs: Any, weights: Any) -> Any:
+    """``sum(w * out)``; a model with several outputs is read as their concatenation."""
+    if isinstance(outputs, list | tuple):
+        outputs = keras.ops.concatenate(
+            [keras.ops.reshape(o, (keras.ops.shape(o)[0], -1)) for o in outputs], axis=-1
+        )
+    if outputs.shape[-1] != weights.shape[-1]:
+        raise ExplainError(
+            "explain.bad_output_weights",
+            f"output_weights has {weights.shape[-1]} columns, the model {outputs.shape[-1]}",
+        )
+    return keras.ops.sum(outputs * weights)
+
+
+@contextmanager
+def _intercept(layer: keras.layers.Layer, offset: Any = None) -> Iterator[_Capture]:
+    """Record ``layer``'s output while inside; add ``offset`` to it when one is given.
+
+    Adding a zero offset and differentiating with respect to it is how JAX, which has
+    no tape, gets the gradient at an intermediate tensor.
+    """
+    capture: _Capture = {}
+    original: Callable[..., Any] = layer.call
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        if offset is not None:
+            out = out + offset
+        capture["output"] = out
+        return out
+
+    layer.call = call
+    try:
+        yield capture
+    finally:
+        del layer.call
+    if "output" not in capture:
+        raise ExplainError(
+            "explain.unknown_layer", f"layer {layer.name!r} was not called by the model"
+        )
+
+
+# --- TensorFlow ------------------------------------------------------------------------
+
+
+def _tf_gradients(model: keras.Model, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    xt = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        objective = _objective(model(xt, training=False), tf.convert_to_tensor(w))
+    return tape.gradient(objective, xt).numpy()
+
+
+def _tf_layer(
+    model: keras.Model, layer: keras.layers.Layer, x: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    import tensorflow as tf
+
+    xt = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape, _intercept(layer) as capture:
+        tape.watch(xt)
+        objective = _objective(model(xt, training=False), tf.convert_to_tensor(w))
+    acts = capture["output"]
+    return acts.numpy(), tape.gradient(objective, acts).numpy()
+
+
+# --- JAX -------------------------------------------------------------------------------
+
+
+def _jax_state(model: keras.Model) -> tuple[list[Any], list[Any]]:
+    return (
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+    )
+
+
+def _jax_gradients(model: keras.Model, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    import jax
+
+    trainable, non_trainable = _jax_state(model)
+
+    def objective(inputs: Any) -> Any:
+        outputs, _ = model.stateless_call(trainable, non_trainable, inputs, training=False)
+        return _objective(outputs, w)
+
+    return np.asarray(jax.grad(objective)(jax.numpy.asarray(x)))
+
+
+def _jax_layer(
+    model: keras.Model, layer: keras.layers.Layer, x: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    import jax
+
+    trainable, non_trainable = _jax_state(model)
+    inputs = jax.numpy.asarray(x)
+
+    def objective(offset: Any) -> tuple[Any, Any]:
+        with _intercept(layer, offset) as capture:
+            outputs, _ = model.stateless_call(trainable, non_trainable, inputs, training=False)
+        return _objective(outputs, w), capture["output"]
+
+    def output_of_layer(inputs: Any) -> Any:
+        with _intercept(layer) as capture:
+            model.stateless_call(trainable, non_trainable, inputs, training=False)
+        return capture["output"]
+
+    spec = jax.eval_shape(output_of_layer, inputs)
+    zeros = jax.numpy.zeros(spec.shape, spec.dtype)
+    grads, acts = jax.grad(objective, has_aux=True)(zeros)
+    return np.asarray(acts), np.asarray(grads)
+
+
+# --- PyTorch ---------------------------------------------------------------------------
+
+
+def _torch_gradients(model: keras.Model, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    import torch
+
+    xt = keras.ops.convert_to_tensor(x).detach().requires_grad_(True)
+    with torch.enable_grad():
+        objective = _objective(model(xt, training=False), keras.ops.convert_to_tensor(w))
+        (grad,) = torch.autograd.grad(objective, [xt])
+    return grad.detach().cpu().numpy()
+
+
+def _torch_layer(
+    model: keras.Model, layer: keras.layers.Layer, x: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    xt = keras.ops.convert_to_tensor(x)
+    with torch.enable_grad(), _intercept(layer) as capture:
+        objective = _objective(model(xt, training=False), keras.ops.convert_to_tensor(w))
+    acts = capture["output"]
+    (grad,) = torch.autograd.grad(objective, [acts])
+    return acts.detach().cpu().numpy(), grad.detach().cpu().numpy()
+
+
+_BACKENDS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+    "tensorflow": (_tf_gradients, _tf_layer),
+    "jax": (_jax_gradients, _jax_layer),
+    "torch": (_torch_gradients, _torch_layer),
+}
