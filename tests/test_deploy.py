@@ -1,0 +1,461 @@
+"""Static validation of deploy/: Dockerfiles, compose stack, Kubernetes manifests.
+
+Docker and a cluster are not available in CI, so every check here is offline: yamllint,
+kubernetes-validate's bundled schemas for core resources, vendored JSON schemas
+(deploy/schemas/) for compose and the KEDA / kustomize kinds, the real
+`xmlx.settings.Settings` for every environment variable the manifests set, and a secret
+scanner. Each validator is also shown to REJECT a deliberately broken input.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+import secrets
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from yamllint import linter
+from yamllint.config import YamlLintConfig
+
+from xmlx.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+SCHEMAS = DEPLOY / "schemas"
+COMPOSE = DEPLOY / "compose.yaml"
+ENV_EXAMPLE = DEPLOY / ".env.example"
+K8S_VERSION = "1.30"  # oldest Kubernetes minor we support
+PLACEHOLDER = "change-me"
+XMLX_SERVICES = ("migrate", "api", "worker", "beat")
+# Variables an xmlx container may set besides Settings fields (read by TensorFlow).
+NON_SETTINGS_ENV = {"TF_FORCE_GPU_ALLOW_GROWTH"}
+VENDORED = {
+    ("keda.sh/v1alpha1", "ScaledObject"): "keda-scaledobject.subset.schema.json",
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda-triggerauthentication.subset.schema.json",
+    ("kustomize.config.k8s.io/v1beta1", "Kustomization"): "kustomization.subset.schema.json",
+}
+
+
+# ---------------------------------------------------------------- loading and validators
+
+
+def load_docs(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def k8s_docs() -> list[dict[str, Any]]:
+    return [doc for path in sorted(K8S.glob("*.yaml")) for doc in load_docs(path)]
+
+
+def find(kind: str, name: str) -> dict[str, Any]:
+    matches = [d for d in k8s_docs() if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} definitions"
+    return matches[0]
+
+
+def schema(name: str) -> dict[str, Any]:
+    return json.loads((SCHEMAS / name).read_text())
+
+
+def validate_k8s(doc: dict[str, Any]) -> None:
+    """Raise if `doc` is not a valid resource: vendored schema, else Kubernetes' own."""
+    vendored = VENDORED.get((doc.get("apiVersion", ""), doc.get("kind", "")))
+    if vendored:
+        jsonschema.Draft202012Validator(schema(vendored)).validate(doc)
+        return
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def validate_compose(doc: dict[str, Any]) -> None:
+    jsonschema.Draft202012Validator(schema("compose-spec.subset.schema.json")).validate(doc)
+
+
+def yamllint_problems(text: str) -> list[str]:
+    config = YamlLintConfig(file=str(DEPLOY / ".yamllint"))
+    return [f"{p.line}:{p.column} {p.message}" for p in linter.run(text, config)]
+
+
+# ---------------------------------------------------------------- environment helpers
+
+_INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Docker Compose's ${VAR}, ${VAR:-default}, ${VAR:?error} and $$ escapes."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        value = env.get(name)
+        if op and op.startswith(":") and value == "":
+            value = None
+        if value is None and op and op.endswith("?"):
+            raise KeyError(f"required variable {name} is unset: {arg}")
+        return value if value is not None else (arg or "")
+
+    return _INTERPOLATION.sub(one, value)
+
+
+def interpolated_names(text: str) -> dict[str, bool]:
+    """Variables compose.yaml interpolates -> whether one use is required (`:?`)."""
+    names: dict[str, bool] = {}
+    for match in _INTERPOLATION.finditer(text):
+        if match.group(1):
+            required = bool(match.group(2) and match.group(2).endswith("?"))
+            names[match.group(1)] = names.get(match.group(1), False) or required
+    return names
+
+
+def env_file(path: Path) -> dict[str, str]:
+    pairs = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def with_real_secrets(env: dict[str, str]) -> dict[str, str]:
+    """Placeholders replaced by random values, as an operator would before deploying."""
+    return {k: v.replace(PLACEHOLDER, secrets.token_hex(24)) for k, v in env.items()}
+
+
+def settings_env_names() -> dict[str, str]:
+    """Environment variable -> Settings field, as pydantic-settings maps them."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    names = {}
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias if isinstance(field.validation_alias, str) else None
+        names[(alias or prefix + name).upper()] = name
+    return names
+
+
+def load_settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings read from exactly `env` (nothing inherited from the test process)."""
+    for key in list(os.environ):
+        if key.upper().startswith("XMLX_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def compose_doc() -> dict[str, Any]:
+    doc = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(doc, dict)
+    return doc
+
+
+def compose_env(service: str) -> dict[str, str]:
+    """A compose service's environment after interpolation with .env.example."""
+    raw = compose_doc()["services"][service].get("environment", {})
+    dotenv = with_real_secrets(env_file(ENV_EXAMPLE))
+    return {k: interpolate(str(v), dotenv) for k, v in raw.items()}
+
+
+def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = doc["spec"]["template"]["spec"]
+    return spec
+
+
+def k8s_container_env(container: dict[str, Any]) -> dict[str, str]:
+    """Everything a container gets from envFrom (ConfigMap / Secret) and env."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        ref = source.get("configMapRef") or source.get("secretRef")
+        kind = "ConfigMap" if "configMapRef" in source else "Secret"
+        data = find(kind, ref["name"])
+        env.update(data.get("data", {}) or {})
+        env.update(data.get("stringData", {}) or {})
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    return env
+
+
+def xmlx_containers() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{doc['kind']}/{doc['metadata']['name']}", container)
+        for doc in k8s_docs()
+        if doc["kind"] in ("Deployment", "Job")
+        for container in pod_spec(doc)["containers"]
+    ]
+
+
+def duration_seconds(text: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"bad duration {text!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+# ---------------------------------------------------------------- YAML lint
+
+
+@pytest.mark.parametrize("path", sorted(DEPLOY.rglob("*.yaml")), ids=lambda p: p.name)
+def test_yaml_files_pass_yamllint(path: Path) -> None:
+    assert yamllint_problems(path.read_text()) == []
+
+
+def test_yamllint_rejects_broken_yaml() -> None:
+    assert yamllint_problems("a: 1\na: 2\n  b: [\n")
+
+
+# ---------------------------------------------------------------- schemas
+
+
+@pytest.mark.parametrize("path", sorted(K8S.glob("*.yaml")), ids=lambda p: p.name)
+def test_k8s_manifests_validate(path: Path) -> None:
+    docs = load_docs(path)
+    assert docs
+    for doc in docs:
+        validate_k8s(doc)
+
+
+def test_compose_validates_against_compose_spec() -> None:
+    validate_compose(compose_doc())
+
+
+def _drop_selector(doc: dict[str, Any]) -> None:
+    del doc["spec"]["selector"]
+
+
+def _unknown_container_field(doc: dict[str, Any]) -> None:
+    pod_spec(doc)["containers"][0]["gpus"] = 1
+
+
+def _scaledobject_unknown_field(doc: dict[str, Any]) -> None:
+    doc["spec"]["maxReplicas"] = doc["spec"].pop("maxReplicaCount")
+
+
+def _redis_metadata_typo(doc: dict[str, Any]) -> None:
+    doc["spec"]["triggers"][0]["metadata"]["listname"] = "gpu"
+
+
+def _scaledobject_without_triggers(doc: dict[str, Any]) -> None:
+    del doc["spec"]["triggers"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "breaks"),
+    [
+        ("Deployment", "xmlx-api", _drop_selector),
+        ("Deployment", "xmlx-worker", _unknown_container_field),
+        ("ScaledObject", "xmlx-worker", _scaledobject_unknown_field),
+        ("ScaledObject", "xmlx-worker", _redis_metadata_typo),
+        ("ScaledObject", "xmlx-worker", _scaledobject_without_triggers),
+    ],
+)
+def test_broken_k8s_manifest_fails_validation(kind, name, breaks, tmp_path: Path) -> None:
+    broken = copy.deepcopy(find(kind, name))
+    breaks(broken)
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(broken))
+    with pytest.raises(jsonschema.ValidationError):
+        for doc in load_docs(path):
+            validate_k8s(doc)
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"services": {"worker": {"gpu_count": 1}}},
+        {"services": {"api": {"depends_on": {"migrate": {"condition": "service_done"}}}}},
+        {"services": {"worker": {"healthcheck": {"test": ["CMD", "true"], "intervall": "5s"}}}},
+        {"volumez": {}},
+    ],
+    ids=["unknown-service-key", "bad-condition", "healthcheck-typo", "unknown-top-level"],
+)
+def test_broken_compose_fails_validation(patch: dict[str, Any], tmp_path: Path) -> None:
+    def merge(into: dict[str, Any], change: dict[str, Any]) -> None:
+        for key, value in change.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict) and value:
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    broken = compose_doc()
+    merge(broken, patch)
+    path = tmp_path / "compose.yaml"
+    path.write_text(yaml.safe_dump(broken))
+    with pytest.raises(jsonschema.ValidationError):
+        validate_compose(yaml.safe_load(path.read_text()))
+
+
+def test_kustomization_lists_every_manifest_and_image() -> None:
+    kustomization = load_docs(K8S / "kustomization.yaml")[0]
+    manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(manifests)
+    images = {c["image"].split(":")[0] for _, c in xmlx_containers()}
+    assert images == {i["name"] for i in kustomization["images"]} == {"xmlx-api", "xmlx-worker"}
+
+
+# ---------------------------------------------------------------- environment vs Settings
+
+
+def all_manifest_env_names() -> dict[str, set[str]]:
+    """Every variable name the deploy files set, by where it is set."""
+    services = compose_doc()["services"]
+    found: dict[str, set[str]] = {
+        "compose": {k for s in XMLX_SERVICES for k in services[s].get("environment", {})},
+        ".env.example": set(env_file(ENV_EXAMPLE)),
+        "k8s": {k for _, c in xmlx_containers() for k in k8s_container_env(c)},
+    }
+    for kind in ("ConfigMap", "Secret"):
+        for doc in (d for d in k8s_docs() if d["kind"] == kind):
+            found["k8s"] |= {k for k in {**doc.get("data", {}), **doc.get("stringData", {})}}
+    return found
+
+
+def test_every_xmlx_variable_is_a_settings_field() -> None:
+    fields = settings_env_names()
+    for where, names in all_manifest_env_names().items():
+        unknown = {n for n in names if n.startswith("XMLX_") and n not in fields}
+        assert not unknown, f"{where} sets variables Settings does not read: {sorted(unknown)}"
+
+
+def test_xmlx_containers_set_nothing_but_settings_and_known_runtime_variables() -> None:
+    allowed = set(settings_env_names()) | NON_SETTINGS_ENV
+    for service in XMLX_SERVICES:
+        assert set(compose_env(service)) <= allowed, service
+    for where, container in xmlx_containers():
+        assert set(k8s_container_env(container)) <= allowed, where
+
+
+def test_env_example_and_compose_interpolation_agree() -> None:
+    used = interpolated_names(COMPOSE.read_text())
+    documented = set(env_file(ENV_EXAMPLE))
+    assert documented <= set(used), f"unused in compose: {sorted(documented - set(used))}"
+    required = {name for name, req in used.items() if req}
+    assert required <= documented, f"required but undocumented: {sorted(required - documented)}"
+
+
+def test_required_settings_fields_are_set_everywhere() -> None:
+    env_of_field = {field: env for env, field in settings_env_names().items()}
+    required = {env_of_field[n] for n, f in Settings.model_fields.items() if f.is_required()}
+    for service in XMLX_SERVICES:
+        assert required <= set(compose_env(service)), service
+    for where, container in xmlx_containers():
+        assert required <= set(k8s_container_env(container)), where
+
+
+@pytest.mark.parametrize("service", XMLX_SERVICES)
+def test_compose_service_environment_is_accepted_by_settings(
+    service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(compose_env(service), monkeypatch)
+    assert settings.env == "production"
+    assert settings.storage_backend == "s3" and not settings.is_sqlite
+
+
+def test_k8s_pod_environment_is_accepted_by_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    containers = xmlx_containers()
+    assert len(containers) == 4  # api, beat, worker, migrate
+    for where, container in containers:
+        settings = load_settings(with_real_secrets(k8s_container_env(container)), monkeypatch)
+        assert settings.env == "production", where
+        assert settings.storage_backend == "s3" and not settings.is_sqlite, where
+
+
+def test_refused_defaults_would_fail_the_settings_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above can fail: each production-critical variable is load-bearing."""
+    env = with_real_secrets(k8s_container_env(dict(xmlx_containers())["Deployment/xmlx-api"]))
+    for name in ("XMLX_API_KEY_PEPPER", "XMLX_S3_SECRET_KEY", "XMLX_DATABASE_URL"):
+        without = {k: v for k, v in env.items() if k != name}
+        with pytest.raises(ValueError, match=name):
+            load_settings(without, monkeypatch)
+    with pytest.raises(ValueError, match="XMLX_API_KEY_PEPPER"):
+        load_settings(k8s_container_env(dict(xmlx_containers())["Deployment/xmlx-api"]), monkeypatch)
+
+
+# ---------------------------------------------------------------- behaviour of the stack
+
+
+def test_worker_outlives_its_longest_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grace period > hard time limit, so scale-in and `compose down` finish the chunk."""
+    worker = find("Deployment", "xmlx-worker")
+    env = with_real_secrets(k8s_container_env(pod_spec(worker)["containers"][0]))
+    hard = load_settings(env, monkeypatch).task_hard_time_limit_seconds
+    assert pod_spec(worker)["terminationGracePeriodSeconds"] > hard
+    hard = load_settings(compose_env("worker"), monkeypatch).task_hard_time_limit_seconds
+    assert duration_seconds(compose_doc()["services"]["worker"]["stop_grace_period"]) > hard
+
+
+def test_gpu_worker_scheduling() -> None:
+    worker = find("Deployment", "xmlx-worker")
+    assert "replicas" not in worker["spec"], "KEDA owns the replica count"
+    spec = pod_spec(worker)
+    (container,) = spec["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
+    assert spec["nodeSelector"]
+    assert k8s_container_env(container)["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    for where, other in xmlx_containers():
+        if where != "Deployment/xmlx-worker":
+            assert "nvidia.com/gpu" not in str(other.get("resources")), where
+    devices = compose_doc()["services"]["worker"]["deploy"]["resources"]["reservations"]
+    assert devices["devices"] == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+
+
+def test_keda_scales_the_gpu_queue_from_zero() -> None:
+    scaled = find("ScaledObject", "xmlx-worker")["spec"]
+    assert scaled["scaleTargetRef"]["name"] == "xmlx-worker"
+    assert scaled["minReplicaCount"] == 0 < scaled["maxReplicaCount"]
+    (trigger,) = scaled["triggers"]
+    assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == "gpu"
+    auth = find("TriggerAuthentication", trigger["authenticationRef"]["name"])
+    for ref in auth["spec"]["secretTargetRef"]:
+        assert ref["key"] in find("Secret", ref["name"])["stringData"]
+
+
+def test_beat_is_a_singleton() -> None:
+    beat = find("Deployment", "xmlx-beat")["spec"]
+    assert beat["replicas"] == 1 and beat["strategy"]["type"] == "Recreate"
+    assert compose_doc()["services"]["beat"].get("deploy", {}).get("replicas", 1) == 1
+
+
+def test_pod_disruption_budgets_select_their_deployments() -> None:
+    for name in ("xmlx-api", "xmlx-worker"):
+        labels = find("Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        selector = find("PodDisruptionBudget", name)["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= labels.items()
+
+
+def test_network_policies_deny_by_default_and_open_only_the_data_services() -> None:
+    policies = [d["spec"] for d in k8s_docs() if d["kind"] == "NetworkPolicy"]
+    assert {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]} in policies
+    worker_labels = find("Deployment", "xmlx-worker")["spec"]["template"]["metadata"]["labels"]
+    ports = set()
+    for policy in policies:
+        selected = policy["podSelector"].get("matchLabels", {}).items() <= worker_labels.items()
+        if selected and policy.get("ingress"):
+            pytest.fail("a NetworkPolicy lets traffic into the workers")
+        ports |= {p["port"] for rule in policy.get("egress", []) for p in rule["ports"]}
+    assert ports == {53, 5432, 6379, 9000}
+
+
+def test_compose_stack_wiring() -> None:
+    services = compose_doc()["services"]
+    redis_args = services["redis"]["command"]
+    assert redis_args[redis_args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert redis_args[redis_args.index("--appendonly") + 1] == "yes"
+    for name in ("api", "worker", "beat"):
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        assert depends["postgres"]["condition"] == "service_healthy", name
+    for name in ("postgres", "redis", "minio", "api"):
+        assert services[name]["healthcheck"]["test"], name
+    assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+    assert all(p.startswith("127.0.0.1:") for p in services["flower"]["ports"])
+    assert services["migrate"]["command"] == ["db", "upgrade"]
