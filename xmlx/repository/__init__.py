@@ -1,0 +1,75 @@
+"""Every query of the service, grouped by subject; import from here.
+
+Functions take a `Session` and never commit: the caller owns the transaction (one
+`xmlx.db.session_scope` per request or task step). The job lifecycle, whose steps must
+each be one transaction, is `xmlx.jobs`, built on `work`.
+"""
+
+from xmlx.repository.accounts import (
+    create_api_key,
+    create_tenant,
+    get_tenant,
+    get_tenant_by_name,
+    list_api_keys,
+    revoke_api_key,
+    verify_api_key,
+)
+from xmlx.repository.catalog import (
+    create_dataset,
+    create_model,
+    get_dataset,
+    get_model,
+    get_model_unscoped,
+    list_datasets,
+    list_models,
+    transition_model,
+)
+from xmlx.repository.jobs import (
+    chunks_to_redeliver,
+    expired_chunks,
+    get_chunk,
+    get_item,
+    get_job,
+    get_job_by_idempotency_key,
+    get_job_unscoped,
+    has_live_lease,
+    is_cancel_requested,
+    list_chunks,
+    list_items,
+    list_jobs,
+    pending_items,
+)
+from xmlx.repository.pagination import InvalidCursorError, Page
+
+__all__ = [
+    "InvalidCursorError",
+    "Page",
+    "chunks_to_redeliver",
+    "create_api_key",
+    "create_dataset",
+    "create_model",
+    "create_tenant",
+    "expired_chunks",
+    "get_chunk",
+    "get_dataset",
+    "get_item",
+    "get_job",
+    "get_job_by_idempotency_key",
+    "get_job_unscoped",
+    "get_model",
+    "get_model_unscoped",
+    "get_tenant",
+    "get_tenant_by_name",
+    "has_live_lease",
+    "is_cancel_requested",
+    "list_api_keys",
+    "list_chunks",
+    "list_datasets",
+    "list_items",
+    "list_jobs",
+    "list_models",
+    "pending_items",
+    "revoke_api_key",
+    "transition_model",
+    "verify_api_key",
+]

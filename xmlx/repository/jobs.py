@@ -1,0 +1,155 @@
+"""Reads of jobs, chunks and items. The writes of the job lifecycle are in `work`."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, exists, or_, select
+from sqlalchemy.orm import Session
+
+from xmlx.models import Chunk, ChunkState, Item, Job, JobState
+from xmlx.repository.pagination import (
+    Page,
+    check_limit,
+    decode_int_cursor,
+    encode_cursor,
+    newest_first_page,
+)
+
+ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING)
+
+
+def get_job(session: Session, tenant_id: str, job_id: str) -> Job | None:
+    """The job if it belongs to `tenant_id`; another tenant's job is simply not found."""
+    stmt = select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
+    return session.scalars(stmt).one_or_none()
+
+
+def get_job_unscoped(session: Session, job_id: str) -> Job | None:
+    """For workers and the reconciler, which hold ids from our own rows."""
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def get_job_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | None:
+    stmt = select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
+    return session.scalars(stmt).one_or_none()
+
+
+def list_jobs(
+    session: Session,
+    tenant_id: str,
+    *,
+    state: str | None = None,
+    kind: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page[Job]:
+    """The tenant's jobs, newest first, optionally filtered by state and kind."""
+    stmt = select(Job).where(Job.tenant_id == tenant_id)
+    if state is not None:
+        stmt = stmt.where(Job.state == state)
+    if kind is not None:
+        stmt = stmt.where(Job.kind == kind)
+    return newest_first_page(session, stmt, Job, limit, cursor)
+
+
+def list_items(
+    session: Session,
+    tenant_id: str,
+    job_id: str,
+    *,
+    state: str | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> Page[Item] | None:
+    """The job's items in submission order; None when the tenant has no such job."""
+    check_limit(limit)
+    if get_job(session, tenant_id, job_id) is None:
+        return None
+    stmt = select(Item).where(Item.job_id == job_id)
+    if state is not None:
+        stmt = stmt.where(Item.state == state)
+    if cursor is not None:
+        stmt = stmt.where(Item.id > decode_int_cursor(cursor))
+    rows = list(session.scalars(stmt.order_by(Item.id).limit(limit + 1)))
+    if len(rows) <= limit:
+        return Page(rows=rows, next_cursor=None)
+    rows = rows[:limit]
+    return Page(rows=rows, next_cursor=encode_cursor(rows[-1].id))
+
+
+def get_item(session: Session, tenant_id: str, job_id: str, item_key: str) -> Item | None:
+    stmt = (
+        select(Item)
+        .join(Job, Job.id == Item.job_id)
+        .where(Job.tenant_id == tenant_id, Item.job_id == job_id, Item.item_key == item_key)
+    )
+    return session.scalars(stmt).one_or_none()
+
+
+def get_chunk(session: Session, chunk_id: str) -> Chunk | None:
+    return session.get(Chunk, chunk_id, populate_existing=True)
+
+
+def list_chunks(session: Session, job_id: str) -> list[Chunk]:
+    return list(session.scalars(select(Chunk).where(Chunk.job_id == job_id).order_by(Chunk.seq)))
+
+
+def pending_items(session: Session, chunk_id: str) -> list[Item]:
+    """Items of a chunk still to do: a redelivered chunk skips what is already recorded."""
+    stmt = select(Item).where(Item.chunk_id == chunk_id, Item.state == "pending")
+    return list(session.scalars(stmt.order_by(Item.seq)))
+
+
+def is_cancel_requested(session: Session, job_id: str) -> bool:
+    stmt = select(Job.cancel_requested).where(Job.id == job_id)
+    return bool(session.scalars(stmt).one_or_none())
+
+
+def expired_chunks(session: Session, now: datetime, limit: int = 500) -> list[Chunk]:
+    """Leased chunks whose lease ran out before `now` (their worker is presumed dead)."""
+    stmt = (
+        select(Chunk)
+        .where(Chunk.state == ChunkState.LEASED, Chunk.lease_expires_at < now)
+        .order_by(Chunk.lease_expires_at)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
+def chunks_to_redeliver(
+    session: Session, now: datetime, grace: timedelta, limit: int = 500
+) -> list[tuple[Chunk, Job]]:
+    """Chunks of live jobs that no worker holds and nobody has (re)sent for `grace`.
+
+    That is: queued chunks whose message may be lost (a flushed Redis), and leased chunks
+    whose lease expired (a dead worker). A chunk sent within `grace` is left alone, so a
+    reconciler tick does not flood the queue with copies of the same message.
+    """
+    cutoff = now - grace
+    not_sent_recently = or_(Chunk.dispatched_at.is_(None), Chunk.dispatched_at < cutoff)
+    stmt = (
+        select(Chunk, Job)
+        .join(Job, Job.id == Chunk.job_id)
+        .where(
+            Job.state.in_(ACTIVE_JOB_STATES),
+            Job.created_at < cutoff,
+            not_sent_recently,
+            or_(
+                Chunk.state == ChunkState.QUEUED,
+                and_(Chunk.state == ChunkState.LEASED, Chunk.lease_expires_at < now),
+            ),
+        )
+        .order_by(Job.created_at, Chunk.seq)
+        .limit(limit)
+    )
+    return [(chunk, job) for chunk, job in session.execute(stmt).tuples()]
+
+
+def has_live_lease(session: Session, job_id: str, now: datetime) -> bool:
+    live = exists().where(
+        Chunk.job_id == job_id,
+        Chunk.state == ChunkState.LEASED,
+        Chunk.lease_expires_at >= now,
+    )
+    return bool(session.scalar(select(live)))

@@ -1,0 +1,137 @@
+"""Service settings: the one place that reads `XMLX_*` environment variables.
+
+Only `xmlx`, `api` and `workers` read settings; `xmlcore` takes plain arguments.
+Defaults make a one-machine development run work out of the box (SQLite file, local
+directory store under `.xmlx/`). Outside `env="development"` the validators refuse the
+defaults that would be unsafe in a shared deployment (the development pepper, the
+development S3 credentials, SQLite in production), so a misconfigured service fails at
+start-up with a message naming the variable instead of running insecurely.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_API_KEY_PEPPER = "xmlx-development-pepper-do-not-use-in-production"
+DEV_S3_ACCESS_KEY = "xmlx-dev-access"
+DEV_S3_SECRET_KEY = "xmlx-dev-secret"
+MIN_PEPPER_LENGTH = 32
+
+Environment = Literal["development", "test", "production"]
+
+
+def _default_database_url(data: dict[str, Any]) -> str:
+    data_dir = Path(data.get("data_dir") or ".xmlx")
+    return f"sqlite:///{data_dir / 'xmlx.sqlite'}"
+
+
+def _default_storage_root(data: dict[str, Any]) -> Path:
+    return Path(data.get("data_dir") or ".xmlx") / "storage"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; each field is `XMLX_<FIELD NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="XMLX_", extra="ignore")
+
+    env: Environment = "development"
+    data_dir: Path = Path(".xmlx")
+
+    # Database and broker.
+    database_url: str = Field(default_factory=_default_database_url)
+    database_echo: bool = False
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # Object storage.
+    storage_backend: Literal["s3", "local"] = "local"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "xmlx"
+    s3_access_key: SecretStr = SecretStr(DEV_S3_ACCESS_KEY)
+    s3_secret_key: SecretStr = SecretStr(DEV_S3_SECRET_KEY)
+    s3_max_attempts: int = Field(default=5, ge=1)
+    s3_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    s3_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    s3_multipart_threshold_bytes: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    s3_multipart_chunk_bytes: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    local_storage_root: Path = Field(default_factory=_default_storage_root)
+    public_base_url: str = "http://127.0.0.1:8000"
+    presign_expiry_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+
+    # Jobs.
+    max_batch_items: int = Field(default=100_000, ge=1)
+    chunk_size: int = Field(default=32, ge=1)
+    lease_seconds: int = Field(default=120, ge=1)
+    max_attempts_per_chunk: int = Field(default=3, ge=1)
+    reconcile_grace_seconds: int = Field(default=60, ge=1)
+    task_soft_time_limit_seconds: int = Field(default=540, ge=1)
+    task_hard_time_limit_seconds: int = Field(default=600, ge=1)
+    visibility_timeout_seconds: int = Field(default=3600, ge=1)
+
+    # API.
+    api_key_pepper: SecretStr = SecretStr(DEV_API_KEY_PEPPER)
+    rate_limit_per_minute: int = Field(default=600, ge=1)
+
+    # Images.
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(default=25_000_000, ge=1)
+    image_size: tuple[int, int] = (224, 224)
+
+    @model_validator(mode="after")
+    def _check_time_limits(self) -> Settings:
+        if self.task_soft_time_limit_seconds >= self.task_hard_time_limit_seconds:
+            raise ValueError(
+                "XMLX_TASK_SOFT_TIME_LIMIT_SECONDS must be below "
+                "XMLX_TASK_HARD_TIME_LIMIT_SECONDS so a task can clean up before it is killed"
+            )
+        if self.visibility_timeout_seconds <= self.task_hard_time_limit_seconds:
+            # Redis redelivers a message still running after the visibility timeout.
+            raise ValueError(
+                "XMLX_VISIBILITY_TIMEOUT_SECONDS must exceed XMLX_TASK_HARD_TIME_LIMIT_SECONDS, "
+                "otherwise Redis delivers running tasks a second time"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_defaults(self) -> Settings:
+        if self.env == "development":
+            return self
+        problems = _unsafe_defaults(self)
+        if problems:
+            raise ValueError(
+                f"unsafe settings for env={self.env!r}: " + "; ".join(problems)
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _unsafe_defaults(settings: Settings) -> list[str]:
+    problems = []
+    pepper = settings.api_key_pepper.get_secret_value()
+    if pepper == DEV_API_KEY_PEPPER or len(pepper) < MIN_PEPPER_LENGTH:
+        problems.append(
+            f"set XMLX_API_KEY_PEPPER to a random secret of at least {MIN_PEPPER_LENGTH} "
+            "characters (the development pepper is public)"
+        )
+    if settings.storage_backend == "s3" and (
+        settings.s3_access_key.get_secret_value() == DEV_S3_ACCESS_KEY
+        or settings.s3_secret_key.get_secret_value() == DEV_S3_SECRET_KEY
+    ):
+        problems.append("set XMLX_S3_ACCESS_KEY and XMLX_S3_SECRET_KEY (development defaults)")
+    if settings.env == "production" and settings.is_sqlite:
+        problems.append("set XMLX_DATABASE_URL to PostgreSQL (SQLite is for one machine)")
+    return problems
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
