@@ -10,6 +10,7 @@ scanner. Each validator is also shown to REJECT a deliberately broken input.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -55,8 +56,10 @@ def load_docs(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def k8s_docs() -> list[dict[str, Any]]:
-    return [doc for path in sorted(K8S.glob("*.yaml")) for doc in load_docs(path)]
+@functools.cache
+def k8s_docs() -> tuple[dict[str, Any], ...]:
+    """Every document of deploy/k8s, parsed once; callers copy before changing one."""
+    return tuple(doc for path in sorted(K8S.glob("*.yaml")) for doc in load_docs(path))
 
 
 def find(kind: str, name: str) -> dict[str, Any]:
@@ -376,7 +379,9 @@ def test_refused_defaults_would_fail_the_settings_check(monkeypatch: pytest.Monk
         with pytest.raises(ValueError, match=name):
             load_settings(without, monkeypatch)
     with pytest.raises(ValueError, match="XMLX_API_KEY_PEPPER"):
-        load_settings(k8s_container_env(dict(xmlx_containers())["Deployment/xmlx-api"]), monkeypatch)
+        load_settings(
+            k8s_container_env(dict(xmlx_containers())["Deployment/xmlx-api"]), monkeypatch
+        )
 
 
 # ---------------------------------------------------------------- behaviour of the stack
@@ -459,3 +464,171 @@ def test_compose_stack_wiring() -> None:
     assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
     assert all(p.startswith("127.0.0.1:") for p in services["flower"]["ports"])
     assert services["migrate"]["command"] == ["db", "upgrade"]
+
+
+# ---------------------------------------------------------------- images
+
+DOCKERFILES = sorted((DEPLOY / "docker").glob("*.Dockerfile"))
+
+
+def dockerfile_final_stage(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the last build stage, continuations joined."""
+    joined = re.sub(r"\\\n(?:\s*#.*\n)*", " ", text)
+    instructions = []
+    for line in joined.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            word, _, args = line.strip().partition(" ")
+            instructions.append((word.upper(), args.strip()))
+    starts = [i for i, (word, _) in enumerate(instructions) if word == "FROM"]
+    assert starts, "no FROM"
+    return instructions[starts[-1] :]
+
+
+def dockerfile_problems(text: str) -> list[str]:
+    stage = dockerfile_final_stage(text)
+    words = [word for word, _ in stage]
+    problems = []
+    users = [args for word, args in stage if word == "USER"]
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        problems.append("the final stage must switch to a non-root USER")
+    if "HEALTHCHECK" not in words:
+        problems.append("the final stage has no HEALTHCHECK")
+    if not {"ENTRYPOINT", "CMD"} & set(words):
+        problems.append("no ENTRYPOINT or CMD")
+    if any(word == "ADD" and "://" in args for word, args in stage):
+        problems.append("ADD from a URL: fetch with checksums in a RUN instead")
+    return problems
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_lint(path: Path) -> None:
+    assert dockerfile_problems(path.read_text()) == []
+
+
+def test_dockerfile_lint_rejects_root_image_without_healthcheck() -> None:
+    text = 'FROM python:3.11-slim AS build\nUSER 1000\nFROM python:3.11-slim\nCMD ["x"]\n'
+    assert len(dockerfile_problems(text)) == 2
+    assert len(dockerfile_problems(text.replace("CMD", "USER root\nCMD"))) == 2
+
+
+def test_images_match_their_roles() -> None:
+    api = (DEPLOY / "docker" / "api.Dockerfile").read_text()
+    worker = (DEPLOY / "docker" / "worker.Dockerfile").read_text()
+    assert "--exclude tensorflow tensorflow-cpu" in api
+    assert "tensorflow[and-cuda]" in worker and "tini" in worker
+    assert "tensorflow" not in re.sub(
+        r"#.*|--exclude tensorflow tensorflow-cpu|'tensorflow'", "", api
+    )
+    assert ("EXPOSE", "8000") in dockerfile_final_stage(api)
+    ports = pod_spec(find("Deployment", "xmlx-api"))["containers"][0]["ports"]
+    assert ports[0]["containerPort"] == 8000
+
+
+def test_requirements_script_drops_only_tensorflow() -> None:
+    sys.path.insert(0, str(DEPLOY / "docker"))
+    try:
+        from requirements import canonical, requirements
+    finally:
+        sys.path.remove(str(DEPLOY / "docker"))
+    everything = requirements(ROOT / "pyproject.toml", set(), [])
+    kept = requirements(ROOT / "pyproject.toml", {"TensorFlow", "tensorflow_cpu"}, [])
+    dropped = [line for line in everything if line not in kept]
+    assert dropped and all(canonical(line).startswith("tensorflow") for line in dropped)
+    assert not any(canonical(line).startswith("tensorflow") for line in kept)
+    assert any(line.startswith("celery") for line in kept)
+
+
+def test_dockerignore_keeps_secrets_out_and_sources_in() -> None:
+    patterns = set((ROOT / ".dockerignore").read_text().split())
+    assert {".git", ".venv", ".env", "**/.env", "deploy/.env"} <= patterns
+    needed = {"xmlx", "xmlcore", "api", "workers", "migrations", "pyproject.toml", "deploy/docker"}
+    assert not needed & patterns
+
+
+def test_api_and_beat_run_without_tensorflow() -> None:
+    """The API image has no TensorFlow, and beat runs on it: importing must not need it."""
+    modules = [
+        m
+        for m in ("api.app", "workers.celery_app")
+        if (ROOT / f"{m.replace('.', '/')}.py").exists()
+    ]
+    if not modules:
+        pytest.skip("api.app and workers.celery_app are not written yet")
+    code = (
+        "import sys\n"
+        "class NoTensorFlow:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'tensorflow':\n"
+        "            raise ImportError('TensorFlow is not in the API image')\n"
+        "sys.meta_path.insert(0, NoTensorFlow())\n"
+        f"for m in {modules!r}:\n"
+        "    __import__(m)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XMLX_")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- secrets
+
+_KNOWN_TOKENS = re.compile(
+    r"AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----|gh[pousr]_[A-Za-z0-9]{30,}"
+    r"|xox[abpr]-[A-Za-z0-9-]{10,}|sk-[A-Za-z0-9]{20,}|eyJ[\w-]{10,}\.eyJ[\w-]{10,}"
+)
+_CREDENTIAL = re.compile(
+    r"(?i)\b[\w.-]*(password|passwd|secret|pepper|token|secret_key|private_key|api_key)[\w.-]*"
+    r"\s*[:=]\s*[\"']?([^\s\"'#]+)"
+)
+_URL_PASSWORD = re.compile(r"[a-z+]+://[^:/@\s]*:([^@\s/]+)@")
+_PLACEHOLDER_VALUE = re.compile(rf"^(|{PLACEHOLDER}|\$\{{.*|\$\$.*|true|false|\d+)$")
+
+
+def entropy(text: str) -> float:
+    counts = Counter(text)
+    return -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
+
+
+def looks_random(value: str) -> bool:
+    return len(value) >= 16 and entropy(value) >= 3.0 and bool(re.search(r"\d", value))
+
+
+def secret_findings(text: str) -> list[str]:
+    """Things in `text` that look like real credentials rather than placeholders."""
+    found = [m.group(0)[:12] for m in _KNOWN_TOKENS.finditer(text)]
+    for match in _CREDENTIAL.finditer(text):
+        value = match.group(2)
+        if not _PLACEHOLDER_VALUE.match(value) and looks_random(value):
+            found.append(match.group(0)[:40])
+    for match in _URL_PASSWORD.finditer(text):
+        if not _PLACEHOLDER_VALUE.match(match.group(1)):
+            found.append(match.group(0)[:40])
+    found += [t for t in re.findall(r"[A-Za-z0-9+_=-]{32,}", text) if entropy(t) >= 4.2]
+    return found
+
+
+def deploy_files() -> list[Path]:
+    ignored = {DEPLOY / ".env"}  # the operator's real values, ignored by git (deploy/.gitignore)
+    return [p for p in sorted(DEPLOY.rglob("*")) if p.is_file() and p not in ignored]
+
+
+def test_no_committed_deploy_file_holds_a_secret() -> None:
+    files = [*deploy_files(), ROOT / ".dockerignore"]
+    assert len(files) > 10
+    for path in files:
+        if "__pycache__" not in path.parts:
+            assert secret_findings(path.read_text()) == [], path
+
+
+def test_secret_scanner_catches_real_looking_values() -> None:
+    planted = {
+        f"XMLX_API_KEY_PEPPER: {secrets.token_hex(24)}",
+        f"POSTGRES_PASSWORD={secrets.token_urlsafe(18)}7",
+        "XMLX_DATABASE_URL: postgresql://xmlx:hunter2@db:5432/xmlx",
+        "aws: AKIA" + "ABCDEFGHIJKLMNOP",
+        "-----BEGIN RSA PRIVATE KEY-----",
+    }
+    for line in planted:
+        assert secret_findings(line), line
+    assert secret_findings("POSTGRES_PASSWORD=change-me\nurl: redis://:change-me@r:6379/0") == []
