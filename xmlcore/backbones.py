@@ -195,12 +195,12 @@ def set_fine_tuning(backbone: keras.Model, fine_tune_layers: int, base: str) -> 
     """
     if fine_tune_layers < -1:
         raise ConfigError("config.fine_tune_layers", "fine_tune_layers must be >= -1")
-    if base == "small" or fine_tune_layers == -1:
-        backbone.trainable = True
-        return
     backbone.trainable = True
+    everything = base == "small" or fine_tune_layers == -1
     for layer in backbone.layers:
-        layer.trainable = False
+        layer.trainable = everything
+    if everything:
+        return
     convs = conv_layers(backbone)
     for layer in convs[len(convs) - min(fine_tune_layers, len(convs)) :]:
         layer.trainable = True

@@ -8,16 +8,16 @@ binary-relevance baseline (same body, same training loop), so comparisons are fa
 
 Target scaling (``target_scaling="std"``, the default): latent units differ in scale by
 orders of magnitude, and a plain MSE would then fit only the largest ones. The head
-therefore learns standardised targets ``W_L / std`` and a fixed, non-trainable
-``FixedScale`` layer multiplies by ``std`` again, so ``model_`` outputs W_L in its own
-units and no caller has to undo anything.
+therefore learns standardised targets ``(W_L - mean) / std`` and a fixed, non-trainable
+``FixedAffine`` layer maps them back (``* std + mean``), so ``model_`` outputs W_L in its
+own units and no caller has to undo anything.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Self
 
 import keras
 import numpy as np
@@ -27,24 +27,26 @@ from xmlcore.backbones import BACKBONES, build_backbone, set_fine_tuning
 from xmlcore.errors import ConfigError, ModelError
 from xmlcore.pipeline import ArrayBatches, ImageBatches
 
-__all__ = ["FixedScale", "ImageBatches", "ImageNetwork", "LatentLabelRegressor"]
+__all__ = ["FixedAffine", "ImageBatches", "ImageNetwork", "LatentLabelRegressor"]
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 @keras.saving.register_keras_serializable(package="xmlcore")
-class FixedScale(layers.Layer):
-    """Multiplies by a constant per-unit vector (stored with the model, never trained)."""
+class FixedAffine(layers.Layer):
+    """``x * scale + offset`` with constant per-unit vectors (stored, never trained)."""
 
-    def __init__(self, scale: Sequence[float], **kwargs: Any) -> None:
+    def __init__(self, scale: Sequence[float], offset: Sequence[float], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.scale = [float(v) for v in scale]
+        self.offset = [float(v) for v in offset]
 
     def call(self, inputs: Any) -> Any:
-        return inputs * keras.ops.convert_to_tensor(self.scale, dtype=inputs.dtype)
+        scale = keras.ops.convert_to_tensor(self.scale, dtype=inputs.dtype)
+        return inputs * scale + keras.ops.convert_to_tensor(self.offset, dtype=inputs.dtype)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "scale": self.scale}
+        return {**super().get_config(), "scale": self.scale, "offset": self.offset}
 
 
 class ImageNetwork:
@@ -100,7 +102,7 @@ class ImageNetwork:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
 
     @classmethod
-    def from_keras(cls, model: keras.Model, params: dict[str, Any]) -> ImageNetwork:
+    def from_keras(cls, model: keras.Model, params: dict[str, Any]) -> Self:
         """An already trained network (e.g. loaded from ``model.keras``)."""
         net = cls(**params)
         net.model_ = model
@@ -151,11 +153,8 @@ class ImageNetwork:
                 f"model takes {self.image_size_} images, got {pixels.shape[1:3]}",
             )
         step = int(batch_size or self.batch_size)
-        chunks = [
-            np.asarray(model.predict_on_batch(pixels[i : i + step].astype("float32")))
-            for i in range(0, len(pixels), step)
-        ]
-        return np.concatenate(chunks).astype("float32", copy=False)
+        chunks = [_predict_padded(model, pixels[i : i + step]) for i in range(0, len(pixels), step)]
+        return np.concatenate(chunks)
 
     # -- hooks for subclasses -------------------------------------------------------
 
@@ -289,15 +288,31 @@ class LatentLabelRegressor(ImageNetwork):
 
     def _prepare_targets(self, y: np.ndarray) -> np.ndarray:
         if self.target_scaling == "none":
+            self.target_offset_ = np.zeros(y.shape[1], dtype="float32")
             self.target_scale_ = np.ones(y.shape[1], dtype="float32")
         else:
             std = y.std(axis=0)
-            self.target_scale_ = np.where(std > 1e-8, std, 1.0).astype("float32")
-        return y / self.target_scale_
+            # a (nearly) constant unit keeps scale 1 rather than blowing up its noise
+            floor = max(1e-8, 1e-3 * float(std.max()))
+            self.target_offset_ = y.mean(axis=0).astype("float32")
+            self.target_scale_ = np.where(std > floor, std, 1.0).astype("float32")
+        return (y - self.target_offset_) / self.target_scale_
 
     def _finish(self, head_in: Any, head_out: Any) -> keras.Model:
-        out = FixedScale(self.target_scale_.tolist(), name="latent")(head_out)
+        affine = FixedAffine(
+            self.target_scale_.tolist(), self.target_offset_.tolist(), name="latent"
+        )
+        out = affine(head_out)
         return keras.Model(head_in, out, name="latent_label_regressor")
+
+
+def _predict_padded(model: keras.Model, pixels: np.ndarray) -> np.ndarray:
+    """Predict one chunk padded to a power-of-two batch: few distinct shapes, few retraces."""
+    n = len(pixels)
+    size = 1 << (n - 1).bit_length()
+    batch = np.zeros((size, *pixels.shape[1:]), dtype="float32")
+    batch[:n] = pixels
+    return np.asarray(model.predict_on_batch(batch), dtype="float32")[:n]
 
 
 def _check_images(images: Any, *, allow_float: bool = False) -> Any:

@@ -1,0 +1,273 @@
+"""The two-step model: image -> CNN -> latent label vector -> tied decoder -> label scores.
+
+``train_two_step`` fits the deep non-negative autoencoder on the label matrix V, takes
+W_L = transform(V) as the regression targets and fits a ``LatentLabelRegressor`` on
+(images, W_L). ``TwoStepModel`` predicts, explains (``outputs_fn``/``keras_model``),
+reads out the label hierarchy, and saves to one directory or one zip blob.
+
+Negative latents: the regressor's identity output can dip slightly below 0, which W_L
+never does. ``predict_latent`` clips at 0 before decoding, so the decoder keeps its
+non-negative, part-based reading (a latent unit is either present to some degree or
+absent) and a label score is never pushed down by a "negative" label set. The
+differentiable ``keras_model`` applies the same clip with a ReLU.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from keras import layers
+
+from xmlcore.artifacts import (
+    AUTOENCODER_FILE,
+    METADATA_FILE,
+    MODEL_FILE,
+    ModelMetadata,
+    check_artifact_directory,
+    load_autoencoder_state,
+    save_autoencoder_state,
+    unzip_artifact,
+    zip_directory,
+)
+from xmlcore.autoencoder import DeepNonNegativeAutoencoder
+from xmlcore.backbones import BACKBONES
+from xmlcore.cnn import LatentLabelRegressor
+from xmlcore.errors import ConfigError, ModelError, XmlcoreError
+from xmlcore.hierarchy import LabelHierarchy
+
+__all__ = ["ModelMetadata", "TwoStepModel", "top_k_labels", "train_two_step"]
+
+
+class TwoStepModel:
+    """A fitted regressor + autoencoder + vocabulary; images are ``(N, H, W, 3)`` 0..255."""
+
+    def __init__(
+        self,
+        regressor: LatentLabelRegressor,
+        autoencoder: DeepNonNegativeAutoencoder,
+        vocabulary: tuple[str, ...] | list[str],
+        metadata: ModelMetadata,
+    ) -> None:
+        self.regressor = regressor
+        self.autoencoder = autoencoder
+        self.vocabulary = tuple(vocabulary)
+        self.metadata = metadata
+        self._keras_model: keras.Model | None = None
+        _check_consistent(self)
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.autoencoder.H_[-1].shape[1])
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.vocabulary)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.regressor.image_size_
+
+    def predict_latent(self, images: Any, batch_size: int | None = None) -> np.ndarray:
+        """Latent label vectors ``(N, d)`` float32, clipped at 0 (see module docstring)."""
+        return np.maximum(self.regressor.predict(images, batch_size=batch_size), 0.0)
+
+    def predict_scores(self, images: Any, batch_size: int | None = None) -> np.ndarray:
+        """Decoded label scores ``(N, p)`` float32, columns in ``vocabulary`` order."""
+        return self.autoencoder.inverse_transform(self.predict_latent(images, batch_size))
+
+    def predict_top_k(self, images: Any, k: int = 5) -> list[list[tuple[str, float]]]:
+        """Per image, the ``k`` best ``(label, score)`` pairs, best first."""
+        return top_k_labels(self.predict_scores(images), self.vocabulary, k)
+
+    def outputs_fn(self, images: Any) -> np.ndarray:
+        """``(N, d + p)``: latent units then label scores, from one forward pass."""
+        latent = self.predict_latent(images)
+        return np.concatenate([latent, self.autoencoder.inverse_transform(latent)], axis=1)
+
+    def keras_model(self) -> keras.Model:
+        """Raw float32 pixels -> ``(N, d + p)`` like ``outputs_fn``, differentiable (cached)."""
+        if self._keras_model is None:
+            base = self.regressor.model_
+            latent = layers.ReLU(name="latent_clipped")(base.output)
+            decoder = layers.Dense(
+                self.n_labels, use_bias=False, trainable=False, name="label_scores"
+            )
+            scores = decoder(latent)
+            decoder.set_weights([self.autoencoder.decoder_matrix().astype("float32")])
+            outputs = layers.Concatenate(name="latent_and_scores")([latent, scores])
+            self._keras_model = keras.Model(base.input, outputs, name="two_step")
+        return self._keras_model
+
+    def hierarchy(self, top_n: int = 5) -> LabelHierarchy:
+        """The paper's label hierarchy read from the autoencoder's ``H_``."""
+        return LabelHierarchy.from_weights(self.autoencoder.H_, self.vocabulary, top_n=top_n)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.keras``, ``autoencoder.npz``, ``metadata.json`` into ``directory``."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.regressor.model_.save(path / MODEL_FILE)
+        save_autoencoder_state(path / AUTOENCODER_FILE, self.autoencoder.get_state())
+        (path / METADATA_FILE).write_text(self.metadata.to_json(), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TwoStepModel:
+        """Read a directory written by ``save``; ``model.corrupt_artifact`` when broken."""
+        path = Path(directory)
+        check_artifact_directory(path)
+        metadata = ModelMetadata.from_json((path / METADATA_FILE).read_text(encoding="utf-8"))
+        try:
+            autoencoder = DeepNonNegativeAutoencoder.from_state(
+                load_autoencoder_state(path / AUTOENCODER_FILE)
+            )
+            network = keras.saving.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
+            regressor = LatentLabelRegressor.from_keras(network, metadata.regressor_params)
+            return cls(regressor, autoencoder, metadata.vocabulary, metadata)
+        except ModelError as exc:
+            raise ModelError("model.corrupt_artifact", exc.message) from exc
+        except (XmlcoreError, OSError, ValueError, TypeError, KeyError) as exc:
+            raise ModelError("model.corrupt_artifact", f"cannot load the model: {exc}") from exc
+
+    def to_bytes(self) -> bytes:
+        """The saved directory as one zip blob (for object storage)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            return zip_directory(self.save(tmp))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TwoStepModel:
+        with tempfile.TemporaryDirectory() as tmp:
+            unzip_artifact(data, Path(tmp))
+            return cls.load(tmp)
+
+
+def top_k_labels(
+    scores: np.ndarray, vocabulary: tuple[str, ...], k: int
+) -> list[list[tuple[str, float]]]:
+    """Rank each row of ``scores (N, p)``: the ``k`` best ``(label, score)``, best first."""
+    if not 1 <= k <= len(vocabulary):
+        raise ConfigError("config.k", f"k must be in 1..{len(vocabulary)}, got {k}")
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [
+        [(vocabulary[j], float(row[j])) for j in idx]
+        for row, idx in zip(scores, order, strict=True)
+    ]
+
+
+def _check_consistent(model: TwoStepModel) -> None:
+    H = getattr(model.autoencoder, "H_", None)
+    net = getattr(model.regressor, "model_", None)
+    if H is None or net is None:
+        raise ModelError(
+            "model.not_fitted", "TwoStepModel needs a fitted regressor and autoencoder"
+        )
+    problems = []
+    if H[0].shape[0] != len(model.vocabulary):
+        problems.append(f"vocabulary has {len(model.vocabulary)} labels, H_1 {H[0].shape[0]}")
+    if int(net.output.shape[-1]) != H[-1].shape[1]:
+        problems.append(f"regressor outputs {net.output.shape[-1]}, latent is {H[-1].shape[1]}")
+    if problems:
+        raise ModelError("model.inconsistent", "; ".join(problems))
+
+
+EpochCallback = Callable[[str, int, dict[str, float]], None]
+
+
+def train_two_step(
+    images: Any,
+    label_space: Any,
+    *,
+    layer_sizes: tuple[int, ...] = (64, 16),
+    ae_loss: str = "mse",
+    ae_params: dict[str, Any] | None = None,
+    base: str = "small",
+    weights: str = "none",
+    image_size: tuple[int, int] | None = None,
+    fine_tune_layers: int = 2,
+    epochs: int = 30,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    regressor_params: dict[str, Any] | None = None,
+    model_id: str | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TwoStepModel:
+    """Fit the autoencoder on ``label_space.matrix`` then the CNN on (images, W_L).
+
+    ``images``: uint8 ``(n, H, W, 3)`` in ``label_space.image_keys`` order, or an
+    ``ImageBatches`` over them (its targets are replaced by W_L). ``ae_params`` go to
+    ``DeepNonNegativeAutoencoder`` (epochs, learning_rate, tail_power, ...),
+    ``regressor_params`` to ``LatentLabelRegressor`` (head_units, patience, augment, ...).
+    ``on_epoch(stage, epoch, logs)`` reports progress, stage ``"autoencoder"`` or
+    ``"regressor"``. Both stages' per-epoch history lands in ``metadata.history``.
+    """
+    autoencoder = DeepNonNegativeAutoencoder(
+        layer_sizes=layer_sizes, loss=ae_loss, seed=seed, **(ae_params or {})
+    )
+    autoencoder.fit(label_space.matrix, callbacks=_stage_callbacks("autoencoder", on_epoch))
+    latent = autoencoder.transform(label_space.matrix)
+    regressor = LatentLabelRegressor(
+        base=base,
+        weights=weights,
+        image_size=image_size,
+        fine_tune_layers=fine_tune_layers,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        **(regressor_params or {}),
+    )
+    stage_cb = None if on_epoch is None else (lambda e, logs: on_epoch("regressor", e, logs))
+    if hasattr(images, "with_targets"):
+        regressor.fit(images.with_targets(latent), on_epoch=stage_cb)
+    else:
+        regressor.fit(images, latent, on_epoch=stage_cb)
+    metadata = _training_metadata(regressor, autoencoder, label_space, model_id)
+    return TwoStepModel(regressor, autoencoder, label_space.vocabulary, metadata)
+
+
+def _stage_callbacks(stage: str, on_epoch: EpochCallback | None) -> list[Any]:
+    if on_epoch is None:
+        return []
+    return [
+        keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: on_epoch(
+                stage, epoch, {k: float(v) for k, v in (logs or {}).items()}
+            )
+        )
+    ]
+
+
+def _training_metadata(
+    regressor: LatentLabelRegressor,
+    autoencoder: DeepNonNegativeAutoencoder,
+    label_space: Any,
+    model_id: str | None,
+) -> ModelMetadata:
+    history = {"autoencoder": autoencoder.history_, "regressor": regressor.history_}
+    metrics = {
+        "autoencoder_reconstruction_mse": autoencoder.reconstruction_error(label_space.matrix),
+        "regressor_epochs": float(len(regressor.history_.get("loss", []))),
+    }
+    for key in ("loss", "val_loss"):
+        if regressor.history_.get(key):
+            metrics[f"regressor_best_{key}"] = min(regressor.history_[key])
+    return ModelMetadata(
+        vocabulary=list(label_space.vocabulary),
+        layer_sizes=[int(k) for k in autoencoder.layer_sizes],
+        latent_dim=int(autoencoder.H_[-1].shape[1]),
+        image_size=list(regressor.image_size_),
+        base=regressor.base,
+        weights=str(regressor.weights),
+        preprocessing=BACKBONES[regressor.base].preprocessing,
+        autoencoder_loss=autoencoder.loss,
+        model_id=model_id,
+        metrics=metrics,
+        history=history,
+        regressor_params=regressor.get_params(),
+    )
