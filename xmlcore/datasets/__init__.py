@@ -15,6 +15,7 @@ visible label in every image, so explanations and hierarchy recovery can be scor
 from xmlcore.datasets.generate import GeneratedDataset, generate_dishes, sample_recipes
 from xmlcore.datasets.presets import PRESETS, DatasetPreset
 from xmlcore.datasets.recipes import PANTRY, RecipeBook
+from xmlcore.datasets.storage import read_masks, write_dataset
 
 __all__ = [
     "PANTRY",
@@ -23,5 +24,7 @@ __all__ = [
     "GeneratedDataset",
     "RecipeBook",
     "generate_dishes",
+    "read_masks",
     "sample_recipes",
+    "write_dataset",
 ]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from xmlcore.datasets.presets import DatasetPreset, resolve_preset
-from xmlcore.datasets.primitives import enumerate_primitives
+from xmlcore.datasets.primitives import Primitive, enumerate_primitives
 from xmlcore.datasets.recipes import RecipeBook, sample_recipe_book
 from xmlcore.datasets.scenes import RIM_COLOURS, render_scene
 from xmlcore.errors import ConfigError
@@ -100,25 +100,8 @@ def generate_dishes(
         for j, k in zip(visible_ids, scene_rng.permutation(visible_ids.size), strict=True)
     }
     has_plate = _plate_flags(book, config.plate_probability, scene_rng)
-    rims = _rim_of_dish(book)
-
-    size, n = config.image_size, config.n_images
-    images = np.empty((n, size, size, 3), dtype=np.uint8)
-    plate_masks = np.empty((n, size, size), dtype=bool)
-    masks: list[dict[str, np.ndarray]] = []
-    for i in range(n):
-        shown = pixel_rng.permutation(np.flatnonzero(book.membership[i] & book.visible))
-        rim = rims[book.dish_of_image[i]] if has_plate[i] else None
-        images[i], parts, plate_masks[i] = render_scene(
-            [looks[int(j)] for j in shown],
-            size=size,
-            plate_rim=rim,
-            scale=(config.min_object_scale, config.max_object_scale),
-            rng=pixel_rng,
-        )
-        masks.append({book.labels[j]: part for j, part in zip(shown, parts, strict=True)})
-
-    keys = tuple(f"dish_{i:05d}.png" for i in range(1, n + 1))
+    images, masks, plate_masks = _render_all(book, looks, has_plate, config, pixel_rng)
+    keys = tuple(f"dish_{i:05d}.png" for i in range(1, config.n_images + 1))
     label_space = LabelSpace.from_label_sets(keys, book.label_sets(), sorted(book.labels))
     return GeneratedDataset(
         images=images,
@@ -136,6 +119,32 @@ def generate_dishes(
         seed=int(seed),
         config=config,
     )
+
+
+def _render_all(
+    book: RecipeBook,
+    looks: dict[int, Primitive],
+    has_plate: np.ndarray,
+    config: DatasetPreset,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, list[dict[str, np.ndarray]], np.ndarray]:
+    """Images, per-image label masks and plate masks; ingredients drawn in random order."""
+    size, n = config.image_size, config.n_images
+    rims = _rim_of_dish(book)
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    plate_masks = np.empty((n, size, size), dtype=bool)
+    masks: list[dict[str, np.ndarray]] = []
+    for i in range(n):
+        shown = rng.permutation(np.flatnonzero(book.membership[i] & book.visible))
+        images[i], parts, plate_masks[i] = render_scene(
+            [looks[int(j)] for j in shown],
+            size=size,
+            plate_rim=rims[book.dish_of_image[i]] if has_plate[i] else None,
+            scale=(config.min_object_scale, config.max_object_scale),
+            rng=rng,
+        )
+        masks.append({book.labels[j]: part for j, part in zip(shown, parts, strict=True)})
+    return images, masks, plate_masks
 
 
 def _plate_flags(book: RecipeBook, probability: float, rng: np.random.Generator) -> np.ndarray:

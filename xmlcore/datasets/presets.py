@@ -57,7 +57,14 @@ class DatasetPreset:
 PRESETS: dict[str, DatasetPreset] = {
     # Unit tests of other modules: seconds on one core.
     "tiny": DatasetPreset(
-        n_images=60, n_labels=24, n_dish_types=4, n_cuisines=2, image_size=32, n_invisible=3
+        n_images=60,
+        n_labels=24,
+        n_dish_types=4,
+        n_cuisines=2,
+        image_size=32,
+        n_invisible=3,
+        min_object_scale=0.14,
+        max_object_scale=0.22,
     ),
     # Tests, demo and CPU benchmarks.
     "small": DatasetPreset(n_images=600, n_labels=60, n_dish_types=8, n_cuisines=3),
