@@ -541,7 +541,8 @@ def test_requirements_script_drops_only_tensorflow() -> None:
 def test_dockerignore_keeps_secrets_out_and_sources_in() -> None:
     patterns = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", ".env", "**/.env", "deploy/.env"} <= patterns
-    needed = {"xmlx", "xmlcore", "api", "workers", "migrations", "pyproject.toml", "deploy/docker"}
+    needed = {"xmlx", "xmlcore", "api", "workers", "migrations", "alembic.ini", "pyproject.toml"}
+    needed |= {"deploy", "deploy/docker"}
     assert not needed & patterns
 
 

@@ -9,7 +9,8 @@ ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /src
+# Built in /app, the path it runs from: the editable install below points there.
+WORKDIR /app
 # Dependencies first, from pyproject alone, so a source change does not reinstall them.
 COPY pyproject.toml README.md ./
 COPY deploy/docker/requirements.py /tmp/requirements.py
@@ -19,8 +20,10 @@ RUN python /tmp/requirements.py pyproject.toml --exclude tensorflow tensorflow-c
     && /opt/venv/bin/pip install -r /tmp/requirements.txt
 COPY . .
 # --no-deps: pyproject pins tensorflow-cpu on Linux; the list above already has the rest.
+# Editable (-e): xmlx.migrate finds alembic.ini and migrations/ next to the package
+# sources, which a site-packages install would leave behind.
 # The last command fails the build if TensorFlow slipped in through a transitive dependency.
-RUN /opt/venv/bin/pip install --no-deps . \
+RUN /opt/venv/bin/pip install --no-deps -e . \
     && /opt/venv/bin/python -c \
         "import importlib.util, sys; sys.exit(importlib.util.find_spec('tensorflow') is not None)"
 
@@ -29,8 +32,7 @@ RUN groupadd --system --gid 10001 xmlx \
     && useradd --system --uid 10001 --gid xmlx --home-dir /app --shell /usr/sbin/nologin xmlx
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-# Alembic reads its config and scripts from the working directory (`xmlx db upgrade`).
-COPY --from=build --chown=root:root /src /app
+COPY --from=build --chown=root:root /app /app
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1

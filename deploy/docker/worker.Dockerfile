@@ -12,7 +12,8 @@ ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 ARG TENSORFLOW_VERSION=2.21.0
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /src
+# Built in /app, the path it runs from: the editable install below points there.
+WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY deploy/docker/requirements.py /tmp/requirements.py
 # pyproject pins tensorflow-cpu on Linux x86_64; installing both wheels would let the CPU
@@ -23,7 +24,19 @@ RUN python /tmp/requirements.py pyproject.toml --exclude tensorflow tensorflow-c
     && /opt/venv/bin/pip install "tensorflow[and-cuda]==${TENSORFLOW_VERSION}" \
         -r /tmp/requirements.txt
 COPY . .
-RUN /opt/venv/bin/pip install --no-deps .
+# Editable (-e): xmlx.migrate finds alembic.ini and migrations/ next to the sources.
+RUN /opt/venv/bin/pip install --no-deps -e .
+# xmlcore never downloads ImageNet weights (and the workers have no internet egress): it
+# loads them from the Keras cache under KERAS_HOME. Bake the bases you fine-tune, e.g.
+#   --build-arg IMAGENET_WEIGHTS="VGG16 MobileNetV2"   (keras.applications names)
+ARG IMAGENET_WEIGHTS=""
+ENV KERAS_HOME=/opt/keras
+RUN mkdir -p /opt/keras/models \
+    && for base in ${IMAGENET_WEIGHTS}; do \
+        CUDA_VISIBLE_DEVICES="" KERAS_BACKEND=tensorflow /opt/venv/bin/python -c \
+            "import sys, keras; getattr(keras.applications, sys.argv[1])(weights='imagenet', include_top=False)" \
+            "$base" || exit 1; \
+    done
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
 # tini reaps zombies and hands SIGTERM to Celery, whose answer is a WARM shutdown: stop
@@ -34,12 +47,14 @@ RUN apt-get update \
     && groupadd --system --gid 10001 xmlx \
     && useradd --system --uid 10001 --gid xmlx --home-dir /app --shell /usr/sbin/nologin xmlx
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/keras /opt/keras
 WORKDIR /app
-COPY --from=build --chown=root:root /src /app
+COPY --from=build --chown=root:root /app /app
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     KERAS_BACKEND=tensorflow \
+    KERAS_HOME=/opt/keras \
     TF_CPP_MIN_LOG_LEVEL=2 \
     TF_FORCE_GPU_ALLOW_GROWTH=true \
     NVIDIA_VISIBLE_DEVICES=all \
