@@ -17,7 +17,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -38,7 +38,9 @@ from xmlcore.autoencoder import DeepNonNegativeAutoencoder
 from xmlcore.backbones import BACKBONES
 from xmlcore.cnn import LatentLabelRegressor
 from xmlcore.errors import ConfigError, ModelError, XmlcoreError
-from xmlcore.hierarchy import LabelHierarchy
+
+if TYPE_CHECKING:
+    from xmlcore.hierarchy import LabelHierarchy
 
 __all__ = ["ModelMetadata", "TwoStepModel", "top_k_labels", "train_two_step"]
 
@@ -105,6 +107,8 @@ class TwoStepModel:
 
     def hierarchy(self, top_n: int = 5) -> LabelHierarchy:
         """The paper's label hierarchy read from the autoencoder's ``H_``."""
+        from xmlcore.hierarchy import LabelHierarchy
+
         return LabelHierarchy.from_weights(self.autoencoder.H_, self.vocabulary, top_n=top_n)
 
     def save(self, directory: str | Path) -> Path:
