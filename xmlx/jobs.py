@@ -132,10 +132,21 @@ def create_job(
             return replay
     now = utcnow()
     job = Job(
-        id=new_id("job"), tenant_id=tenant_id, kind=kind, state=JobState.QUEUED,
-        params=params or {}, model_id=model_id, total=len(item_keys), done=0, failed=0,
-        duplicates=0, cancel_requested=False, idempotency_key=idempotency_key,
-        request_hash=request_hash, created_at=now, updated_at=now,
+        id=new_id("job"),
+        tenant_id=tenant_id,
+        kind=kind,
+        state=JobState.QUEUED,
+        params=params or {},
+        model_id=model_id,
+        total=len(item_keys),
+        done=0,
+        failed=0,
+        duplicates=0,
+        cancel_requested=False,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        created_at=now,
+        updated_at=now,
     )
     try:
         with session_scope(sessions) as session:
@@ -144,9 +155,11 @@ def create_job(
             chunk_ids = work.insert_work(session, job.id, item_keys, chunk_size)
     except IntegrityError:
         # Two requests raced with the same idempotency key: the loser replays the winner.
-        replay = _replay(sessions, tenant_id, idempotency_key, request_hash) if (
-            idempotency_key is not None
-        ) else None
+        replay = (
+            _replay(sessions, tenant_id, idempotency_key, request_hash)
+            if (idempotency_key is not None)
+            else None
+        )
         if replay is None:
             raise
         return replay
@@ -215,7 +228,9 @@ def claim_chunk(
                 PendingItem(item.id, item.seq, item.item_key)
                 for item in repo.pending_items(session, chunk_id)
             ]
-            return Claim(ClaimStatus.CLAIMED, chunk_id, _fresh(session, job.id), chunk.attempts, items)
+            return Claim(
+                ClaimStatus.CLAIMED, chunk_id, _fresh(session, job.id), chunk.attempts, items
+            )
         return _explain_refusal(session, chunk_id, owner, now)
 
 
@@ -323,8 +338,12 @@ def complete_chunk(
             return None
         if work.end_chunk(session, chunk_id, ChunkState.DONE, now, owner=owner):
             failed = work.fail_pending_items(
-                session, now, "chunk.incomplete", "the worker finished the chunk without this item",
-                job_id=chunk.job_id, chunk_id=chunk_id,
+                session,
+                now,
+                "chunk.incomplete",
+                "the worker finished the chunk without this item",
+                job_id=chunk.job_id,
+                chunk_id=chunk_id,
             )
             _count_and_finalise(session, chunk.job_id, now, failed=failed)
         _try_finish_cancel(session, chunk.job_id, now)

@@ -136,5 +136,7 @@ def job_prefix(tenant_id: str, job_id: str) -> str:
 def item_artifact_key(tenant_id: str, job_id: str, item_key: str, name: str) -> str:
     """Deterministic, so a redone item overwrites its own artifacts instead of adding more."""
     if name not in ITEM_ARTIFACT_NAMES:
-        raise KeyValidationError(f"artifact name must be one of {sorted(ITEM_ARTIFACT_NAMES)}", name)
+        raise KeyValidationError(
+            f"artifact name must be one of {sorted(ITEM_ARTIFACT_NAMES)}", name
+        )
     return f"{job_prefix(tenant_id, job_id)}items/{item_key_hash(item_key)}/{name}"

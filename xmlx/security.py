@@ -30,7 +30,9 @@ class GeneratedKey:
 def generate_api_key(pepper: str) -> GeneratedKey:
     prefix = "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(PREFIX_LENGTH))
     plaintext = f"{KEY_SCHEME}_{prefix}_{secrets.token_urlsafe(32)}"
-    return GeneratedKey(plaintext=plaintext, prefix=prefix, key_hash=hash_api_key(plaintext, pepper))
+    return GeneratedKey(
+        plaintext=plaintext, prefix=prefix, key_hash=hash_api_key(plaintext, pepper)
+    )
 
 
 def hash_api_key(plaintext: str, pepper: str) -> str:

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     # Object storage.
     storage_backend: Literal["s3", "local"] = "local"
     s3_endpoint_url: str | None = None
+    # Where clients reach S3, when it differs from the service's view (signed URLs only).
+    s3_public_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     s3_bucket: str = "xmlx"
     s3_access_key: SecretStr = SecretStr(DEV_S3_ACCESS_KEY)
@@ -103,9 +105,7 @@ class Settings(BaseSettings):
             return self
         problems = _unsafe_defaults(self)
         if problems:
-            raise ValueError(
-                f"unsafe settings for env={self.env!r}: " + "; ".join(problems)
-            )
+            raise ValueError(f"unsafe settings for env={self.env!r}: " + "; ".join(problems))
         return self
 
     @property

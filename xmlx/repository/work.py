@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import and_, case, exists, func, insert, not_, or_, update
 from sqlalchemy.orm import Session
 
-from xmlx.db import new_id
+from xmlx.db import Base, new_id
 from xmlx.models import Chunk, ChunkState, Item, ItemState, Job, JobState
 from xmlx.repository._exec import execute_count
 
@@ -28,9 +28,7 @@ _FINALISABLE = (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING)
 
 def lock_job(session: Session, job_id: str, now: datetime) -> Job | None:
     """Take the job row's lock (SQLite: the write lock) and return the fresh row."""
-    touched = execute_count(
-        session, update(Job).where(Job.id == job_id).values(updated_at=now)
-    )
+    touched = execute_count(session, update(Job).where(Job.id == job_id).values(updated_at=now))
     if touched == 0:
         return None
     return session.get(Job, job_id, populate_existing=True)
@@ -46,17 +44,29 @@ def insert_work(
         stop = min(start + chunk_size, len(item_keys))
         chunk_id = new_id("chk")
         chunk_rows.append(
-            {"id": chunk_id, "job_id": job_id, "seq": seq, "item_start": start,
-             "item_stop": stop, "state": ChunkState.QUEUED.value, "attempts": 0}
+            {
+                "id": chunk_id,
+                "job_id": job_id,
+                "seq": seq,
+                "item_start": start,
+                "item_stop": stop,
+                "state": ChunkState.QUEUED.value,
+                "attempts": 0,
+            }
         )
         item_rows.extend(
-            {"job_id": job_id, "seq": i, "item_key": item_keys[i], "chunk_id": chunk_id,
-             "state": ItemState.PENDING.value}
+            {
+                "job_id": job_id,
+                "seq": i,
+                "item_key": item_keys[i],
+                "chunk_id": chunk_id,
+                "state": ItemState.PENDING.value,
+            }
             for i in range(start, stop)
         )
     # Core inserts with executemany: no ORM objects for 100,000 rows.
-    session.execute(insert(Chunk.__table__), chunk_rows)
-    session.execute(insert(Item.__table__), item_rows)
+    session.execute(insert(Base.metadata.tables["chunks"]), chunk_rows)
+    session.execute(insert(Base.metadata.tables["items"]), item_rows)
     return [row["id"] for row in chunk_rows]
 
 
@@ -96,9 +106,7 @@ def extend_lease(
     return execute_count(
         session,
         update(Chunk)
-        .where(
-            Chunk.id == chunk_id, Chunk.lease_owner == owner, Chunk.state == ChunkState.LEASED
-        )
+        .where(Chunk.id == chunk_id, Chunk.lease_owner == owner, Chunk.state == ChunkState.LEASED)
         .values(heartbeat_at=now, lease_expires_at=lease_until),
     )
 
@@ -118,9 +126,7 @@ def end_chunk(
     if owner is not None:
         conditions += [Chunk.state == ChunkState.LEASED, Chunk.lease_owner == owner]
     if only_unleased:
-        conditions.append(
-            or_(Chunk.state == ChunkState.QUEUED, Chunk.lease_expires_at < now)
-        )
+        conditions.append(or_(Chunk.state == ChunkState.QUEUED, Chunk.lease_expires_at < now))
     return execute_count(
         session,
         update(Chunk)
@@ -150,15 +156,18 @@ def finish_item(
     return execute_count(
         session,
         update(Item)
-        .where(
-            Item.job_id == job_id, Item.item_key == item_key, Item.state == ItemState.PENDING
-        )
+        .where(Item.job_id == job_id, Item.item_key == item_key, Item.state == ItemState.PENDING)
         .values(state=to_state, finished_at=now, **fields),
     )
 
 
 def fail_pending_items(
-    session: Session, now: datetime, code: str, message: str, *, job_id: str,
+    session: Session,
+    now: datetime,
+    code: str,
+    message: str,
+    *,
+    job_id: str,
     chunk_id: str | None = None,
 ) -> int:
     conditions = [Item.job_id == job_id, Item.state == ItemState.PENDING]
@@ -210,9 +219,7 @@ def finalise_if_complete(session: Session, job_id: str, now: datetime) -> int:
     return execute_count(
         session,
         update(Job)
-        .where(
-            Job.id == job_id, Job.state.in_(_FINALISABLE), Job.done + Job.failed == Job.total
-        )
+        .where(Job.id == job_id, Job.state.in_(_FINALISABLE), Job.done + Job.failed == Job.total)
         .values(state=final_state, finished_at=now, error_code=error_code),
     )
 
