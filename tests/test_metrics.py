@@ -197,3 +197,22 @@ def test_chunked_ranking_gives_the_same_answer(monkeypatch: pytest.MonkeyPatch) 
     whole = evaluate_ranking(labels, scores, ks=(1, 4))
     monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 20)  # 2 rows per chunk
     assert evaluate_ranking(labels, scores, ks=(1, 4)) == whole
+
+
+def test_fast_top_k_equals_a_full_stable_sort_with_ties() -> None:
+    rng = np.random.default_rng(3)
+    labels = (rng.random((60, 50)) < 0.2).astype(np.float64)
+    scores = rng.integers(0, 4, (60, 50)).astype(np.float64)  # ties everywhere
+    scores[0] = 1.0  # a row that is one big tie
+    scores[1, :3] = [np.inf, -np.inf, np.inf]
+    ranking = np.argsort(-scores, axis=1, kind="stable")
+    for k in (1, 2, 5, 7):
+        hits = np.take_along_axis(labels, ranking[:, :k], axis=1)
+        assert precision_at_k(labels, scores, k) == pytest.approx(hits.sum(axis=1).mean() / k)
+        discounts = 1 / np.log2(np.arange(2, k + 2))
+        dcg = hits @ discounts
+        ideal = np.array([discounts[: min(k, int(n))].sum() for n in labels.sum(axis=1)])
+        expected = np.divide(dcg, ideal, out=np.zeros_like(dcg), where=ideal > 0).mean()
+        assert ndcg_at_k(labels, scores, k) == pytest.approx(expected)
+        top_columns = np.unique(ranking[:, :k]).size / 50
+        assert coverage_at_k(scores, k) == pytest.approx(top_columns)
