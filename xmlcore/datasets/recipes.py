@@ -42,6 +42,9 @@ from xmlcore.datasets.vocabulary import (
 )
 
 PANTRY = "pantry"
+# Rate of the commonest pantry staple (salt) and its decay down the list.
+PANTRY_TOP_RATE = 0.65
+PANTRY_DECAY = 0.6
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,24 +102,7 @@ def build_hierarchy(c: DatasetPreset, rng: np.random.Generator) -> _Hierarchy:
     main_dish = [int(np.argmax(np.where(cuisine_of_dish == k, popularity, -1))) for k in range(C)]
 
     n_pantry = (c.n_invisible + 1) // 2
-    probs = np.zeros((D, p))
-    home_dish = np.full(p, -1)
-    home_cuisine = np.full(p, -1)
-    probs[:, :n_pantry] = 0.65 * np.arange(1, n_pantry + 1) ** -0.6
-    # Seasonings and cuisine staples: one block of cuisine-tied labels, dealt over cuisines.
-    n_staples = C * c.staples_per_cuisine
-    tied = np.arange(n_pantry, c.n_invisible + n_staples)
-    for j, label in enumerate(tied):
-        k = j % C if label < c.n_invisible else (label - c.n_invisible) % C
-        probs[cuisine_of_dish == k, label] = c.staple_probability
-        home_cuisine[label], home_dish[label] = k, main_dish[k]
-    g = np.arange(c.n_group_labels)
-    group_labels = c.n_invisible + n_staples + g
-    rank = g // D
-    decay = c.tail_probability * np.maximum(rank - c.core_size + 1, 1) ** -c.zipf_exponent
-    probs[g % D, group_labels] = np.where(rank < c.core_size, c.core_probability, decay)
-    home_dish[group_labels] = g % D
-    home_cuisine[group_labels] = cuisine_of_dish[g % D]
+    probs, home_dish, home_cuisine, groups = _label_roles(c, n_pantry, cuisine_of_dish, main_dish)
 
     visible = np.arange(p) >= c.n_invisible
     extra_weights = np.zeros(p)
@@ -137,8 +123,33 @@ def build_hierarchy(c: DatasetPreset, rng: np.random.Generator) -> _Hierarchy:
         visible=visible,
         home_dish=home_dish,
         home_cuisine=home_cuisine,
-        groups=[group_labels[g % D == d] for d in range(D)],
+        groups=groups,
     )
+
+
+def _label_roles(
+    c: DatasetPreset, n_pantry: int, cuisine_of_dish: np.ndarray, main_dish: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Inclusion probabilities (D, p), home dish type and cuisine per label, the groups."""
+    D, C, p = c.n_dish_types, c.n_cuisines, c.n_labels
+    probs = np.zeros((D, p))
+    home_dish = np.full(p, -1)
+    home_cuisine = np.full(p, -1)
+    probs[:, :n_pantry] = PANTRY_TOP_RATE * np.arange(1, n_pantry + 1) ** -PANTRY_DECAY
+    # Seasonings, then cuisine staples: each block dealt round-robin over the cuisines.
+    n_staples = C * c.staples_per_cuisine
+    for label in range(n_pantry, c.n_invisible + n_staples):
+        k = (label - n_pantry if label < c.n_invisible else label - c.n_invisible) % C
+        probs[cuisine_of_dish == k, label] = c.staple_probability
+        home_cuisine[label], home_dish[label] = k, main_dish[k]
+    g = np.arange(c.n_group_labels)
+    group_labels = c.n_invisible + n_staples + g
+    rank = g // D
+    decay = c.tail_probability * np.maximum(rank - c.core_size + 1, 1) ** -c.zipf_exponent
+    probs[g % D, group_labels] = np.where(rank < c.core_size, c.core_probability, decay)
+    home_dish[group_labels] = g % D
+    home_cuisine[group_labels] = cuisine_of_dish[g % D]
+    return probs, home_dish, home_cuisine, [group_labels[g % D == d] for d in range(D)]
 
 
 def sample_recipe_book(

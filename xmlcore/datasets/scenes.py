@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -57,11 +58,11 @@ def render_scene(
     centre, extent = (size / 2, size / 2), (0.5 * size, 0.5 * size, 0.0)
     if plate_rim is not None:
         plate, centre, extent = _draw_plate(canvas, yy, xx, plate_rim, rng)
-    placements, shapes, visible = _layout(prims, size, centre, extent, scale, rng)
+    objects, visible = _layout(prims, size, centre, extent, scale, rng)
     period = max(3.0, size / 12)
-    for prim, p, mask in zip(prims, placements, shapes, strict=True):
-        paint(canvas, prim, mask, local_frame(p, yy, xx), period, rng)
-    covered = np.logical_or.reduce(shapes)
+    for prim, obj in zip(prims, objects, strict=True):
+        paint(canvas[obj.box], prim, obj.shape[obj.box], obj.frame, period, rng)
+    covered = np.logical_or.reduce([obj.shape for obj in objects])
     canvas += rng.normal(0.0, 2.5, canvas.shape).astype(np.float32)
     image = np.clip(canvas, 0, 255).round().astype(np.uint8)
     return image, visible, plate & ~covered
@@ -108,36 +109,51 @@ def _layout(
     extent: tuple[float, float, float],
     scale: tuple[float, float],
     rng: np.random.Generator,
-) -> tuple[list[Placement], list[np.ndarray], list[np.ndarray]]:
-    """Random placements around ``centre``, their shapes and their visible parts.
+) -> tuple[list[_Object], list[np.ndarray]]:
+    """Objects placed at random around ``centre``, and their visible parts.
 
     Objects may overlap; a layout is redrawn (smaller each time) when one of them would
     be mostly hidden, and after a few tries objects go on a grid where none overlap.
     """
-    yy, xx = _grid(size)
     min_pixels = max(4, size * size // 256)
     for attempt in range(_MAX_LAYOUT_TRIES):
         shrink = 0.92**attempt
         placements = [_random_placement(size, centre, extent, scale, shrink, rng) for _ in prims]
-        shapes = _shapes(prims, placements, yy, xx)
-        parts = _visible_parts(shapes)
+        objects = _objects(prims, placements, size)
+        parts = _visible_parts([obj.shape for obj in objects])
         if all(
-            part.sum() >= max(min_pixels, 0.4 * whole.sum())
-            for part, whole in zip(parts, shapes, strict=True)
+            part.sum() >= max(min_pixels, 0.4 * obj.shape.sum())
+            for part, obj in zip(parts, objects, strict=True)
         ):
-            return placements, shapes, parts
-    placements = _grid_placements(len(prims), size, rng)
-    shapes = _shapes(prims, placements, yy, xx)
-    return placements, shapes, shapes
+            return objects, parts
+    objects = _objects(prims, _grid_placements(len(prims), size, rng), size)
+    return objects, [obj.shape for obj in objects]
 
 
-def _shapes(
-    prims: list[Primitive], placements: list[Placement], yy: np.ndarray, xx: np.ndarray
-) -> list[np.ndarray]:
-    return [
-        shape_mask(prim.shape, p, *local_frame(p, yy, xx)[:2])
-        for prim, p in zip(prims, placements, strict=True)
-    ]
+@dataclass(frozen=True, eq=False)
+class _Object:
+    """A placed shape: its full-size mask, and its bounding box with the local frame there."""
+
+    shape: np.ndarray
+    box: tuple[slice, slice]
+    frame: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _objects(prims: list[Primitive], placements: list[Placement], size: int) -> list[_Object]:
+    # Shapes fit in their unit disc: working in the bounding box alone is exact and cheap.
+    yy, xx = _grid(size)
+    out = []
+    for prim, p in zip(prims, placements, strict=True):
+        r = p.radius + 1.0
+        box = (
+            slice(max(0, int(p.cy - r)), min(size, math.ceil(p.cy + r))),
+            slice(max(0, int(p.cx - r)), min(size, math.ceil(p.cx + r))),
+        )
+        frame = local_frame(p, yy[box], xx[box])
+        shape = np.zeros((size, size), dtype=bool)
+        shape[box] = shape_mask(prim.shape, p, frame[0], frame[1])
+        out.append(_Object(shape, box, frame))
+    return out
 
 
 def _random_placement(
