@@ -127,5 +127,5 @@ class NMFTwoStepModel(_LabelModel):
 
     def predict_scores(self, images: Any) -> np.ndarray:
         """Decoded label scores ``(N, p)`` = codes @ components."""
-        components = self.nmf_.components_.astype("float32")
-        return self.predict_latent(images) @ components
+        latent = self.predict_latent(images)
+        return latent @ self.nmf_.components_.astype("float32")
