@@ -9,8 +9,10 @@ packed into the same fixed-size forward batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +41,7 @@ def fill_image(image: np.ndarray, segments: np.ndarray, fill: Fill) -> np.ndarra
     colour = np.broadcast_to(np.asarray(fill, dtype=np.int64), (3,))
     if colour.min() < 0 or colour.max() > 255:
         raise ExplainError("explain.bad_fill", f"fill colour must lie in 0..255, got {fill!r}")
-    return np.broadcast_to(colour.astype(np.uint8), image.shape)
+    return np.broadcast_to(colour.astype(np.uint8), image.shape).copy()
 
 
 def draw_masks(rng: np.random.RandomState, n: int, n_segments: int, *, first: bool) -> np.ndarray:
@@ -58,9 +60,20 @@ def perturb_into(
     out: np.ndarray, image: np.ndarray, fill: np.ndarray, segments: np.ndarray, masks: np.ndarray
 ) -> None:
     """Write ``len(masks)`` perturbed copies of ``image`` into ``out`` (uint8, in place)."""
-    keep = masks.astype(bool)[:, segments]
-    np.copyto(out, fill)
-    np.copyto(out, image, where=keep[..., None])
+    pixel_segments = np.repeat(segments[..., None], 3, axis=-1).ravel()
+    delta = image.astype(np.uint8) - np.asarray(fill, dtype=np.uint8)
+    _perturb_flat(out.reshape(len(masks), -1), masks, pixel_segments, delta.ravel(), fill)
+
+
+def _perturb_flat(
+    out: np.ndarray, masks: np.ndarray, pixel_segments: np.ndarray, delta: np.ndarray, fill: Any
+) -> None:
+    """``out = fill + keep * (image - fill)`` in wrapping uint8 arithmetic, which is
+    exactly ``image`` where kept and ``fill`` where hidden. Three contiguous passes
+    (a column gather, a multiply, an add) beat a broadcast masked copy several-fold."""
+    np.take(masks.astype(np.uint8, copy=False), pixel_segments, axis=1, out=out)
+    np.multiply(out, delta, out=out)
+    np.add(out, np.asarray(fill, dtype=np.uint8).reshape(-1), out=out)
 
 
 def cosine_distances_to_ones(masks: np.ndarray) -> np.ndarray:
@@ -88,8 +101,22 @@ class SampleRequest:
     masks: np.ndarray
     outputs: list[np.ndarray] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self._pixel_segments = np.repeat(self.segments[..., None], 3, axis=-1).ravel()
+        self._delta = (self.image - self.fill).ravel()
+        self._fill = np.ascontiguousarray(self.fill).ravel()
+
+    def perturb_rows(self, out: np.ndarray, start: int, stop: int) -> None:
+        """Perturbed images for mask rows ``start:stop`` into ``out`` (uint8, in place)."""
+        flat = out.reshape(stop - start, -1)
+        _perturb_flat(flat, self.masks[start:stop], self._pixel_segments, self._delta, self._fill)
+
     def result(self) -> np.ndarray:
         return np.concatenate(self.outputs, axis=0)
+
+
+Chunk = tuple[SampleRequest, int, int]
+"""``(request, row in the batch, number of rows)``."""
 
 
 def predict_outputs(
@@ -118,42 +145,40 @@ def run_requests(
     """Answer every request with forward batches of exactly ``batch_size`` (the last one
     shorter), packing the samples of consecutive images together.
 
-    Memory stays at one batch of perturbed images; outputs go back to
+    A helper thread builds the next batch while the model runs on the current one
+    (numpy and the model both release the GIL), alternating between two buffers, so
+    memory stays at two batches of perturbed images. Outputs go back to
     ``request.outputs`` in row order.
     """
     if not requests:
         return
-    buf = np.empty((batch_size, *requests[0].image.shape), dtype=np.uint8)
-    pending: list[tuple[SampleRequest, int, int]] = []
-    pos = 0
+    buffers = [np.empty((batch_size, *requests[0].image.shape), np.uint8) for _ in range(2)]
+    batches = _packed_batches(requests, buffers)
+    with ThreadPoolExecutor(max_workers=1) as builder:
+        upcoming = builder.submit(next, batches, None)
+        while (batch := upcoming.result()) is not None:
+            upcoming = builder.submit(next, batches, None)
+            images, chunks = batch
+            out = predict_outputs(predict_fn, images, columns)
+            for req, start, take in chunks:
+                req.outputs.append(out[start : start + take])
+
+
+def _packed_batches(
+    requests: Sequence[SampleRequest], buffers: list[np.ndarray]
+) -> Iterator[tuple[np.ndarray, list[Chunk]]]:
+    """Fill the buffers in turn with the requests' perturbed images, in order."""
+    batch_size = len(buffers[0])
+    turn, pos, chunks = 0, 0, []
     for req in requests:
         row = 0
         while row < len(req.masks):
             take = min(batch_size - pos, len(req.masks) - row)
-            perturb_into(
-                buf[pos : pos + take],
-                req.image,
-                req.fill,
-                req.segments,
-                req.masks[row : row + take],
-            )
-            pending.append((req, pos, take))
-            pos += take
-            row += take
+            req.perturb_rows(buffers[turn][pos : pos + take], row, row + take)
+            chunks.append((req, pos, take))
+            pos, row = pos + take, row + take
             if pos == batch_size:
-                _flush(predict_fn, buf, pos, pending, columns)
-                pending, pos = [], 0
+                yield buffers[turn], chunks
+                turn, pos, chunks = 1 - turn, 0, []
     if pos:
-        _flush(predict_fn, buf, pos, pending, columns)
-
-
-def _flush(
-    predict_fn: Callable[[np.ndarray], np.ndarray],
-    buf: np.ndarray,
-    size: int,
-    pending: list[tuple[SampleRequest, int, int]],
-    columns: np.ndarray | None,
-) -> None:
-    out = predict_outputs(predict_fn, buf[:size], columns)
-    for req, start, take in pending:
-        req.outputs.append(out[start : start + take])
+        yield buffers[turn][:pos], chunks
