@@ -117,7 +117,7 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS3]:
     except EmbeddedS3Error as exc:
         pytest.fail(f"SeaweedFS did not start: {exc}")
     yield server
-    server.stop()
+    server.stop(grace_seconds=1.0)  # weed ignores SIGTERM: do not wait long for it
 
 
 def make_s3_store(server: EmbeddedS3, bucket: str | None = None, **options: int) -> S3ObjectStore:

@@ -119,12 +119,17 @@ def start_seaweedfs(
         ports["s3"] = s3_port
     config_path = data_dir / "s3.json"
     config_path.write_text(json.dumps(_identity_config(access_key, secret_key)))
+    # weed reads master.toml from its working directory. Every bucket is a collection
+    # with its own volumes; growing one volume at a time (not 7) lets a small
+    # `-volume.max` hold many buckets (tests make one per test).
+    (data_dir / "master.toml").write_text("[master.volume_growth]\ncopy_1 = 1\n")
     log = (data_dir / "weed.log").open("ab")
     process = subprocess.Popen(
         _command(binary, data_dir, config_path, host, ports),
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
+        cwd=data_dir,
         start_new_session=True,
     )
     log.close()
@@ -164,9 +169,9 @@ def _command(
         str(binary), "server",
         f"-dir={data_dir / 'data'}", f"-ip={host}", f"-ip.bind={host}",
         f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
-        "-master.telemetry=false", "-master.volumeSizeLimitMB=256",
+        "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
         f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}",
-        "-volume.max=16",
+        "-volume.max=200",
         "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}",
         f"-filer.localSocket={data_dir / 'filer.sock'}",
         "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3_grpc']}",
