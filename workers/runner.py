@@ -1,0 +1,146 @@
+"""Running one chunk of an explanation or prediction job.
+
+The steps follow ARCHITECTURE.md, "Jobs": lease the chunk (items already finished by
+an earlier attempt are not handed out again), then per batch of images: heartbeat
+(stop on cancel or a lost lease), fetch and decode (a bad image fails alone, with its
+code), call ``xmlcore.batch`` once for the whole batch, write artifacts under
+deterministic keys, record each item (first write wins). A transient storage or
+database failure propagates so the task retries; the lease makes the retry pick up
+where this attempt stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from workers.context import WorkerContext
+from xmlcore.batch import ImageReport, explain_images, predict_images
+from xmlcore.errors import XmlcoreError
+from xmlcore.images import decode_image
+from xmlcore.methods import parse_target
+from xmlx import jobs
+from xmlx.keys import item_artifact_key
+from xmlx.models import Job, JobKind
+from xmlx.storage import StorageError
+
+
+@dataclass(frozen=True)
+class ChunkOutcome:
+    status: str  # claimed status, or "done", "cancelled", "lease_lost"
+    recorded: int = 0
+
+
+def run_chunk(ctx: WorkerContext, chunk_id: str) -> ChunkOutcome:
+    """Do whatever is left of ``chunk_id``; safe to call again for the same chunk."""
+    settings = ctx.settings
+    claim = jobs.claim_chunk(
+        ctx.sessions,
+        chunk_id,
+        ctx.owner,
+        lease_seconds=settings.lease_seconds,
+        max_attempts=settings.max_attempts_per_chunk,
+    )
+    if not claim.claimed or claim.job is None:
+        return ChunkOutcome(claim.status.value)
+    job = claim.job
+    try:
+        model = ctx.model(str(job.model_id))
+    except (StorageError, XmlcoreError) as exc:
+        if getattr(exc, "transient", False):
+            raise
+        jobs.fail_job(ctx.sessions, job.id, exc.code, exc.message)
+        return ChunkOutcome("model_failed")
+    recorded = 0
+    batch_size = max(1, settings.images_per_batch)
+    for start in range(0, len(claim.items), batch_size):
+        beat = jobs.heartbeat(
+            ctx.sessions, chunk_id, ctx.owner, lease_seconds=settings.lease_seconds
+        )
+        if not beat.alive:
+            return ChunkOutcome("lease_lost", recorded)
+        if beat.cancel_requested:
+            jobs.release_chunk(ctx.sessions, chunk_id, ctx.owner)
+            return ChunkOutcome("cancelled", recorded)
+        batch = [item.item_key for item in claim.items[start : start + batch_size]]
+        recorded += _run_batch(ctx, job, model, batch)
+    jobs.complete_chunk(ctx.sessions, chunk_id, ctx.owner)
+    return ChunkOutcome("done", recorded)
+
+
+def _run_batch(ctx: WorkerContext, job: Job, model: Any, item_keys: Sequence[str]) -> int:
+    started = time.perf_counter()
+    images, good_keys = _fetch_images(ctx, job, model.image_size, item_keys)
+    if not good_keys:
+        return len(item_keys)
+    compute = _compute_fn(job, model)
+    try:
+        reports = compute(np.stack(images))
+        pairs = list(zip(good_keys, reports, strict=True))
+    except XmlcoreError as exc:
+        # The request itself is wrong for these images (e.g. an unknown label): each
+        # item fails with the same code; nothing is retried.
+        for key in good_keys:
+            jobs.record_item_failure(ctx.sessions, job.id, key, code=exc.code, message=exc.message)
+        return len(item_keys)
+    seconds = (time.perf_counter() - started) / max(len(good_keys), 1)
+    for key, report in pairs:
+        _persist(ctx, job, key, report, {"seconds": round(seconds, 4)})
+    return len(item_keys)
+
+
+def _compute_fn(job: Job, model: Any) -> Callable[[np.ndarray], list[ImageReport]]:
+    params = job.params
+    k = int(params.get("k", 5))
+    if job.kind == JobKind.PREDICT:
+        return lambda images: predict_images(model, images, k=k)
+    target = parse_target(params.get("target"))
+    return lambda images: explain_images(
+        model,
+        images,
+        method=str(params.get("method", "lime")),
+        target=target,
+        params=params.get("params") or {},
+        k=k,
+        model_id=job.model_id,
+    )
+
+
+def _fetch_images(
+    ctx: WorkerContext, job: Job, size: tuple[int, int], item_keys: Sequence[str]
+) -> tuple[list[np.ndarray], list[str]]:
+    """Decoded images of the items that could be read; the others are recorded failed."""
+    settings = ctx.settings
+    prefix = str(job.params["image_prefix"])
+    images, good = [], []
+    for key in item_keys:
+        try:
+            data = ctx.store.get_bytes(prefix + key, max_bytes=settings.max_image_bytes)
+            images.append(decode_image(data, size=size, max_pixels=settings.max_image_pixels))
+            good.append(key)
+        except StorageError as exc:
+            if exc.transient:
+                raise
+            code = "image.missing" if exc.code == "storage.not_found" else exc.code
+            jobs.record_item_failure(ctx.sessions, job.id, key, code=code, message=exc.message)
+        except XmlcoreError as exc:
+            jobs.record_item_failure(ctx.sessions, job.id, key, code=exc.code, message=exc.message)
+    return images, good
+
+
+def _persist(
+    ctx: WorkerContext, job: Job, key: str, report: ImageReport, timings: dict[str, Any]
+) -> None:
+    artifacts = {}
+    for name, data in report.artifacts.items():
+        storage_key = item_artifact_key(job.tenant_id, job.id, key, name)
+        content_type = "image/png" if name.endswith(".png") else "application/octet-stream"
+        ctx.store.put_bytes(storage_key, data, content_type)
+        artifacts[name] = storage_key
+    jobs.record_item_success(
+        ctx.sessions, job.id, key, result=report.result, artifacts=artifacts, timings=timings
+    )

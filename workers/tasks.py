@@ -1,0 +1,94 @@
+"""Celery tasks: thin wrappers that take ids, run one kernel step, and record the end.
+
+Imported only by worker processes (``include=["workers.tasks"]``); each task is
+registered through ``xmlx_task``, the house decorator: explicit dotted name and queue,
+late acks, redelivery when the worker dies, time limits, retries with backoff only
+for the errors listed as transient.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from celery import Task
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.exc import OperationalError
+
+from workers.celery_app import (
+    DEFAULT_QUEUE,
+    GPU_QUEUE,
+    TASK_RECONCILE,
+    TASK_RUN_CHUNK,
+    app,
+    send_chunks,
+)
+from workers.context import worker_context
+from xmlx import jobs
+from xmlx.errors import XmlxError
+from xmlx.models import JobKind
+
+log = logging.getLogger("xmlx.worker")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class TransientError(Exception):
+    """A failure that may pass if the task runs again later (storage or DB outage)."""
+
+
+TRANSIENT_ERRORS = (TransientError, OperationalError, RedisConnectionError, ConnectionError)
+
+
+def xmlx_task(name: str, queue: str, *, max_retries: int = 8) -> Callable[[F], Task]:
+    def register(fn: F) -> Task:
+        def run(self: Task, *args: Any) -> Any:
+            try:
+                return fn(*args)
+            except XmlxError as exc:
+                if exc.transient:
+                    raise TransientError(f"{exc.code}: {exc.message}") from exc
+                raise
+
+        run.__name__ = fn.__name__
+        run.__doc__ = fn.__doc__
+        return app.task(  # type: ignore[no-any-return]
+            name=name,
+            queue=queue,
+            bind=True,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            autoretry_for=TRANSIENT_ERRORS,
+            retry_backoff=2,
+            retry_backoff_max=60,
+            retry_jitter=True,
+            max_retries=max_retries,
+        )(run)
+
+    return register
+
+
+@xmlx_task(TASK_RUN_CHUNK, GPU_QUEUE)
+def run_chunk(chunk_id: str, kind: str) -> str:
+    """Train a model (kind ``train``) or explain / predict the items of one chunk."""
+    from workers.runner import run_chunk as run_items
+    from workers.training import run_training
+
+    ctx = worker_context()
+    if kind == JobKind.TRAIN:
+        status = run_training(ctx, chunk_id)
+    else:
+        status = run_items(ctx, chunk_id).status
+    log.info("chunk finished", extra={"chunk_id": chunk_id, "kind": kind, "status": status})
+    return status
+
+
+@xmlx_task(TASK_RECONCILE, DEFAULT_QUEUE)
+def reconcile() -> int:
+    """Send again the chunks whose message was lost or whose worker died."""
+    ctx = worker_context()
+    refs = jobs.reconcile(ctx.sessions, grace_seconds=ctx.settings.reconcile_grace_seconds)
+    send_chunks([(ref.chunk_id, ref.kind) for ref in refs])
+    if refs:
+        log.info("reconciler re-enqueued chunks", extra={"count": len(refs)})
+    return len(refs)

@@ -1,0 +1,175 @@
+"""Training a two-step model: a job with one item (the model) and one chunk.
+
+Using the same chunk and lease machinery as explanation batches means a training job
+gets progress, cancel, retries after a worker dies and reconciliation for free. The
+images are read once, decoded in parallel threads, and a seeded hold-out split gives
+the P@k / PSP@k figures stored with the model.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from workers.context import WorkerContext
+from xmlcore.errors import XmlcoreError
+from xmlcore.images import decode_image
+from xmlcore.labels import LabelSpace, read_manifest
+from xmlcore.metrics import evaluate_ranking, propensities
+from xmlcore.model import TwoStepModel, train_two_step
+from xmlx import jobs
+from xmlx import repository as repo
+from xmlx.db import session_scope
+from xmlx.keys import model_artifact_key
+from xmlx.models import Job, ModelState
+from xmlx.storage import StorageError
+
+TRAIN_ITEM_KEY = "model"
+HOLDOUT_FRACTION = 0.1
+DECODE_THREADS = 4
+
+
+class TrainingCancelledError(Exception):
+    """Raised from the epoch callback when the job's cancel flag is set."""
+
+
+def run_training(ctx: WorkerContext, chunk_id: str) -> str:
+    settings = ctx.settings
+    claim = jobs.claim_chunk(
+        ctx.sessions, chunk_id, ctx.owner,
+        lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts_per_chunk,
+    )  # fmt: skip
+    if not claim.claimed or claim.job is None:
+        return claim.status.value
+    job = claim.job
+    model_id = str(job.model_id)
+    _set_model_state(ctx, model_id, ModelState.TRAINING)
+    try:
+        model, metrics = _train(ctx, job, chunk_id)
+    except TrainingCancelledError:
+        jobs.release_chunk(ctx.sessions, chunk_id, ctx.owner)
+        _set_model_state(ctx, model_id, ModelState.FAILED, error_code="job.cancelled")
+        return "cancelled"
+    except (XmlcoreError, StorageError) as exc:
+        if getattr(exc, "transient", False):
+            raise
+        _set_model_state(
+            ctx, model_id, ModelState.FAILED, error_code=exc.code, error_message=exc.message
+        )
+        jobs.record_item_failure(
+            ctx.sessions, job.id, TRAIN_ITEM_KEY, code=exc.code, message=exc.message
+        )
+        jobs.complete_chunk(ctx.sessions, chunk_id, ctx.owner)
+        return "failed"
+    artifact_key = model_artifact_key(job.tenant_id, model_id, "model.zip")
+    ctx.store.put_bytes(artifact_key, model.to_bytes(), "application/zip")
+    _set_model_state(
+        ctx, model_id, ModelState.READY,
+        artifact_key=artifact_key, metrics=metrics,
+        history=model.metadata.history, hierarchy=model.hierarchy().to_json(),
+    )  # fmt: skip
+    jobs.record_item_success(
+        ctx.sessions, job.id, TRAIN_ITEM_KEY,
+        result={"model_id": model_id, "metrics": metrics}, artifacts={"model.zip": artifact_key},
+    )  # fmt: skip
+    jobs.complete_chunk(ctx.sessions, chunk_id, ctx.owner)
+    return "done"
+
+
+def _train(ctx: WorkerContext, job: Job, chunk_id: str) -> tuple[TwoStepModel, dict[str, Any]]:
+    params = dict(job.params)
+    dataset = params.pop("dataset")
+    space = read_manifest(ctx.store.get_bytes(dataset["manifest_key"]))
+    train_params = params.get("training", {})
+    size = tuple(train_params.get("image_size") or (64, 64))
+    images, kept = _load_images(ctx, dataset["image_prefix"], space, (size[0], size[1]))
+    n_listed = space.n_images
+    space = space.subset(kept)
+    train_rows, test_rows = _split(space.n_images, int(train_params.get("seed", 0)))
+
+    def on_epoch(stage: str, epoch: int, logs: dict[str, float]) -> None:
+        beat = jobs.heartbeat(
+            ctx.sessions, chunk_id, ctx.owner, lease_seconds=ctx.settings.lease_seconds
+        )
+        if beat.cancel_requested or not beat.alive:
+            raise TrainingCancelledError()
+
+    model = train_two_step(
+        images[train_rows], space.subset(train_rows), model_id=job.model_id,
+        on_epoch=on_epoch, **_training_kwargs(train_params),
+    )  # fmt: skip
+    metrics = _evaluate(model, images[test_rows], space, train_rows, test_rows)
+    metrics["images_unreadable"] = n_listed - len(kept)
+    return model, metrics
+
+
+def _training_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    allowed = {
+        "layer_sizes", "ae_loss", "ae_params", "base", "weights", "image_size",
+        "fine_tune_layers", "epochs", "batch_size", "learning_rate", "seed", "regressor_params",
+    }  # fmt: skip
+    kwargs = {key: value for key, value in params.items() if key in allowed}
+    for key in ("layer_sizes", "image_size"):
+        if key in kwargs and kwargs[key] is not None:
+            kwargs[key] = tuple(kwargs[key])
+    return kwargs
+
+
+def _load_images(
+    ctx: WorkerContext, prefix: str, space: LabelSpace, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded images in manifest order, and the rows whose image could be read."""
+    settings = ctx.settings
+
+    def load(key: str) -> np.ndarray | None:
+        try:
+            data = ctx.store.get_bytes(prefix + key, max_bytes=settings.max_image_bytes)
+            return decode_image(data, size=size, max_pixels=settings.max_image_pixels)
+        except StorageError as exc:
+            if exc.transient:
+                raise
+            return None
+        except XmlcoreError:
+            return None
+
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        decoded = list(pool.map(load, space.image_keys))
+    kept = np.array([i for i, image in enumerate(decoded) if image is not None], dtype=np.int64)
+    if len(kept) < 2:
+        raise XmlcoreError(
+            "dataset.no_images", "fewer than two images of the dataset could be read"
+        )
+    return np.stack([decoded[i] for i in kept]), kept
+
+
+def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = max(1, round(n * HOLDOUT_FRACTION)) if n >= 10 else 0
+    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+    return train, test if n_test else train
+
+
+def _evaluate(
+    model: TwoStepModel, test_images: np.ndarray, space: LabelSpace,
+    train_rows: np.ndarray, test_rows: np.ndarray,
+) -> dict[str, Any]:  # fmt: skip
+    Y_test = space.subset(test_rows).matrix
+    scores = model.predict_scores(test_images)
+    prop = propensities(space.subset(train_rows).matrix)
+    metrics: dict[str, Any] = {
+        key: round(float(value), 4)
+        for key, value in evaluate_ranking(Y_test, scores, ks=(1, 3, 5), propensity=prop).items()
+    }
+    metrics["n_train"] = len(train_rows)
+    metrics["n_test"] = len(test_rows)
+    assignment = model.hierarchy().label_assignment()
+    metrics["hierarchy_units_used"] = len(set(assignment.tolist()))
+    return metrics
+
+
+def _set_model_state(ctx: WorkerContext, model_id: str, state: str, **fields: Any) -> None:
+    with session_scope(ctx.sessions) as session:
+        sources = [s for s in ModelState if s not in (ModelState.READY,)]
+        repo.transition_model(session, model_id, sources, state, **fields)

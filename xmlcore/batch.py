@@ -1,0 +1,117 @@
+"""One call per batch of images: predictions, explanations and their artifacts.
+
+This is what a service worker runs on a chunk: decoded images in, per-image JSON
+summaries and artifact bytes out. Every image of a batch shares the forward passes
+(the explainer packs their samples together), and every target of an image shares its
+samples, so a chunk costs about ``num_samples x images`` forward passes and no more.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from xmlcore.explain import Explanation, SlicSegmenter, resolve_targets
+from xmlcore.methods import TargetSpec, make_explainer
+from xmlcore.model import TwoStepModel
+from xmlcore.viz import blend_png, mask_png
+
+ARTIFACT_NAMES = ("heatmap.png", "mask.png", "weights.npy")
+
+
+@dataclass
+class ImageReport:
+    """What one image yields: JSON-ready ``result`` and ``artifacts`` (name -> bytes)."""
+
+    result: dict[str, Any]
+    artifacts: dict[str, bytes] = field(default_factory=dict)
+
+
+def predict_images(model: TwoStepModel, images: np.ndarray, *, k: int = 5) -> list[ImageReport]:
+    """Top-``k`` labels with scores and the latent code of every image."""
+    latent = model.predict_latent(images)
+    scores = model.predict_scores(images)
+    return [
+        ImageReport(result=_prediction(model, latent[i], scores[i], k)) for i in range(len(images))
+    ]
+
+
+def explain_images(
+    model: TwoStepModel,
+    images: np.ndarray,
+    *,
+    method: str = "lime",
+    target: TargetSpec,
+    params: Mapping[str, Any] | None = None,
+    k: int = 5,
+    model_id: str | None = None,
+) -> list[ImageReport]:
+    """Predict and explain ``images`` (uint8 ``(N, H, W, 3)``) for ``target``.
+
+    Each report's ``result`` has ``top_labels``, ``latent`` and ``explanations`` (one
+    summary per resolved target, the hierarchy path included for latent units); its
+    artifacts are the first target's heatmap blended over the image, the top-superpixel
+    mask, and ``weights.npy`` with every target's superpixel weights (``(T, K)``) or,
+    for pixel methods, heatmaps (``(T, H, W)``).
+    """
+    explainer = make_explainer(method, model, params or {})
+    targets = resolve_targets(model, images, target)
+    explained = explainer.explain(images, targets)
+    latent = model.predict_latent(images)
+    scores = model.predict_scores(images)
+    reports = []
+    for i, explanations in enumerate(explained):
+        if model_id is not None:
+            for explanation in explanations:
+                explanation.provenance["model_id"] = model_id
+        result = _prediction(model, latent[i], scores[i], k)
+        result["explanations"] = [e.to_json() for e in explanations]
+        reports.append(ImageReport(result, _artifacts(images[i], explanations)))
+    return reports
+
+
+def _prediction(
+    model: TwoStepModel, latent: np.ndarray, scores: np.ndarray, k: int
+) -> dict[str, Any]:
+    order = np.argsort(-scores, kind="stable")[:k]
+    return {
+        "top_labels": [
+            {"label": model.vocabulary[j], "score": round(float(scores[j]), 6)} for j in order
+        ],
+        "latent": [round(float(v), 6) for v in latent],
+    }
+
+
+def _artifacts(image: np.ndarray, explanations: list[Explanation]) -> dict[str, bytes]:
+    first = explanations[0]
+    segments = first.segments
+    if segments is None:
+        # Pixel methods have no superpixels: rank SLIC segments by mean attribution so
+        # the mask artifact means the same thing for every method.
+        segments = SlicSegmenter()(image)
+    top = first.top_segments or _top_segments(first.heatmap, segments)
+    return {
+        "heatmap.png": blend_png(image, first.heatmap),
+        "mask.png": mask_png(image, segments, top),
+        "weights.npy": _weights(explanations),
+    }
+
+
+def _top_segments(heatmap: np.ndarray, segments: np.ndarray, n: int = 5) -> list[int]:
+    sums = np.bincount(segments.ravel(), weights=heatmap.ravel().astype(np.float64))
+    sizes = np.maximum(np.bincount(segments.ravel()), 1)
+    return [int(s) for s in np.argsort(-(sums / sizes), kind="stable")[:n]]
+
+
+def _weights(explanations: list[Explanation]) -> bytes:
+    if all(e.segment_weights is not None for e in explanations):
+        array = np.stack([np.asarray(e.segment_weights, np.float32) for e in explanations])
+    else:
+        array = np.stack([e.heatmap.astype(np.float32) for e in explanations])
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()

@@ -1,0 +1,141 @@
+"""The ``xmlx`` command: run the service's processes, manage it, and use it.
+
+Process commands (``api``, ``worker``, ``beat``) start their programs by module path,
+so this kernel never imports the API or the workers (ARCHITECTURE.md's dependency
+direction); TensorFlow is only imported by the commands that run models.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from xmlx.settings import get_settings
+
+app = typer.Typer(help="xmlx: interpretable extreme multi-label learning on images.")
+db_app = typer.Typer(help="Database schema (Alembic migrations).")
+keys_app = typer.Typer(help="API keys.")
+app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+console = Console()
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Migrate the database to ``revision`` (default: the newest)."""
+    from xmlx.migrate import upgrade
+
+    settings = get_settings()
+    _ensure_sqlite_dir(settings.database_url)
+    upgrade(settings.database_url, revision)
+    console.print(f"database at {revision}: {_redact(settings.database_url)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str = "base") -> None:
+    """Undo migrations down to ``revision`` (default: an empty database)."""
+    from xmlx.migrate import downgrade
+
+    downgrade(get_settings().database_url, revision)
+    console.print(f"database at {revision}")
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="tenant name; created when new")],
+    name: Annotated[str, typer.Option(help="a label for this key")] = "",
+) -> None:
+    """Create an API key for ``tenant`` and print it (it is shown only once)."""
+    from xmlx import repository as repo
+    from xmlx.db import engine_from_settings, make_session_factory, session_scope
+    from xmlx.migrate import ensure_migrated
+
+    settings = get_settings()
+    engine = engine_from_settings(settings)
+    ensure_migrated(engine)
+    with session_scope(make_session_factory(engine)) as session:
+        row = repo.get_tenant_by_name(session, tenant) or repo.create_tenant(session, tenant)
+        key, plaintext = repo.create_api_key(
+            session, row.id, settings.api_key_pepper.get_secret_value(), name
+        )
+        tenant_id = row.id
+    console.print(f"tenant {tenant} ({tenant_id}), key {key.id}:")
+    typer.echo(plaintext)
+
+
+@app.command()
+def api(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Serve the HTTP API (uvicorn)."""
+    _exec(
+        [sys.executable, "-m", "uvicorn", "api.app:app", "--host", host, "--port", str(port),
+         "--workers", str(workers), "--no-access-log"]
+    )  # fmt: skip
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="comma-separated queues")] = "gpu,default",
+    concurrency: Annotated[int, typer.Option(help="one per GPU; TF is not fork-safe")] = 1,
+    name: Annotated[str, typer.Option(help="node name")] = "",
+) -> None:
+    """Run a Celery worker (one process per GPU)."""
+    args = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+            "-Q", queues, "--concurrency", str(concurrency), "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle"]  # fmt: skip
+    if name:
+        args += ["-n", name]
+    _exec(args)
+
+
+@app.command()
+def beat() -> None:
+    """Run the scheduler that triggers the reconciler (exactly one per deployment)."""
+    schedule = get_settings().data_dir / "celerybeat-schedule"
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    _exec([sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat",
+           "--loglevel", "INFO", "-s", str(schedule)])  # fmt: skip
+
+
+@app.command()
+def demo(
+    core: Annotated[bool, typer.Option(help="run xmlcore in-process, without the service")] = False,
+    out: Annotated[Path, typer.Option(help="where to write results")] = Path(".xmlx/demo"),
+    epochs: int = 20,
+) -> None:
+    """Generate a dataset, train, explain, and print the results and where to look."""
+    if core:
+        from xmlx.demo_core import run_core_demo
+
+        run_core_demo(out, epochs=epochs, echo=console.print)
+        return
+    from xmlx.demo_service import run_service_demo
+
+    run_service_demo(out, epochs=epochs, console=console)
+
+
+def _exec(args: list[str]) -> None:
+    raise typer.Exit(subprocess.call(args, env=os.environ.copy()))
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _redact(url: str) -> str:
+    head, sep, tail = url.partition("@")
+    return f"{head.split(':')[0]}://***@{tail}" if sep else url
+
+
+if __name__ == "__main__":
+    app()

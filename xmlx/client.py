@@ -1,0 +1,264 @@
+"""A small Python client for the xmlx HTTP API.
+
+``Client(base_url, api_key)`` uploads images straight to storage through presigned
+URLs, registers datasets, trains models, submits explanation and prediction batches,
+waits with a progress bar, and pages through results. Errors from the API come back
+as ``ApiError`` carrying the problem document's stable ``code``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+FINAL_STATES = frozenset({"succeeded", "partially_succeeded", "failed", "cancelled"})
+UPLOAD_BATCH = 500
+
+
+class ApiError(Exception):
+    """An API answer outside 2xx: ``status``, stable ``code`` and the problem ``detail``."""
+
+    def __init__(self, status: int, code: str, detail: str, body: Any = None) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.body = body
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    id: str
+    kind: str
+    state: str
+    total: int
+    done: int
+    failed: int
+    raw: dict[str, Any]
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> JobStatus:
+        progress = body.get("progress", {})
+        return cls(
+            id=body["id"],
+            kind=body.get("kind", ""),
+            state=body["state"],
+            total=int(progress.get("total", 0)),
+            done=int(progress.get("done", 0)),
+            failed=int(progress.get("failed", 0)),
+            raw=dict(body),
+        )
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    key: str
+    state: str
+    result: dict[str, Any] | None
+    artifacts: dict[str, str]
+    error_code: str | None
+    error_message: str | None
+
+    @property
+    def top_labels(self) -> list[tuple[str, float]]:
+        labels = (self.result or {}).get("top_labels", [])
+        return [(entry["label"], float(entry["score"])) for entry in labels]
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> ItemResult:
+        error = body.get("error") or {}
+        return cls(
+            key=body["key"],
+            state=body["state"],
+            result=body.get("result"),
+            artifacts=dict(body.get("artifacts") or {}),
+            error_code=error.get("code"),
+            error_message=error.get("message"),
+        )
+
+
+class Client:
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0) -> None:
+        self.http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise _api_error(response)
+        return response.json() if response.content else None
+
+    def upload(self, files: Mapping[str, bytes], content_type: str = "image/png") -> None:
+        """Send ``{key: bytes}`` to the tenant's upload area through presigned PUT URLs."""
+        keys = list(files)
+        with ThreadPoolExecutor(8) as pool:
+            for start in range(0, len(keys), UPLOAD_BATCH):
+                batch = keys[start : start + UPLOAD_BATCH]
+                body = {"keys": batch, "content_type": content_type}
+                grants = self.request("POST", "/v1/uploads", json=body)["uploads"]
+                list(pool.map(lambda g: self._put(g, files[g["key"]], content_type), grants))
+
+    def _put(self, grant: Mapping[str, Any], data: bytes, content_type: str) -> None:
+        headers = {"Content-Type": content_type, **(grant.get("headers") or {})}
+        response = httpx.put(grant["url"], content=data, headers=headers, timeout=60.0)
+        if response.status_code >= 300:
+            raise ApiError(response.status_code, "upload.failed", response.text[:500])
+
+    def create_dataset(self, name: str, images_prefix: str, manifest_key: str) -> dict[str, Any]:
+        body = {"name": name, "images_prefix": images_prefix, "manifest_key": manifest_key}
+        return dict(self.request("POST", "/v1/datasets", json=body))
+
+    def train(self, dataset_id: str, name: str = "", **training: Any) -> dict[str, Any]:
+        """Start a training job; returns ``{"job": ..., "model": ...}``."""
+        body = {"dataset_id": dataset_id, "name": name, "training": training}
+        return dict(self.request("POST", "/v1/models", json=body))
+
+    def explain(
+        self,
+        model_id: str,
+        images: Iterable[str] | None = None,
+        *,
+        prefix: str | None = None,
+        dataset_id: str | None = None,
+        method: str = "lime",
+        target: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+        k: int = 5,
+        idempotency_key: str | None = None,
+    ) -> JobStatus:
+        body: dict[str, Any] = {"model_id": model_id, "method": method, "k": k,
+                                "params": dict(params or {})}  # fmt: skip
+        if images is not None:
+            body["images"] = list(images)
+        if prefix is not None:
+            body["prefix"] = prefix
+        if dataset_id is not None:
+            body["dataset_id"] = dataset_id
+        if target is not None:
+            body["target"] = dict(target)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return JobStatus.from_json(
+            self.request("POST", "/v1/explanations", json=body, headers=headers)
+        )
+
+    def job(self, job_id: str) -> JobStatus:
+        return JobStatus.from_json(self.request("GET", f"/v1/jobs/{job_id}"))
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/models/{model_id}"))
+
+    def hierarchy(self, model_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/models/{model_id}/hierarchy"))
+
+    def cancel(self, job_id: str) -> JobStatus:
+        return JobStatus.from_json(self.request("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def wait(
+        self, job_id: str, *, progress: bool = False, timeout: float = 3600.0, poll: float = 1.0
+    ) -> JobStatus:
+        """Poll until the job reaches a final state; a rich progress bar with ``progress``."""
+        deadline = time.monotonic() + timeout
+        bar = _ProgressBar(job_id) if progress else None
+        try:
+            while True:
+                status = self.job(job_id)
+                if bar is not None:
+                    bar.update(status)
+                if status.finished:
+                    return status
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} still {status.state} after {timeout:.0f} s")
+                time.sleep(poll)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def iter_results(
+        self, job_id: str, *, state: str | None = None, page_size: int = 200
+    ) -> Iterator[ItemResult]:
+        params: dict[str, Any] = {"limit": page_size}
+        if state is not None:
+            params["state"] = state
+        while True:
+            page = self.request("GET", f"/v1/jobs/{job_id}/results", params=params)
+            for item in page["items"]:
+                yield ItemResult.from_json(item)
+            if not page.get("next_cursor"):
+                return
+            params["cursor"] = page["next_cursor"]
+
+    def download_artifacts(
+        self, job_id: str, dest: Path, *, names: Iterable[str] = ("heatmap.png", "mask.png")
+    ) -> list[Path]:
+        """Fetch every item's artifacts (through their presigned URLs) into ``dest``."""
+        wanted = set(names)
+        written = []
+        dest.mkdir(parents=True, exist_ok=True)
+        for item in self.iter_results(job_id, state="succeeded"):
+            for name, url in item.artifacts.items():
+                if name not in wanted:
+                    continue
+                response = httpx.get(url, timeout=60.0)
+                response.raise_for_status()
+                path = dest / f"{Path(item.key).stem}_{name}"
+                path.write_bytes(response.content)
+                written.append(path)
+        return written
+
+
+class _ProgressBar:
+    def __init__(self, job_id: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[state]}"), TimeElapsedColumn(),
+        )  # fmt: skip
+        self.task = self.progress.add_task(f"job {job_id}", total=None, state="queued")
+        self.progress.start()
+
+    def update(self, status: JobStatus) -> None:
+        self.progress.update(
+            self.task, total=status.total or None, completed=status.done + status.failed,
+            state=status.state,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    try:
+        body = response.json()
+    except ValueError:
+        return ApiError(response.status_code, "http.error", response.text[:500])
+    return ApiError(response.status_code, str(body.get("code", "http.error")),
+                    str(body.get("detail", body.get("title", ""))), body)  # fmt: skip
