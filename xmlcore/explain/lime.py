@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache, cached_property
 from importlib import metadata
 from typing import Any
 
@@ -48,20 +49,33 @@ def image_seed(seed: int, image_index: int) -> int:
 
 @dataclass
 class _ImageRun:
-    """Sampling state of one image in the fast engine."""
+    """Sampling state of one image in the fast engine.
+
+    Segments and fill are computed on first use, which happens in ``run_requests``'
+    builder thread: images are segmented while the model works on earlier batches.
+    """
 
     index: int
     image: np.ndarray
-    segments: np.ndarray
-    fill: np.ndarray
+    segmenter: Segmenter
+    fill_spec: Fill
     rng: np.random.RandomState
     columns: np.ndarray
     original: np.ndarray
     tracker: StabilityTracker
     masks: list[np.ndarray] = field(default_factory=list)
     outputs: list[np.ndarray] = field(default_factory=list)
+    request: SampleRequest | None = None
     fit: RidgeFit | None = None
     done: bool = False
+
+    @cached_property
+    def segments(self) -> np.ndarray:
+        return self.segmenter(self.image)
+
+    @cached_property
+    def fill(self) -> np.ndarray:
+        return fill_image(self.image, self.segments, self.fill_spec)
 
     @property
     def drawn(self) -> int:
@@ -143,14 +157,13 @@ class LimeExplainer(Explainer):
     def _start(
         self, index: int, image: np.ndarray, row: list[TargetInfo], original: np.ndarray, seed: int
     ) -> _ImageRun:
-        segments = self.segmenter(image)
         rule = self.adaptive or AdaptiveSampling(min_samples=self.num_samples)
         max_samples = self.num_samples if self.adaptive is None else rule.max_samples
         return _ImageRun(
             index=index,
             image=image,
-            segments=segments,
-            fill=fill_image(image, segments, self.fill),
+            segmenter=self.segmenter,
+            fill_spec=self.fill,
             rng=np.random.RandomState(image_seed(seed, index)),
             columns=np.array([t.column for t in row]),
             original=original,
@@ -161,11 +174,12 @@ class LimeExplainer(Explainer):
         """Rounds of sampling over the unfinished images, one packed forward pass each."""
         columns = np.unique(np.concatenate([run.columns for run in runs]))
         while active := [run for run in runs if not run.done]:
-            requests = [self._draw(run) for run in active]
-            run_requests(self.predict_fn, requests, self.batch_size, columns)
-            for run, req in zip(active, requests, strict=True):
-                if req.outputs:
-                    run.outputs.append(req.result())
+            requests = (self._draw(run) for run in active)
+            run_requests(self.predict_fn, requests, self.batch_size, columns, runs[0].image.shape)
+            for run in active:
+                assert run.request is not None
+                if run.request.outputs:
+                    run.outputs.append(run.request.result())
                 self._refit(run, columns)
 
     def _draw(self, run: _ImageRun) -> SampleRequest:
@@ -175,7 +189,8 @@ class LimeExplainer(Explainer):
         run.masks.append(masks)
         # Row 0 is the unperturbed image: its output is already known.
         todo = masks[1:] if first else masks
-        return SampleRequest(run.image, run.fill, run.segments, todo)
+        run.request = SampleRequest(run.image, run.fill, run.segments, todo)
+        return run.request
 
     def _refit(self, run: _ImageRun, columns: np.ndarray) -> None:
         X = np.concatenate(run.masks, axis=0)
@@ -278,10 +293,11 @@ class LimeExplainer(Explainer):
             "seed": seed,
             "image_seed": image_seed(seed, index),
             "adaptive": self.adaptive.to_json() if self.adaptive else None,
-            "versions": versions(),
+            "versions": dict(versions()),
         }
 
 
+@cache
 def versions() -> dict[str, str | None]:
     """Versions of the packages that shape a LIME result (None when not installed)."""
     found: dict[str, str | None] = {}

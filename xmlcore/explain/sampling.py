@@ -9,9 +9,10 @@ packed into the same fixed-size forward batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -138,9 +139,10 @@ def predict_outputs(
 
 def run_requests(
     predict_fn: Callable[[np.ndarray], np.ndarray],
-    requests: Sequence[SampleRequest],
+    requests: Iterable[SampleRequest],
     batch_size: int,
     columns: np.ndarray | None = None,
+    image_shape: tuple[int, ...] | None = None,
 ) -> None:
     """Answer every request with forward batches of exactly ``batch_size`` (the last one
     shorter), packing the samples of consecutive images together.
@@ -148,11 +150,17 @@ def run_requests(
     A helper thread builds the next batch while the model runs on the current one
     (numpy and the model both release the GIL), alternating between two buffers, so
     memory stays at two batches of perturbed images. Outputs go back to
-    ``request.outputs`` in row order.
+    ``request.outputs`` in row order. ``requests`` may be a lazy iterable: it is
+    consumed in the builder thread, so the work of making each request overlaps the
+    model's work too (pass ``image_shape`` then, else the first request is made first).
     """
-    if not requests:
-        return
-    buffers = [np.empty((batch_size, *requests[0].image.shape), np.uint8) for _ in range(2)]
+    if image_shape is None:
+        pending = iter(requests)
+        first = next(pending, None)
+        if first is None:
+            return
+        requests, image_shape = chain([first], pending), first.image.shape
+    buffers = [np.empty((batch_size, *image_shape), np.uint8) for _ in range(2)]
     batches = _packed_batches(requests, buffers)
     with ThreadPoolExecutor(max_workers=1) as builder:
         upcoming = builder.submit(next, batches, None)
@@ -165,7 +173,7 @@ def run_requests(
 
 
 def _packed_batches(
-    requests: Sequence[SampleRequest], buffers: list[np.ndarray]
+    requests: Iterable[SampleRequest], buffers: list[np.ndarray]
 ) -> Iterator[tuple[np.ndarray, list[Chunk]]]:
     """Fill the buffers in turn with the requests' perturbed images, in order."""
     batch_size = len(buffers[0])
