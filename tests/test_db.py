@@ -1,0 +1,80 @@
+"""Database plumbing: ids, UTC timestamps on both databases, naming, transactions."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import inspect, select
+from sqlalchemy.exc import IntegrityError, StatementError
+
+from tests.kernel_fixtures import is_postgres
+from xmlx import jobs
+from xmlx import repository as repo
+from xmlx.db import Base, SessionFactory, new_id, session_scope
+from xmlx.models import Tenant
+
+
+def test_ids_are_prefixed_unique_and_time_ordered() -> None:
+    ids = [new_id("job") for _ in range(2000)]
+    assert len(set(ids)) == 2000
+    assert all(i.startswith("job_") and len(i) == 30 for i in ids)
+    earlier = new_id("job")
+    time.sleep(0.002)
+    assert new_id("job") > earlier
+
+
+def test_timestamps_come_back_aware_utc(session_factory: SessionFactory) -> None:
+    paris = timezone(timedelta(hours=2))
+    moment = datetime(2024, 6, 1, 14, 30, 15, 123456, tzinfo=paris)
+    with session_scope(session_factory) as session:
+        tenant = repo.create_tenant(session, f"tz-{new_id('x')}")
+        tenant.created_at = moment
+    with session_scope(session_factory) as session:
+        stored = session.scalars(select(Tenant).where(Tenant.id == tenant.id)).one()
+        session.refresh(stored)
+        assert stored.created_at.tzinfo is not None
+        assert stored.created_at.utcoffset() == timedelta(0)
+        assert stored.created_at == moment.astimezone(UTC)
+
+
+def test_naive_datetimes_are_refused(session_factory: SessionFactory) -> None:
+    with (
+        pytest.raises(StatementError, match="naive datetime"),
+        session_scope(session_factory) as session,
+    ):
+        tenant = repo.create_tenant(session, f"naive-{new_id('x')}")
+        tenant.created_at = datetime(2024, 1, 1)
+        session.flush()
+
+
+def test_session_scope_rolls_back_on_error(session_factory: SessionFactory) -> None:
+    name = f"rollback-{new_id('x')}"
+    with pytest.raises(RuntimeError), session_scope(session_factory) as session:
+        repo.create_tenant(session, name)
+        raise RuntimeError("boom")
+    with session_scope(session_factory) as session:
+        assert repo.get_tenant_by_name(session, name) is None
+
+
+def test_constraints_have_stable_names(database_engine: object) -> None:
+    inspector = inspect(database_engine)
+    assert inspector.get_pk_constraint("jobs")["name"] in ("pk_jobs", None)  # SQLite: unnamed
+    uniques = {u["name"] for u in inspector.get_unique_constraints("items")}
+    assert "uq_items_job_id_item_key" in uniques
+    indexes = {i["name"] for i in inspector.get_indexes("items")}
+    assert {"ix_items_job_id_state_id", "ix_items_chunk_id"} <= indexes
+    assert set(Base.metadata.tables) == {
+        "tenants", "api_keys", "datasets", "models", "jobs", "chunks", "items",
+    }  # fmt: skip
+
+
+def test_foreign_keys_are_enforced(session_factory: SessionFactory) -> None:
+    with pytest.raises(IntegrityError):
+        jobs.create_job(session_factory, tenant_id="ten_missing", kind="predict", item_keys=["a"])
+
+
+def test_database_kind_matches_the_environment(database_engine: object) -> None:
+    dialect = inspect(database_engine).dialect.name  # type: ignore[union-attr]
+    assert dialect == ("postgresql" if is_postgres() else "sqlite")
