@@ -96,7 +96,7 @@ def create_engine(url: str, *, echo: bool = False) -> Engine:
     """An engine for `url` with the settings this service relies on (see module doc)."""
     if url.startswith("sqlite"):
         return _create_sqlite_engine(url, echo=echo)
-    return sa_create_engine(url, echo=echo, pool_pre_ping=True, future=True)
+    return sa_create_engine(url, echo=echo, pool_pre_ping=True)
 
 
 def _create_sqlite_engine(url: str, *, echo: bool) -> Engine:

@@ -1,0 +1,60 @@
+"""The job lifecycle: creation, chunk leases, item results, finalisation, cancel.
+
+The database is the truth and the broker only delivers (see ARCHITECTURE.md). Each
+public function here is exactly ONE committed transaction built from the
+compare-and-set statements in `xmlx.repository.work`, so it is safe to call again
+after any crash or duplicate delivery:
+
+- `create_job` inserts the job, its items and chunks together; enqueue the returned
+  chunk ids only after it returns (the rows are committed by then).
+- `claim_chunk` leases a chunk (attempts + 1) or says why not; a job whose cancel was
+  requested drops the chunk; a chunk past `max_attempts` fails its items
+  (`chunk.max_attempts`) so a poison chunk cannot loop.
+- `record_item_success` / `record_item_failure`: the first write wins; a later write
+  is a no-op counted in `jobs.duplicates`. Counters move in the same transaction and
+  the write that brings done + failed to total finalises the job (no chords).
+- `request_cancel` is cooperative: workers see it through `heartbeat`.
+- `reconcile` finds chunks to send again (lost messages, dead workers).
+
+States: queued -> running -> succeeded | partially_succeeded | failed; queued ->
+cancelled; running -> cancelling -> cancelled. Times default to now (UTC); tests pass
+`now` to move the clock.
+"""
+
+from xmlx.jobs.control import fail_job, mark_dispatched, reconcile, request_cancel
+from xmlx.jobs.create import create_job, get_job
+from xmlx.jobs.leases import claim_chunk, complete_chunk, heartbeat, release_chunk
+from xmlx.jobs.results import record_item_failure, record_item_success
+from xmlx.jobs.types import (
+    ChunkRef,
+    Claim,
+    ClaimStatus,
+    CreatedJob,
+    Heartbeat,
+    ItemOutcome,
+    JobError,
+    PendingItem,
+)
+
+__all__ = [
+    "ChunkRef",
+    "Claim",
+    "ClaimStatus",
+    "CreatedJob",
+    "Heartbeat",
+    "ItemOutcome",
+    "JobError",
+    "PendingItem",
+    "claim_chunk",
+    "complete_chunk",
+    "create_job",
+    "fail_job",
+    "get_job",
+    "heartbeat",
+    "mark_dispatched",
+    "reconcile",
+    "record_item_failure",
+    "record_item_success",
+    "release_chunk",
+    "request_cancel",
+]
