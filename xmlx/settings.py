@@ -71,9 +71,16 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(default=120, ge=1)
     max_attempts_per_chunk: int = Field(default=3, ge=1)
     reconcile_grace_seconds: int = Field(default=60, ge=1)
+    reconcile_interval_seconds: int = Field(default=30, ge=1)
     task_soft_time_limit_seconds: int = Field(default=540, ge=1)
     task_hard_time_limit_seconds: int = Field(default=600, ge=1)
     visibility_timeout_seconds: int = Field(default=3600, ge=1)
+
+    # Workers.
+    images_per_batch: int = Field(default=16, ge=1)  # images per heartbeat / forward batch
+    # A worker child above this resident size is replaced after its task (Celery, KiB);
+    # None: no limit.
+    worker_max_memory_kib: int | None = Field(default=None, ge=1)
 
     # API.
     api_key_pepper: SecretStr = SecretStr(DEV_API_KEY_PEPPER)
