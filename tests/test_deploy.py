@@ -39,9 +39,9 @@ COMPOSE = DEPLOY / "compose.yaml"
 ENV_EXAMPLE = DEPLOY / ".env.example"
 K8S_VERSION = "1.30"  # oldest Kubernetes minor we support
 PLACEHOLDER = "change-me"
-XMLX_SERVICES = ("migrate", "api", "worker", "beat")
-# Variables an xmlx container may set besides Settings fields (read by TensorFlow).
-NON_SETTINGS_ENV = {"TF_FORCE_GPU_ALLOW_GROWTH"}
+XMLX_SERVICES = ("migrate", "api", "worker", "worker-default", "beat")
+# Variables an xmlx container may set besides Settings fields (read by TensorFlow / CUDA).
+NON_SETTINGS_ENV = {"TF_FORCE_GPU_ALLOW_GROWTH", "CUDA_VISIBLE_DEVICES"}
 VENDORED = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda-scaledobject.subset.schema.json",
     ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda-triggerauthentication.subset.schema.json",
@@ -364,7 +364,7 @@ def test_compose_service_environment_is_accepted_by_settings(
 
 def test_k8s_pod_environment_is_accepted_by_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     containers = xmlx_containers()
-    assert len(containers) == 4  # api, beat, worker, migrate
+    assert len(containers) == 5  # api, beat, gpu worker, default worker, migrate
     for where, container in containers:
         settings = load_settings(with_real_secrets(k8s_container_env(container)), monkeypatch)
         assert settings.env == "production", where
@@ -424,10 +424,14 @@ def test_keda_scales_the_gpu_queue_from_zero() -> None:
         assert ref["key"] in find("Secret", ref["name"])["stringData"]
 
 
-def test_beat_is_a_singleton() -> None:
+def test_beat_is_a_singleton_on_the_worker_image() -> None:
+    """`celery beat` imports the task modules (Keras), so it cannot run on xmlx-api."""
     beat = find("Deployment", "xmlx-beat")["spec"]
     assert beat["replicas"] == 1 and beat["strategy"]["type"] == "Recreate"
-    assert compose_doc()["services"]["beat"].get("deploy", {}).get("replicas", 1) == 1
+    assert beat["template"]["spec"]["containers"][0]["image"].startswith("xmlx-worker:")
+    service = compose_doc()["services"]["beat"]
+    assert service.get("deploy", {}).get("replicas", 1) == 1
+    assert service["image"].startswith("xmlx-worker:")
 
 
 def test_pod_disruption_budgets_select_their_deployments() -> None:
@@ -455,7 +459,7 @@ def test_compose_stack_wiring() -> None:
     redis_args = services["redis"]["command"]
     assert redis_args[redis_args.index("--maxmemory-policy") + 1] == "noeviction"
     assert redis_args[redis_args.index("--appendonly") + 1] == "yes"
-    for name in ("api", "worker", "beat"):
+    for name in ("api", "worker", "worker-default", "beat"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
         assert depends["postgres"]["condition"] == "service_healthy", name
@@ -464,6 +468,50 @@ def test_compose_stack_wiring() -> None:
     assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
     assert all(p.startswith("127.0.0.1:") for p in services["flower"]["ports"])
     assert services["migrate"]["command"] == ["db", "upgrade"]
+
+
+def queues_of(command: list[str]) -> set[str]:
+    assert command[:4] == ["celery", "-A", "workers.celery_app", "worker"], command
+    return set(command[command.index("-Q") + 1].split(","))
+
+
+def worker_commands() -> dict[str, list[str]]:
+    """Every Celery worker command line of the deployment, by where it is set."""
+    services = compose_doc()["services"]
+    commands = {f"compose/{name}": s.get("command", []) for name, s in services.items()}
+    commands |= {f"k8s/{where}": c.get("args", []) for where, c in xmlx_containers()}
+    stage = dockerfile_final_stage((DEPLOY / "docker" / "worker.Dockerfile").read_text())
+    commands["worker.Dockerfile"] = json.loads(dict(stage)["CMD"])
+    return {where: c for where, c in commands.items() if c[:1] == ["celery"] and "worker" in c}
+
+
+def test_every_routed_queue_has_a_consumer_and_gpu_workers_take_only_gpu() -> None:
+    from workers import celery_app
+
+    routed = {route["queue"] for route in celery_app.TASK_ROUTES.values()}
+    commands = worker_commands()
+    for prefix in ("compose/", "k8s/"):
+        consumed = set().union(*(queues_of(c) for w, c in commands.items() if w.startswith(prefix)))
+        assert routed <= consumed, prefix
+    gpu = [c for c in commands.values() if celery_app.GPU_QUEUE in queues_of(c)]
+    assert len(gpu) == 3  # compose, k8s and the image default agree
+    for command in gpu:
+        assert command == gpu[0]
+        assert queues_of(command) == {celery_app.GPU_QUEUE}, "KEDA counts only this list"
+        assert command[command.index("--concurrency") + 1] == "1"
+    trigger = find("ScaledObject", "xmlx-worker")["spec"]["triggers"][0]
+    assert trigger["metadata"]["listName"] == celery_app.GPU_QUEUE
+
+
+def test_the_server_is_the_process_that_gets_sigterm() -> None:
+    """Celery must be the child of tini itself (warm shutdown); the API must listen on
+    every interface, not the CLI's 127.0.0.1 default."""
+    worker = dockerfile_final_stage((DEPLOY / "docker" / "worker.Dockerfile").read_text())
+    assert json.loads(dict(worker)["ENTRYPOINT"]) == ["tini", "--"]
+    api = dockerfile_final_stage((DEPLOY / "docker" / "api.Dockerfile").read_text())
+    assert json.loads(dict(api)["CMD"]) == ["api", "--host", "0.0.0.0"]
+    assert compose_doc()["services"]["api"]["command"] == ["api", "--host", "0.0.0.0"]
+    assert dict(xmlx_containers())["Deployment/xmlx-api"]["args"] == ["api", "--host", "0.0.0.0"]
 
 
 # ---------------------------------------------------------------- images
@@ -546,8 +594,9 @@ def test_dockerignore_keeps_secrets_out_and_sources_in() -> None:
     assert not needed & patterns
 
 
-def test_api_and_beat_run_without_tensorflow() -> None:
-    """The API image has no TensorFlow, and beat runs on it: importing must not need it."""
+def test_api_runs_without_tensorflow() -> None:
+    """The API image has no TensorFlow: the app and the Celery app it sends through must
+    import without it."""
     modules = [
         m
         for m in ("api.app", "workers.celery_app")

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
-# xmlx API image: FastAPI under uvicorn, plus the `migrate` and `beat` roles, which need
-# no accelerator either. It must NOT contain TensorFlow: the API only enqueues tasks by
+# xmlx API image: FastAPI under uvicorn, plus the `migrate` one-shot (`xmlx db upgrade`).
+# It must NOT contain TensorFlow: the API only enqueues tasks by
 # name and never imports it, and leaving it out saves ~1.5 GB and a class of CVEs.
 # Build from the repository root:
 #   docker build -f deploy/docker/api.Dockerfile -t xmlx-api:local .
@@ -41,4 +41,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 ENTRYPOINT ["xmlx"]
-CMD ["api"]
+# `xmlx api` binds 127.0.0.1 unless told otherwise.
+CMD ["api", "--host", "0.0.0.0"]

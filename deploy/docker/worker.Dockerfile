@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1.7
-# xmlx GPU worker image: one Celery worker process per GPU on the `gpu` queue.
+# xmlx worker image: one Celery worker process per GPU on the `gpu` queue; the same
+# image, without a GPU, runs the `default` queue worker and beat (both import Keras).
 # TensorFlow comes as the official `tensorflow[and-cuda]` wheel, which carries CUDA and
 # cuDNN builds matched to it; the host needs only the NVIDIA driver and the NVIDIA
 # Container Toolkit. (The tensorflow/tensorflow:*-gpu images work too, but ship another
@@ -40,7 +41,10 @@ RUN mkdir -p /opt/keras/models \
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
 # tini reaps zombies and hands SIGTERM to Celery, whose answer is a WARM shutdown: stop
-# taking messages, finish the running chunk, exit. That is what makes scale-in lossless.
+# taking messages, finish the running chunk, exit. That is what makes scale-in lossless,
+# and why the command below starts Celery itself rather than through `xmlx worker`: a
+# wrapper that waits on Celery as a child dies on SIGTERM, and the container goes down
+# with the chunk. Same arguments as `xmlx worker --queues gpu`.
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends tini \
     && rm -rf /var/lib/apt/lists/* \
@@ -65,5 +69,6 @@ USER 10001:10001
 # in the pool child. The start period covers TensorFlow and CUDA start-up.
 HEALTHCHECK --interval=60s --timeout=30s --start-period=120s --retries=3 \
     CMD ["sh", "-c", "celery -A workers.celery_app inspect ping --timeout 20 -d \"celery@$(hostname)\""]
-ENTRYPOINT ["tini", "--", "xmlx"]
-CMD ["worker"]
+ENTRYPOINT ["tini", "--"]
+CMD ["celery", "-A", "workers.celery_app", "worker", "-Q", "gpu", "--concurrency", "1", \
+     "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
