@@ -361,3 +361,14 @@ def test_concurrent_last_items_finalise_once(
     assert [o.finalised for o in outcomes].count(True) == 1
     job = job_row(session_factory, tenant_id, created.job.id)
     assert (job.state, job.done, job.failed) == ("succeeded", 8, 0)
+
+
+def test_concurrent_creates_with_one_idempotency_key_make_one_job(
+    session_factory: SessionFactory, tenant_id: str
+) -> None:
+    results = _race(
+        4,
+        lambda i: make_job(session_factory, tenant_id, idempotency_key="race", request_hash="h"),
+    )
+    assert len({r.job.id for r in results}) == 1
+    assert [r.created for r in results].count(True) == 1
