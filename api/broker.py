@@ -1,0 +1,81 @@
+"""The API's side of Redis: send chunk messages, read queue depths, answer pings.
+
+Messages are sent by task name through a Celery app built from the API's own settings
+(`workers.celery_app.create_celery`), so the API never imports task code or
+TensorFlow. The database is the truth: when sending fails (broker down), the job rows
+are already committed and the reconciler sends their chunks later, so a request that
+created a job still succeeds; the failure is logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import redis
+from celery import Celery
+
+from workers.celery_app import DEFAULT_QUEUE, GPU_QUEUE, TASK_RUN_CHUNK, create_celery
+from xmlx.settings import Settings
+
+log = logging.getLogger("xmlx.api")
+
+REDIS_TIMEOUT_SECONDS = 0.5
+QUEUES = (GPU_QUEUE, DEFAULT_QUEUE)
+# One quick retry, then give up and leave the chunks to the reconciler.
+_PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2}
+
+
+def make_redis(url: str) -> redis.Redis:
+    """A client that gives up fast: callers fail open rather than hang a request."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        health_check_interval=30,
+    )
+
+
+class Broker:
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        self.redis = client
+        self.celery: Celery = create_celery(settings)
+        self.celery.conf.broker_transport_options = {
+            **(self.celery.conf.broker_transport_options or {}),
+            "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+            "socket_timeout": REDIS_TIMEOUT_SECONDS,
+        }
+
+    def send_chunks(self, chunks: Sequence[tuple[str, str]]) -> bool:
+        """One `run_chunk` message per `(chunk_id, kind)`; False when the broker failed.
+
+        Call only after the rows are committed (a fast worker must find them).
+        """
+        try:
+            with self.celery.producer_or_acquire() as producer:
+                for chunk_id, kind in chunks:
+                    self.celery.send_task(
+                        TASK_RUN_CHUNK,
+                        args=[chunk_id, kind],
+                        queue=GPU_QUEUE,
+                        producer=producer,
+                        retry_policy=_PUBLISH_RETRY,
+                    )
+        except Exception:
+            log.exception("could not enqueue %d chunks; the reconciler will", len(chunks))
+            return False
+        return True
+
+    def queue_depths(self) -> dict[str, int]:
+        """Messages waiting per queue (Celery's Redis transport keeps a list per queue)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in QUEUES:
+            pipe.llen(queue)
+        return {queue: int(n) for queue, n in zip(QUEUES, pipe.execute(), strict=True)}
+
+    def ping(self) -> None:
+        self.redis.ping()
+
+    def close(self) -> None:
+        self.redis.close()
+        self.celery.close()

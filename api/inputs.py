@@ -1,0 +1,115 @@
+"""Turning what a client names (keys, prefixes, datasets) into server-built storage keys.
+
+A client only ever names keys relative to an area the server chose for it (its uploads,
+or a dataset's image folder); every key is validated with `xmlx.keys` before anything
+is stored, and all the bad keys of a request are reported at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from api.problems import ProblemError
+from xmlx import keys
+from xmlx.keys import KeyValidationError
+from xmlx.storage import ObjectStore, StorageError
+
+MAX_MANIFEST_BYTES = 50 * 1024 * 1024
+MAX_REPORTED_ERRORS = 20
+LIST_PAGE = 1000
+# Where a dataset remembers its images folder until the table has a column for it.
+DATASET_INFO_NAME = "dataset.json"
+
+
+def check_user_keys(user_keys: Sequence[str], base_prefix: str = "") -> None:
+    """Raise 422 `key.invalid` listing the bad keys (each checked under `base_prefix`)."""
+    errors: list[dict[str, Any]] = []
+    for index, key in enumerate(user_keys):
+        reason = _key_reason(key, base_prefix)
+        if reason is not None:
+            errors.append({"index": index, "key": key[:200], "reason": reason})
+            if len(errors) >= MAX_REPORTED_ERRORS:
+                break
+    if errors:
+        raise ProblemError(
+            422, "key.invalid", f"{len(errors)} invalid key(s), e.g. {errors[0]['reason']}",
+            errors=errors,
+        )  # fmt: skip
+
+
+def _key_reason(key: str, base_prefix: str) -> str | None:
+    try:
+        keys.validate_user_key(key)
+    except KeyValidationError as exc:
+        return exc.reason
+    if len((base_prefix + key).encode("utf-8")) > keys.MAX_KEY_BYTES:
+        return f"longer than {keys.MAX_KEY_BYTES} bytes once placed under its folder"
+    return None
+
+
+def folder(prefix: str) -> str:
+    """A user folder as a prefix: '' stays '', 'a/b' becomes 'a/b/'."""
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
+def uploads_folder(tenant_id: str, user_prefix: str) -> str:
+    """The tenant's uploads area, or a folder in it (422 `key.invalid` if unsafe)."""
+    try:
+        return keys.uploads_prefix(tenant_id, folder(user_prefix))
+    except KeyValidationError as exc:
+        raise ProblemError(422, "key.invalid", exc.message) from exc
+
+
+def upload_key(tenant_id: str, user_key: str) -> str:
+    try:
+        return keys.upload_key(tenant_id, user_key)
+    except KeyValidationError as exc:
+        raise ProblemError(422, "key.invalid", exc.message) from exc
+
+
+def list_under(store: ObjectStore, base: str, prefix: str, max_keys: int) -> list[str]:
+    """Keys under `base + prefix`, relative to `base`; at most `max_keys + 1`, so that a
+    caller can tell "too many" without listing a million keys."""
+    found: list[str] = []
+    start_after: str | None = None
+    while len(found) <= max_keys:
+        page = store.list_keys(base + prefix, limit=LIST_PAGE, start_after=start_after)
+        found.extend(key[len(base) :] for key in page)
+        if len(page) < LIST_PAGE:
+            break
+        start_after = page[-1]
+    return found[: max_keys + 1]
+
+
+def read_manifest_bytes(store: ObjectStore, key: str) -> bytes:
+    try:
+        return store.get_bytes(key, max_bytes=MAX_MANIFEST_BYTES)
+    except StorageError as exc:
+        if exc.code == "storage.not_found":
+            raise ProblemError(422, "manifest.not_found", "no object at manifest_key") from exc
+        raise
+
+
+def dataset_info_key(dataset_prefix: str) -> str:
+    return dataset_prefix + DATASET_INFO_NAME
+
+
+def write_dataset_info(store: ObjectStore, dataset_prefix: str, info: dict[str, Any]) -> None:
+    data = json.dumps(info, sort_keys=True).encode()
+    store.put_bytes(dataset_info_key(dataset_prefix), data, "application/json")
+
+
+def dataset_images_prefix(store: ObjectStore, dataset_prefix: str) -> str:
+    """The resolved storage prefix of a dataset's images (server-built at creation)."""
+    info = json.loads(store.get_bytes(dataset_info_key(dataset_prefix), max_bytes=1 << 20))
+    return str(info["image_prefix"])
+
+
+def dataset_user_prefix(store: ObjectStore, dataset_prefix: str) -> str | None:
+    try:
+        info = json.loads(store.get_bytes(dataset_info_key(dataset_prefix), max_bytes=1 << 20))
+    except StorageError:
+        return None
+    return str(info.get("images_prefix", ""))

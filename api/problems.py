@@ -1,0 +1,191 @@
+"""Errors as `application/problem+json` (RFC 9457) with a stable dotted `code`.
+
+Every failure a client can see is one shape: `{type, title, status, detail, code,
+errors?}`. `code` is the contract (clients branch on it; never rename one); `detail`
+is for people. Routes raise `ProblemError`; kernel errors (`XmlxError`) and xmlcore
+errors are translated here by code, so no route needs its own try/except for them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from xmlcore.errors import XmlcoreError
+from xmlx.errors import XmlxError
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+TYPE_PREFIX = "urn:xmlx:problem:"
+
+log = logging.getLogger("xmlx.api")
+
+# Kernel codes whose HTTP status is not the default 422 (bad input).
+_STATUS_BY_CODE: dict[str, int] = {
+    "auth.invalid": 401,
+    "job.not_found": 404,
+    "model.not_found": 404,
+    "dataset.not_found": 404,
+    "storage.not_found": 404,
+    "model.not_ready": 409,
+    "idempotency.in_progress": 409,
+    "batch.too_large": 413,
+    "storage.too_large": 413,
+    "storage.url_expired": 403,
+    "storage.bad_signature": 403,
+    "storage.denied": 502,
+    "storage.unavailable": 503,
+    "storage.no_bucket": 503,
+    "storage.error": 502,
+    "rate.limited": 429,
+    "job.idempotency_conflict": 422,
+}
+_TITLES: dict[int, str] = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Content too large",
+    422: "Unprocessable content",
+    429: "Too many requests",
+    500: "Internal server error",
+    502: "Bad gateway",
+    503: "Service unavailable",
+}
+# The kernel calls an idempotency clash `job.idempotency_conflict`; the API promises
+# one code for it whatever was being created.
+_RENAMED = {"job.idempotency_conflict": "idempotency.conflict"}
+
+
+class Problem(BaseModel):
+    """The body of every error answer (OpenAPI documents it on every route)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[dict[str, Any]] | None = None
+
+
+class ProblemError(Exception):
+    """Raise from a route to answer with a problem; `headers` go on the response."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        errors: Sequence[Mapping[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.errors = [dict(e) for e in errors] if errors is not None else None
+        self.headers = dict(headers or {})
+
+
+def status_for(code: str) -> int:
+    return _STATUS_BY_CODE.get(code, 422)
+
+
+def from_error(exc: XmlxError | XmlcoreError, status: int | None = None) -> ProblemError:
+    """The problem for a kernel or xmlcore error; its code decides the status."""
+    errors = None
+    if isinstance(exc, XmlcoreError) and exc.line is not None:
+        errors = [{"code": exc.code, "line": exc.line, "message": exc.message}]
+    code = _RENAMED.get(exc.code, exc.code)
+    return ProblemError(status or status_for(exc.code), code, exc.message, errors=errors)
+
+
+def problem_response(problem: ProblemError) -> JSONResponse:
+    body = Problem(
+        type=TYPE_PREFIX + problem.code,
+        title=_TITLES.get(problem.status, "Error"),
+        status=problem.status,
+        detail=problem.detail,
+        code=problem.code,
+        errors=problem.errors,
+    )
+    return JSONResponse(
+        jsonable_encoder(body, exclude_none=True),
+        status_code=problem.status,
+        headers=problem.headers,
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # Only location, message and type: echoing the input back could reflect secrets.
+    return [
+        {"loc": [str(part) for part in error.get("loc", ())], "msg": error.get("msg", ""),
+         "type": error.get("type", "")}
+        for error in exc.errors()
+    ]  # fmt: skip
+
+
+async def _on_problem(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ProblemError)
+    return problem_response(exc)
+
+
+async def _on_kernel_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, XmlxError | XmlcoreError)
+    if isinstance(exc, XmlxError) and exc.transient:
+        log.warning("transient kernel error: %s", exc)
+    return problem_response(from_error(exc))
+
+
+async def _on_validation(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problem = ProblemError(
+        422, "request.invalid", "the request does not match the schema",
+        errors=_validation_errors(exc),
+    )  # fmt: skip
+    return problem_response(problem)
+
+
+async def _on_http(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "http.not_found", 405: "http.method_not_allowed"}
+    code = codes.get(exc.status_code, f"http.{exc.status_code}")
+    headers = dict(exc.headers or {})
+    return problem_response(ProblemError(exc.status_code, code, str(exc.detail), headers=headers))
+
+
+async def _on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return problem_response(ProblemError(500, "internal.error", "an unexpected error occurred"))
+
+
+def install_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ProblemError, _on_problem)
+    app.add_exception_handler(XmlxError, _on_kernel_error)
+    app.add_exception_handler(XmlcoreError, _on_kernel_error)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+# OpenAPI: the problem shape under each error status a route can return.
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        status: {
+            "model": Problem,
+            "description": _TITLES.get(status, "Error"),
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }

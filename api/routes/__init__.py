@@ -1,0 +1,2 @@
+"""HTTP routes, one module per resource; each is thin (validate, authorise, call the
+kernel, shape the answer)."""

@@ -1,0 +1,148 @@
+"""Batches: explain (or predict) many images with a trained model, as one job.
+
+The request is checked completely before anything is stored (model ready, method and
+parameters known, target possible, keys safe, batch size within
+`Settings.max_batch_items`); a refused request leaves no row and no message. Keys are
+relative to the dataset's images folder (`dataset_id`) or to the tenant's uploads; a
+`prefix` is expanded by listing storage. The job's params carry the server-built
+`image_prefix` the workers read from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from api import inputs
+from api.deps import ApiState, Caller, IdempotencyKey, State
+from api.idempotency import fingerprint
+from api.problems import ProblemError, problem_responses
+from api.routes.datasets import find_dataset
+from api.schemas import BatchRequest, ExplanationRequest, LabelTarget, LatentTarget
+from api.submit import create_and_enqueue, find_model, mark_replayed, render_job, replayed_job
+from api.views import JobOut
+from xmlx.db import session_scope
+from xmlx.models import JobKind, Model
+
+router = APIRouter(prefix="/v1", tags=["batches"])
+ERRORS = problem_responses(401, 404, 409, 413, 422, 429)
+
+
+@router.post(
+    "/explanations",
+    status_code=202,
+    response_model=JobOut,
+    summary="Explain a batch of images (one job, one item per image)",
+    responses=ERRORS,
+)
+def create_explanations(
+    body: ExplanationRequest,
+    caller: Caller,
+    state: State,
+    idempotency_key: IdempotencyKey,
+    response: Response,
+) -> JobOut:
+    body.check_params()
+    extra = {
+        "method": body.method,
+        "target": body.target.model_dump(),
+        "params": body.params,
+    }
+    return _submit(state, caller.tenant_id, JobKind.EXPLAIN, body, extra, idempotency_key, response)
+
+
+@router.post(
+    "/predictions",
+    status_code=202,
+    response_model=JobOut,
+    summary="Predict the top labels of a batch of images",
+    responses=ERRORS,
+)
+def create_predictions(
+    body: BatchRequest,
+    caller: Caller,
+    state: State,
+    idempotency_key: IdempotencyKey,
+    response: Response,
+) -> JobOut:
+    return _submit(state, caller.tenant_id, JobKind.PREDICT, body, {}, idempotency_key, response)
+
+
+def _submit(
+    state: ApiState,
+    tenant_id: str,
+    kind: JobKind,
+    body: BatchRequest,
+    extra: dict[str, Any],
+    idempotency_key: str | None,
+    response: Response,
+) -> JobOut:
+    fp = fingerprint(f"POST {kind}", body)
+    replay = replayed_job(state, tenant_id, idempotency_key, fp)
+    if replay is not None:
+        mark_replayed(response)
+        return render_job(state, replay)
+    model = find_model(state, tenant_id, body.model_id, ready=True)
+    base, label_counts = _image_base(state, tenant_id, body.dataset_id, model)
+    if isinstance(body, ExplanationRequest):
+        _check_target(body, model, label_counts)
+    item_keys = _item_keys(state, body, base)
+    created = create_and_enqueue(
+        state,
+        tenant_id,
+        kind=kind,
+        item_keys=item_keys,
+        params={**extra, "k": body.k, "image_prefix": base},
+        model_id=model.id,
+        idempotency_key=idempotency_key,
+        fp=fp,
+        chunk_size=state.settings.chunk_size,
+    )
+    if not created.created:
+        mark_replayed(response)
+    return render_job(state, created.job)
+
+
+def _image_base(
+    state: ApiState, tenant_id: str, dataset_id: str | None, model: Model
+) -> tuple[str, dict[str, Any]]:
+    """The storage prefix keys are relative to, and the model's label counts."""
+    with session_scope(state.sessions) as session:
+        trained_on = find_dataset(session, tenant_id, model.dataset_id)
+        source = find_dataset(session, tenant_id, dataset_id) if dataset_id else None
+    if source is None:
+        return inputs.uploads_folder(tenant_id, ""), trained_on.label_counts
+    return inputs.dataset_images_prefix(state.store, source.storage_prefix), trained_on.label_counts
+
+
+def _check_target(body: ExplanationRequest, model: Model, label_counts: dict[str, Any]) -> None:
+    target = body.target
+    if isinstance(target, LabelTarget) and label_counts and target.name not in label_counts:
+        raise ProblemError(422, "labels.unknown", f"the model has no label {target.name!r}")
+    latent = (model.params.get("layer_sizes") or [None])[-1]
+    if isinstance(target, LatentTarget) and latent is not None and target.index >= latent:
+        raise ProblemError(
+            422, "target.out_of_range", f"latent index {target.index}; the model has {latent}"
+        )
+
+
+def _item_keys(state: ApiState, body: BatchRequest, base: str) -> list[str]:
+    limit = state.settings.max_batch_items
+    if body.images is not None:
+        item_keys = body.images
+    else:
+        assert body.prefix is not None
+        if body.prefix:
+            inputs.check_user_keys([body.prefix.removesuffix("/")])
+        item_keys = inputs.list_under(state.store, base, body.prefix, limit)
+    if not item_keys:
+        raise ProblemError(422, "batch.empty", "the batch has no image")
+    if len(item_keys) > limit:
+        raise ProblemError(
+            413, "batch.too_large", f"more than {limit} images in one batch; split it"
+        )
+    if len(set(item_keys)) != len(item_keys):
+        raise ProblemError(422, "batch.duplicate_keys", "an image is listed twice")
+    inputs.check_user_keys(item_keys, base)
+    return item_keys

@@ -1,0 +1,130 @@
+"""Models: train one on a dataset (a job of kind `train`), read its state and hierarchy.
+
+A training job has one item (`model`) in one chunk, so it gets progress, cancel,
+retries and reconciliation from the same machinery as explanation batches. Its params
+name the dataset's manifest copy and the server-built images prefix; `weights` is
+"none" or "imagenet", never a path.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from api import inputs, queries
+from api.deps import ApiState, Caller, DbSession, IdempotencyKey, State
+from api.idempotency import fingerprint
+from api.problems import ProblemError, problem_responses
+from api.routes.datasets import find_dataset
+from api.schemas import ModelRequest
+from api.submit import create_and_enqueue, find_model, mark_replayed, render_job, replayed_job
+from api.views import ModelCreated, ModelOut, Page, model_out
+from xmlx import repository as repo
+from xmlx.db import session_scope
+from xmlx.models import Job, JobKind, Model, ModelState
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+TRAIN_ITEM_KEY = "model"  # the one item of a training job (workers.training reads it)
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=ModelCreated,
+    summary="Train a model on a dataset",
+    responses=problem_responses(401, 404, 422, 429),
+)
+def create_model(
+    body: ModelRequest,
+    caller: Caller,
+    state: State,
+    idempotency_key: IdempotencyKey,
+    response: Response,
+) -> ModelCreated:
+    tenant_id = caller.tenant_id
+    fp = fingerprint("POST /v1/models", body)
+    replay = replayed_job(state, tenant_id, idempotency_key, fp)
+    if replay is not None:
+        mark_replayed(response)
+        return _created(state, tenant_id, replay)
+    training = body.training.model_dump(mode="json")
+    with session_scope(state.sessions) as session:
+        dataset = find_dataset(session, tenant_id, body.dataset_id)
+        image_prefix = inputs.dataset_images_prefix(state.store, dataset.storage_prefix)
+        model = repo.create_model(session, tenant_id, dataset.id, name=body.name, params=training)
+    params: dict[str, Any] = {
+        "dataset": {"manifest_key": dataset.manifest_key, "image_prefix": image_prefix},
+        "training": training,
+    }
+    created = create_and_enqueue(
+        state,
+        tenant_id,
+        kind=JobKind.TRAIN,
+        item_keys=[TRAIN_ITEM_KEY],
+        params=params,
+        model_id=model.id,
+        idempotency_key=idempotency_key,
+        fp=fp,
+        chunk_size=1,
+    )
+    if not created.created:  # a racing twin won: drop the model row made for this one
+        _delete_model(state, model.id)
+        mark_replayed(response)
+    return _created(state, tenant_id, created.job)
+
+
+def _delete_model(state: ApiState, model_id: str) -> None:
+    with session_scope(state.sessions) as session:
+        row = session.get(Model, model_id)
+        if row is not None:
+            session.delete(row)
+
+
+def _created(state: ApiState, tenant_id: str, job: Job) -> ModelCreated:
+    model = find_model(state, tenant_id, str(job.model_id), ready=False)
+    return ModelCreated(model=model_out(model, job.id), job=render_job(state, job))
+
+
+@router.get(
+    "/{model_id}",
+    response_model=ModelOut,
+    summary="A model: state, training params, metrics, history",
+    responses=problem_responses(401, 404, 429),
+)
+def get_model(model_id: str, caller: Caller, state: State, session: DbSession) -> ModelOut:
+    model = find_model(state, caller.tenant_id, model_id, ready=False)
+    return model_out(model, queries.training_job_id(session, caller.tenant_id, model_id))
+
+
+@router.get(
+    "/{model_id}/hierarchy",
+    response_model=dict[str, Any],
+    summary="The learned label hierarchy (units of each layer and their labels)",
+    responses=problem_responses(401, 404, 409, 429),
+)
+def get_hierarchy(model_id: str, caller: Caller, state: State) -> dict[str, Any]:
+    model = find_model(state, caller.tenant_id, model_id, ready=False)
+    if model.state != ModelState.READY or model.hierarchy is None:
+        raise ProblemError(409, "model.not_ready", f"model {model_id} is {model.state}")
+    stored: Any = model.hierarchy
+    # The JSON column may hold the hierarchy as an object or as its JSON text.
+    return json.loads(stored) if isinstance(stored, str) else dict(stored)
+
+
+@router.get(
+    "",
+    response_model=Page[ModelOut],
+    summary="Your models, newest first",
+    responses=problem_responses(401, 422, 429),
+)
+def list_models(
+    caller: Caller,
+    session: DbSession,
+    state: Annotated[ModelState | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> Page[ModelOut]:
+    page = repo.list_models(session, caller.tenant_id, state=state, limit=limit, cursor=cursor)
+    return Page[ModelOut](data=[model_out(m) for m in page.rows], next_cursor=page.next_cursor)

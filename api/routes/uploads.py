@@ -1,0 +1,43 @@
+"""Presigned upload URLs: the client PUTs its images and manifests straight to storage.
+
+The bytes never pass through the API (on S3); keys land under the tenant's uploads
+area, so one tenant cannot write into another's.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api import inputs
+from api.deps import Caller, IdempotencyKey, State
+from api.problems import problem_responses
+from api.schemas import UploadRequest
+from api.views import UploadsOut, UploadTarget
+
+router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
+
+
+@router.post(
+    "",
+    response_model=UploadsOut,
+    summary="Presigned PUT URLs for keys under your uploads",
+    description="Each URL accepts one PUT with exactly the given Content-Type. Presigning "
+    "stores nothing, so a retry (with or without Idempotency-Key) is harmless.",
+    responses=problem_responses(401, 422, 429),
+)
+def create_uploads(
+    body: UploadRequest, caller: Caller, state: State, _idempotency_key: IdempotencyKey
+) -> UploadsOut:
+    inputs.check_user_keys(body.keys, inputs.uploads_folder(caller.tenant_id, ""))
+    expiry = state.settings.presign_expiry_seconds
+    targets = [
+        UploadTarget(
+            key=key,
+            url=state.store.presigned_put_url(
+                inputs.upload_key(caller.tenant_id, key), expiry, body.content_type
+            ),
+            headers={"Content-Type": body.content_type},
+        )
+        for key in body.keys
+    ]
+    return UploadsOut(uploads=targets, expires_in=expiry)

@@ -1,0 +1,149 @@
+"""Request bodies: what a client may send, checked before anything is stored.
+
+The API never imports TensorFlow, and `xmlcore.methods` does (through the explainers),
+so the cheap part of its validation -- method names, their parameter names, target
+shapes -- is repeated here. `tests/test_api_schemas.py` asserts `METHOD_PARAMS` equals
+`xmlcore.methods.METHOD_PARAMS`, so the two tables cannot drift apart silently.
+Response shapes are in `api.views`.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from api.problems import ProblemError
+
+# Parameters each method accepts (copy of xmlcore.methods.METHOD_PARAMS; see module doc).
+_LIME_PARAMS = (
+    "num_samples batch_size kernel_width fill top_k seed engine segmenter n_segments adaptive"
+)
+METHOD_PARAMS: dict[str, frozenset[str]] = {
+    "lime": frozenset(_LIME_PARAMS.split()),
+    "occlusion": frozenset({"patch", "stride", "fill", "batch_size"}),
+    "integrated_gradients": frozenset({"baseline", "steps", "batch_size"}),
+    "smoothgrad": frozenset({"noise_scale", "n", "aggregate", "seed", "batch_size"}),
+    "input_x_gradient": frozenset({"batch_size"}),
+    "gradcam": frozenset({"layer", "batch_size"}),
+}
+Method = Literal[
+    "lime", "occlusion", "integrated_gradients", "smoothgrad", "input_x_gradient", "gradcam"
+]
+MAX_TOP_K_TARGET = 50
+MAX_UPLOAD_KEYS = 1000
+
+Side = Annotated[int, Field(ge=16, le=1024)]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+Id = Annotated[str, Field(min_length=1, max_length=40)]
+ContentType = Annotated[
+    str, Field(max_length=200, pattern=r"^[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*$")
+]
+
+
+class Strict(BaseModel):
+    """Unknown fields are refused: a typo must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LatentTarget(Strict):
+    kind: Literal["latent"]
+    index: int = Field(ge=0, description="latent unit of the top layer")
+
+
+class LabelTarget(Strict):
+    kind: Literal["label"]
+    name: str = Field(min_length=1, max_length=1000)
+
+
+class TopKTarget(Strict):
+    kind: Literal["top_k"]
+    k: int = Field(default=1, ge=1, le=MAX_TOP_K_TARGET)
+
+
+Target = Annotated[LatentTarget | LabelTarget | TopKTarget, Field(discriminator="kind")]
+
+
+class UploadRequest(Strict):
+    keys: list[str] = Field(min_length=1, max_length=MAX_UPLOAD_KEYS)
+    content_type: ContentType = "application/octet-stream"
+
+
+class DatasetRequest(Strict):
+    name: Name
+    images_prefix: str = Field(
+        max_length=1024, description="folder under your uploads holding the images"
+    )
+    manifest_key: str = Field(min_length=1, max_length=1024, description="a key under uploads")
+
+
+class TrainingParams(Strict):
+    layer_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default=[64, 16], min_length=1, max_length=6
+    )
+    ae_loss: Literal["mse", "propensity_mse"] = "mse"
+    base: Literal["small", "vgg16", "mobilenet_v2", "efficientnet_b0"] = "small"
+    # Never a path: a request must not make the server open a file of its choosing.
+    weights: Literal["none", "imagenet"] = "none"
+    image_size: tuple[Side, Side] = (64, 64)
+    epochs: int = Field(default=30, ge=1, le=1000)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    learning_rate: float = Field(default=1e-3, gt=0, le=1)
+    fine_tune_layers: int = Field(default=2, ge=0, le=1000)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+
+    @model_validator(mode="after")
+    def _shrinking_layers(self) -> TrainingParams:
+        sizes = self.layer_sizes
+        if any(a <= b for a, b in pairwise(sizes)):
+            raise ValueError("layer_sizes must decrease, e.g. [64, 16]")
+        return self
+
+
+class ModelRequest(Strict):
+    dataset_id: Id
+    name: Name
+    training: TrainingParams = Field(default_factory=TrainingParams)
+
+
+class BatchRequest(Strict):
+    """Images to run a model on: a list of keys or one prefix (exactly one of the two).
+
+    Keys are relative to the dataset's image folder when `dataset_id` is given, else to
+    your uploads.
+    """
+
+    model_id: Id
+    images: list[str] | None = None
+    prefix: str | None = Field(default=None, max_length=1024)
+    dataset_id: Id | None = None
+    k: int = Field(default=5, ge=1, le=100, description="top labels reported per image")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BatchRequest:
+        if (self.images is None) == (self.prefix is None):
+            raise ValueError("give exactly one of `images` and `prefix`")
+        return self
+
+
+class PredictionRequest(BatchRequest):
+    pass
+
+
+class ExplanationRequest(BatchRequest):
+    method: Method = "lime"
+    target: Target = Field(default_factory=lambda: TopKTarget(kind="top_k", k=1))
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    def check_params(self) -> None:
+        """Raise `config.bad_parameter` for a parameter the method does not take."""
+        unknown = sorted(set(self.params) - METHOD_PARAMS[self.method])
+        if unknown:
+            raise ProblemError(
+                422,
+                "config.bad_parameter",
+                f"{self.method} does not take {unknown}; "
+                f"it takes {sorted(METHOD_PARAMS[self.method])}",
+            )
