@@ -13,7 +13,6 @@ images into each forward batch and solves one ridge system for every target;
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache, cached_property
 from importlib import metadata
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from xmlcore.errors import ConfigError, ExplainError
+from xmlcore.errors import ConfigError
 from xmlcore.explain.adaptive import AdaptiveSampling, StabilityTracker
 from xmlcore.explain.base import Explainer, PredictFn, Targets, check_images, normalize_targets
 from xmlcore.explain.reference import explain_with_lime
@@ -35,6 +34,7 @@ from xmlcore.explain.sampling import (
     fill_image,
     predict_outputs,
     run_requests,
+    stack_images,
 )
 from xmlcore.explain.segmentation import Segmenter, SlicSegmenter, segment_hash
 from xmlcore.explain.surrogate import RidgeFit, fit_weighted_ridge
@@ -91,8 +91,17 @@ class LimeExplainer(Explainer):
     (``top_k`` ids by weight, descending), ``heatmap = weights[segments]`` float32 and
     ``num_samples``. Image ``i`` uses the seed ``image_seed(seed, i)``, so a result does
     not depend on the other images of the batch; ``seed=None`` draws a base seed and
-    records it in the provenance. An image with a single superpixel gets one weight:
-    the effect of hiding the whole image.
+    records it in the provenance. ``adaptive`` stops each image early once its top
+    superpixels are stable (see ``AdaptiveSampling``); ``num_samples`` is then the cap.
+
+    An image with a single superpixel gets one weight, the effect of hiding the whole
+    image, ridge-shrunk: a hidden row is at cosine distance 1 from the original, so the
+    kernel weighs it ``exp(-8)`` at the default width (lime's semantics, kept as is).
+
+    Parameters as in ``lime``: ``kernel_width`` of the kernel on cosine distance,
+    ``fill`` ``"mean"`` (lime's ``hide_color=None``) or a colour, ``alpha`` of the
+    ridge. ``batch_size`` perturbed images go to ``predict_fn`` at a time, drawn from
+    several images when one image has fewer samples left.
     """
 
     method = "lime"
@@ -128,7 +137,7 @@ class LimeExplainer(Explainer):
         self.seed = seed
 
     def explain(self, images: np.ndarray, targets: Targets) -> list[list[Explanation]]:
-        batch = check_images(_stack(images))
+        batch = check_images(stack_images(images))
         originals = self._predict(batch)
         rows = normalize_targets(targets, len(batch), originals.shape[1])
         seed = (
@@ -307,19 +316,6 @@ def versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             found[name] = None
     return found
-
-
-def _stack(images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-    """A batch array from an array or a list of same-size images (clear error otherwise)."""
-    if isinstance(images, np.ndarray):
-        return images
-    shapes = {np.shape(img) for img in images}
-    if len(shapes) > 1:
-        raise ExplainError(
-            "explain.mismatched_sizes",
-            f"all images of a batch must have the same size, got {sorted(shapes)}",
-        )
-    return np.stack([np.asarray(img) for img in images]) if images else np.asarray(images)
 
 
 def _check_config(

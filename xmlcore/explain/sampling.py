@@ -9,7 +9,7 @@ packed into the same fixed-size forward batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
@@ -22,6 +22,19 @@ from xmlcore.errors import ExplainError
 Fill = str | int | tuple[int, int, int]
 """``"mean"`` (each hidden segment takes its mean colour, as ``lime``'s
 ``hide_color=None``), one grey level, or an ``(r, g, b)`` colour."""
+
+
+def stack_images(images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """A batch array from an array or a list of same-size images (clear error otherwise)."""
+    if isinstance(images, np.ndarray):
+        return images
+    shapes = {np.shape(img) for img in images}
+    if len(shapes) > 1:
+        raise ExplainError(
+            "explain.mismatched_sizes",
+            f"all images of a batch must have the same size, got {sorted(shapes)}",
+        )
+    return np.stack([np.asarray(img) for img in images]) if images else np.asarray(images)
 
 
 def fill_image(image: np.ndarray, segments: np.ndarray, fill: Fill) -> np.ndarray:
