@@ -1,0 +1,204 @@
+"""DeepNonNegativeAutoencoder: non-negativity, tying, determinism, state, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from xmlcore.autoencoder import DeepNonNegativeAutoencoder, label_propensity
+from xmlcore.errors import ConfigError, ModelError
+
+
+def make_planted_labels(
+    n: int = 300, n_groups: int = 4, group_size: int = 6, noise: float = 0.02, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 (n, n_groups * group_size): each row is 1-2 label groups plus random flips."""
+    rng = np.random.default_rng(seed)
+    p = n_groups * group_size
+    groups = np.repeat(np.arange(n_groups), group_size)
+    V = np.zeros((n, p), dtype=np.float32)
+    for i in range(n):
+        for g in rng.choice(n_groups, size=rng.integers(1, 3), replace=False):
+            V[i, groups == g] = rng.random(group_size) < 0.9
+    V[rng.random((n, p)) < noise] = 1.0
+    return V, groups
+
+
+class StepMinRecorder(keras.callbacks.Callback):
+    """Smallest entry of any encoder matrix after every optimiser step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mins: list[float] = []
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        weights = [keras.ops.convert_to_numpy(w) for w in self.model.weights]
+        self.mins.append(min(float(w.min()) for w in weights))
+
+
+@pytest.fixture(scope="module")
+def planted() -> np.ndarray:
+    return make_planted_labels()[0]
+
+
+@pytest.fixture(scope="module")
+def fitted(planted: np.ndarray) -> DeepNonNegativeAutoencoder:
+    return DeepNonNegativeAutoencoder(layer_sizes=(8, 3), epochs=60, seed=1).fit(planted)
+
+
+def test_weights_and_codes_are_non_negative_with_expected_shapes(fitted, planted):
+    assert [h.shape for h in fitted.H_] == [(24, 8), (8, 3)]
+    assert all(h.dtype == np.float32 and h.min() >= 0 for h in fitted.H_)
+    assert min(fitted.history_["min_h"]) >= 0
+    codes = fitted.codes(planted)
+    assert [c.shape for c in codes] == [(300, 8), (300, 3)]
+    assert all(c.min() >= 0 for c in codes)
+    np.testing.assert_array_equal(codes[-1], fitted.transform(planted))
+
+
+def test_projection_keeps_h_non_negative_after_every_step(planted):
+    # A random start and a large step push entries below zero; NonNeg must clip them.
+    recorder = StepMinRecorder()
+    ae = DeepNonNegativeAutoencoder(
+        layer_sizes=(8, 3), init="random", learning_rate=0.05, epochs=8, batch_size=64
+    )
+    ae.fit(planted, callbacks=[recorder])
+    assert len(recorder.mins) >= 8 * 4
+    assert min(recorder.mins) >= 0.0
+    assert any((h == 0).any() for h in ae.H_), "the constraint never had to act"
+
+
+def test_training_reduces_the_reconstruction_error(fitted, planted):
+    loss = fitted.history_["loss"]
+    assert loss[-1] < loss[0]
+    zero_error = float(np.mean(planted**2))
+    assert fitted.reconstruction_error(planted) < 0.5 * zero_error
+
+
+def test_decoder_is_tied_to_the_encoder(fitted, planted):
+    W = fitted.transform(planted)
+    H1, H2 = fitted.H_
+    np.testing.assert_allclose(fitted.inverse_transform(W), W @ H2.T @ H1.T, rtol=1e-5)
+    model = fitted.keras_model()
+    assert [tuple(w.shape) for w in model.weights] == [h.shape for h in fitted.H_]
+    assert len(model.trainable_weights) == 2
+    keras_recon = model.predict(planted, verbose=0)
+    np.testing.assert_allclose(keras_recon, fitted.inverse_transform(W), rtol=1e-4, atol=1e-5)
+
+
+def test_same_seed_gives_same_weights(planted):
+    def fit() -> DeepNonNegativeAutoencoder:
+        return DeepNonNegativeAutoencoder(layer_sizes=(8, 3), epochs=5, seed=7).fit(planted)
+
+    first, second = fit(), fit()
+    for a, b in zip(first.H_, second.H_, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_sparse_input_matches_dense(fitted, planted):
+    np.testing.assert_allclose(
+        fitted.transform(sp.csr_matrix(planted)), fitted.transform(planted), rtol=1e-6
+    )
+
+
+def test_state_round_trip_is_plain_data(fitted, planted):
+    state = fitted.get_state()
+    json.dumps(state["config"])
+    json.dumps(state["history"])
+    assert all(isinstance(w, np.ndarray) for w in state["weights"])
+    restored = DeepNonNegativeAutoencoder.from_state(state)
+    assert restored.get_params() == fitted.get_params()
+    np.testing.assert_array_equal(restored.transform(planted), fitted.transform(planted))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda s: s.update(format="other"),
+        lambda s: s.update(weights=[s["weights"][0]]),
+        lambda s: s.update(weights=[-w for w in s["weights"]]),
+        lambda s: s["config"].update(unknown=1),
+    ],
+)
+def test_from_state_rejects_inconsistent_states(fitted, mutate):
+    state = fitted.get_state()
+    mutate(state)
+    with pytest.raises(ModelError) as err:
+        DeepNonNegativeAutoencoder.from_state(state)
+    assert err.value.code == "autoencoder.bad_state"
+
+
+@pytest.mark.parametrize(
+    ("V", "code"),
+    [
+        (-np.ones((4, 5)), "autoencoder.negative_input"),
+        (np.full((4, 5), np.nan), "autoencoder.not_finite"),
+        (np.ones(5), "autoencoder.bad_input"),
+        (np.ones((1, 5)), "autoencoder.too_few_rows"),
+        ([["a", "b"]], "autoencoder.bad_input"),
+    ],
+)
+def test_bad_label_matrices_raise_clear_errors(V, code):
+    with pytest.raises(ConfigError) as err:
+        DeepNonNegativeAutoencoder(layer_sizes=(2, 1)).fit(V)
+    assert err.value.code == code
+
+
+@pytest.mark.parametrize("sizes", [(24, 3), (30,), (3, 8), (0,), (8, 8), ()])
+def test_bad_layer_sizes_are_refused(planted, sizes):
+    with pytest.raises(ConfigError) as err:
+        DeepNonNegativeAutoencoder(layer_sizes=sizes).fit(planted)
+    assert err.value.code == "autoencoder.bad_layer_sizes"
+    assert "p=24" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"loss": "hinge"}, "autoencoder.bad_loss"),
+        ({"init": "pca"}, "autoencoder.bad_init"),
+        ({"epochs": 0}, "autoencoder.bad_param"),
+        ({"tail_power": -1.0}, "autoencoder.bad_param"),
+    ],
+)
+def test_bad_hyper_parameters_are_refused(planted, params, code):
+    with pytest.raises(ConfigError) as err:
+        DeepNonNegativeAutoencoder(layer_sizes=(8, 3), **params).fit(planted)
+    assert err.value.code == code
+
+
+def test_use_before_fit_and_wrong_widths_are_errors(fitted):
+    with pytest.raises(ModelError):
+        DeepNonNegativeAutoencoder().transform(np.ones((2, 5)))
+    with pytest.raises(ConfigError) as err:
+        fitted.transform(np.ones((2, 5)))
+    assert err.value.code == "autoencoder.shape_mismatch"
+    with pytest.raises(ConfigError):
+        fitted.inverse_transform(np.ones((2, 4)))
+
+
+def test_propensity_weights_favour_rare_labels():
+    rng = np.random.default_rng(0)
+    V = (rng.random((500, 6)) < np.array([0.5, 0.3, 0.1, 0.05, 0.02, 0.01])).astype(np.float32)
+    prop = label_propensity(V)
+    assert np.all((prop > 0) & (prop < 1))
+    assert np.all(np.diff(prop) < 0), "rarer labels have lower propensity"
+    counts = V.sum(axis=0)
+    C = (np.log(500) - 1) * 2.5**0.55
+    np.testing.assert_allclose(prop, 1 / (1 + C * (counts + 1.5) ** -0.55))
+    ae = DeepNonNegativeAutoencoder(layer_sizes=(3,), loss="propensity_mse", tail_power=1.0)
+    weights = ae._label_weights(V)
+    assert weights.mean() == pytest.approx(1.0, rel=1e-5)
+    assert np.all(np.diff(weights) > 0)
+
+
+def test_propensity_loss_trains_a_non_negative_model(planted):
+    ae = DeepNonNegativeAutoencoder(layer_sizes=(8, 3), loss="propensity_mse", epochs=10)
+    ae.fit(planted)
+    assert all(h.min() >= 0 for h in ae.H_)
+    assert ae.history_["loss"][-1] <= ae.history_["loss"][0]
+    assert "val_loss" in ae.history_
