@@ -41,7 +41,7 @@ from xmlcore.metrics import (
 from xmlcore.model import train_two_step
 
 REPORTED = ("p@1", "p@5", "psp@5", "coverage@5")
-QUICK = {"preset": "small", "image_size": 32, "epochs": 8, "ae_epochs": 200}
+QUICK = {"preset": "small", "epochs": 15, "learning_rate": 3e-3, "ae_epochs": 200}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -70,11 +70,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def default_layers(n_labels: int, n_groups: int) -> tuple[int, int]:
-    """Paper's (64, 16) when the vocabulary allows; else about one layer-1 unit per group."""
+    """Paper's (64, 16) when the vocabulary allows; else two layer-1 units per label group."""
     if n_labels > 128:
         return (64, 16)
     first = max(4, min(n_labels // 2, n_groups * 2))
-    return (first, max(2, first // 4))
+    return (first, max(2, first // 2))
 
 
 def split_rows(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -116,7 +116,7 @@ def test_fine_tuning_unfreezes_only_the_top_conv_layers() -> None:
     assert len(vgg.trainable_weights) == 2 * len(conv_layers(vgg))
     small = build_backbone("small", "none", (*SIZE, 3))
     set_fine_tuning(small, 0, "small")
-    assert len(small.trainable_weights) == 6
+    assert len(small.trainable_weights) == 9  # 3 conv kernels + 3 BN (gamma, beta)
 
 
 # -- the input pipeline -----------------------------------------------------------------
