@@ -72,6 +72,23 @@ def test_segment_order_and_ties() -> None:
     assert np.allclose(x, [[0, 0.25, 0.5, 0.75, 1]]) and np.allclose(y, [[1, 0, 0, 0, 0]])
 
 
+def test_blocks_and_the_first_part_of_the_curve() -> None:
+    model, image = RedInRegion(), flat_red_image()
+    good, bad = region_mask().astype(np.float32), (~region_mask()).astype(np.float32)
+    # 8-px blocks are the quadrants; the region is one of them.
+    x, y = perturbation_curves(
+        "deletion", model, image[None], [good], [0], steps=4, fill=0, block=8
+    )
+    assert np.allclose(x, [[0, 0.25, 0.5, 0.75, 1]]) and np.allclose(y, [[1, 0, 0, 0, 0]])
+    # Only the first quarter of the pixels: the region falls linearly over all of it.
+    first = {"fill": 0, "by": "pixels", "steps": 4, "max_fraction": 0.25}
+    assert deletion_auc(model, image, good, 0, **first) == pytest.approx(0.5)
+    assert deletion_auc(model, image, bad, 0, **first) == pytest.approx(1.0)
+    assert insertion_auc(model, image, good, 0, **first) == pytest.approx(0.5)
+    with pytest.raises(ExplainError):
+        deletion_auc(model, image, good, 0, max_fraction=0)
+
+
 def test_a_flat_output_has_no_curve() -> None:
     model, image = RedInRegion(), flat_red_image()
     assert np.isnan(deletion_auc(model, image, region_mask().astype(float), 1, fill=0))
