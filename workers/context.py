@@ -13,13 +13,16 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cache
+from typing import TYPE_CHECKING
 
-from xmlcore.model import TwoStepModel
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, engine_from_settings, make_session_factory, session_scope
 from xmlx.migrate import ensure_migrated
 from xmlx.settings import Settings, get_settings
 from xmlx.storage import ObjectStore, StorageError, make_object_store
+
+if TYPE_CHECKING:
+    from xmlcore.model import TwoStepModel
 
 MODELS_CACHED_PER_PROCESS = 2
 
@@ -44,6 +47,8 @@ class WorkerContext:
             artifact_key = row.artifact_key if row is not None else None
         if artifact_key is None:
             raise StorageError("model.not_ready", f"model {model_id} has no artifact yet")
+        from xmlcore.model import TwoStepModel  # Keras loads in the worker child only
+
         model = TwoStepModel.from_bytes(self.store.get_bytes(artifact_key))
         with self._lock:
             self._models[model_id] = model

@@ -8,7 +8,6 @@ direction); TensorFlow is only imported by the commands that run models.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -124,7 +123,9 @@ def demo(
 
 
 def _exec(args: list[str]) -> None:
-    raise typer.Exit(subprocess.call(args, env=os.environ.copy()))
+    # Replace this process so signals (SIGTERM for a warm shutdown) reach the program
+    # itself; a wrapper in between would die first and leave a chunk half done.
+    os.execv(args[0], args)
 
 
 def _ensure_sqlite_dir(url: str) -> None:
