@@ -176,3 +176,13 @@ def test_bad_zips_are_refused(trained) -> None:
     with pytest.raises(ModelError) as err:
         TwoStepModel.from_bytes(buffer.getvalue())
     assert err.value.code == "model.corrupt_artifact"
+
+
+def test_hierarchy_reads_the_autoencoder_weights(trained, data) -> None:
+    model, _ = trained
+    tree = model.hierarchy(top_n=3)
+    assert tree.layer_sizes == (8, 4)
+    unit = tree.unit(1, 0)
+    column = model.autoencoder.H_[0][:, 0]
+    best = [data.label_space.vocabulary[j] for j in np.argsort(-column, kind="stable")[:3]]
+    assert [name for name, _ in unit.members][:3] == best

@@ -27,7 +27,14 @@ from xmlcore.backbones import BACKBONES, build_backbone, set_fine_tuning
 from xmlcore.errors import ConfigError, ModelError
 from xmlcore.pipeline import ArrayBatches, ImageBatches
 
-__all__ = ["FixedAffine", "ImageBatches", "ImageNetwork", "LatentLabelRegressor"]
+__all__ = [
+    "FixedAffine",
+    "ImageBatches",
+    "ImageNetwork",
+    "LatentLabelRegressor",
+    "build_backbone",
+    "set_fine_tuning",
+]
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
