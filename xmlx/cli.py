@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from xmlx import cli_jobs
 from xmlx.settings import get_settings
 
 app = typer.Typer(help="xmlx: interpretable extreme multi-label learning on images.")
@@ -22,6 +23,7 @@ db_app = typer.Typer(help="Database schema (Alembic migrations).")
 keys_app = typer.Typer(help="API keys.")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+cli_jobs.register(app)
 console = Console()
 
 
@@ -103,6 +105,25 @@ def beat() -> None:
     schedule.parent.mkdir(parents=True, exist_ok=True)
     _exec([sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat",
            "--loglevel", "INFO", "-s", str(schedule)])  # fmt: skip
+
+
+@app.command()
+def up(
+    root: Annotated[Path, typer.Option(help="data directory of the stack")] = Path(".xmlx/stack"),
+    workers: Annotated[int, typer.Option(help="worker processes")] = 1,
+    port: Annotated[int, typer.Option(help="API port")] = 8000,
+) -> None:
+    """Run the embedded stack (database, Redis, S3, API, workers) until Ctrl-C."""
+    from xmlx.stack import start_stack
+
+    stack = start_stack(root, workers=workers, api_port=port, echo=console.print)
+    console.print("create a key with: [bold]xmlx keys create --tenant me[/bold] "
+                  f"(with XMLX_DATABASE_URL={stack.env['XMLX_DATABASE_URL']})")  # fmt: skip
+    console.print("Ctrl-C stops everything")
+    try:
+        cli_jobs.wait_for_interrupt()
+    finally:
+        stack.stop()
 
 
 @app.command()

@@ -103,16 +103,22 @@ def start_stack(
     workers: int = 1,
     beat: bool = True,
     api_port: int | None = None,
+    database_url: str | None = None,
+    redis_url: str | None = None,
     extra_env: dict[str, str] | None = None,
     echo: Echo = print,
 ) -> Stack:
-    """Start everything under ``root`` and return once the API answers."""
+    """Start everything under ``root`` and return once the API answers.
+
+    ``database_url`` / ``redis_url`` default to ``XMLX_DATABASE_URL`` /
+    ``XMLX_REDIS_URL``, else a SQLite file under ``root`` and a private Redis.
+    """
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     port = api_port or free_port()
     stack = Stack(root=root, env={}, api_url=f"http://127.0.0.1:{port}")
     try:
-        _start_services(stack, echo)
+        _start_services(stack, database_url, redis_url, echo)
         stack.env.update(extra_env or {})
         upgrade(stack.env["XMLX_DATABASE_URL"])
         stack.start_api(port)
@@ -128,16 +134,20 @@ def start_stack(
     return stack
 
 
-def _start_services(stack: Stack, echo: Echo) -> None:
+def _start_services(
+    stack: Stack, database_url: str | None, redis_url: str | None, echo: Echo
+) -> None:
     root = stack.root
-    redis_url = os.environ.get("XMLX_REDIS_URL")
+    redis_url = redis_url or os.environ.get("XMLX_REDIS_URL")
     if not redis_url:
         stack.redis = EmbeddedRedis(root / "redis").start()
         redis_url = stack.redis.url
     echo(f"redis      {redis_url}")
     stack.s3 = start_seaweedfs(root / "s3", bucket=BUCKET)
     echo(f"s3         {stack.s3.endpoint_url}  (SeaweedFS, bucket {BUCKET})")
-    database_url = os.environ.get("XMLX_DATABASE_URL") or f"sqlite:///{root / 'xmlx.sqlite'}"
+    database_url = (
+        database_url or os.environ.get("XMLX_DATABASE_URL") or f"sqlite:///{root / 'xmlx.sqlite'}"
+    )
     echo(f"database   {database_url.split('@')[-1]}")
     stack.env = {
         **os.environ,
