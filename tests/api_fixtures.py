@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -184,3 +185,13 @@ def make_ready_model(
         )  # fmt: skip
     assert moved
     return model_id
+
+
+def assert_problem(answer: object, status: int, code: str) -> dict[str, object]:
+    assert isinstance(answer, httpx.Response)
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    body = answer.json()
+    assert body["code"] == code and body["status"] == status
+    assert body["type"].endswith(code) and body["title"] and body["detail"]
+    return dict(body)

@@ -10,25 +10,17 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from tests.api_fixtures import ApiUser, create_dataset, make_ready_model, queued_messages
+from tests.api_fixtures import (
+    ApiUser,
+    assert_problem,
+    create_dataset,
+    make_ready_model,
+    queued_messages,
+)
 from xmlx.db import SessionFactory
 from xmlx.embedded_redis import free_port
 from xmlx.errors import XmlxError
 from xmlx.settings import Settings
-
-PROBLEM = "application/problem+json"
-
-
-def assert_problem(answer: object, status: int, code: str) -> dict[str, object]:
-    from httpx import Response
-
-    assert isinstance(answer, Response)
-    assert answer.status_code == status, answer.text
-    assert answer.headers["content-type"].startswith(PROBLEM)
-    body = answer.json()
-    assert body["code"] == code and body["status"] == status
-    assert body["type"].endswith(code) and body["title"] and body["detail"]
-    return dict(body)
 
 
 def test_healthz_readyz_and_metrics(client: TestClient, api_user: ApiUser) -> None:
