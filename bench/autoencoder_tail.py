@@ -23,7 +23,8 @@ import time
 
 import numpy as np
 
-from xmlcore.autoencoder import DeepNonNegativeAutoencoder, label_propensity
+from xmlcore.autoencoder import DeepNonNegativeAutoencoder
+from xmlcore.metrics import coverage_at_k, precision_at_k, propensities, psp_at_k
 
 
 def planted_power_law(
@@ -54,37 +55,21 @@ def planted_power_law(
     return V, group_of
 
 
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-
-
-def precision_at_k(Y: np.ndarray, scores: np.ndarray, k: int) -> float:
-    hits = np.take_along_axis(Y, top_k(scores, k), axis=1)
-    return float(hits.sum(axis=1).mean() / k)
-
-
-def psp_at_k(Y: np.ndarray, scores: np.ndarray, k: int, prop: np.ndarray) -> float:
-    gain = Y / prop[None, :]
-    got = np.take_along_axis(gain, top_k(scores, k), axis=1).sum(axis=1)
-    best = -np.sort(-gain, axis=1)[:, :k].sum(axis=1)
-    return float(got.sum() / max(best.sum(), 1e-12))
-
-
 def svd_scores(V_train: np.ndarray, V_test: np.ndarray, rank: int, power: float) -> np.ndarray:
     """Rank-``rank`` projection learned on propensity-weighted columns (power 0: plain)."""
-    w = (1.0 / label_propensity(V_train)) ** power
+    w = (1.0 / propensities(V_train)) ** power
     U = np.linalg.svd(V_train * w, full_matrices=False)[2][:rank].T
     return (V_test * w) @ U @ U.T / w
 
 
 def evaluate(scores: np.ndarray, V_test: np.ndarray, V_train: np.ndarray) -> dict:
-    prop = label_propensity(V_train)
     counts = V_train.sum(axis=0)
     tail = np.argsort(counts, kind="stable")[: counts.size // 2]
-    shown = np.unique(top_k(scores, 5))
+    shown = np.unique(np.argsort(-scores, axis=1, kind="stable")[:, :5])
     return {
         "p_at_5": precision_at_k(V_test, scores, 5),
-        "psp_at_5": psp_at_k(V_test, scores, 5, prop),
+        "psp_at_5": psp_at_k(V_test, scores, 5, propensities(V_train)),
+        "coverage_at_5": coverage_at_k(scores, 5),
         "tail_share_in_top5": float(np.isin(tail, shown).mean()),
     }
 

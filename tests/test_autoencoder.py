@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from xmlcore.autoencoder import DeepNonNegativeAutoencoder, label_propensity
+from xmlcore.autoencoder import DeepNonNegativeAutoencoder
 from xmlcore.errors import ConfigError, ModelError
 
 
@@ -184,16 +184,17 @@ def test_use_before_fit_and_wrong_widths_are_errors(fitted):
 def test_propensity_weights_favour_rare_labels():
     rng = np.random.default_rng(0)
     V = (rng.random((500, 6)) < np.array([0.5, 0.3, 0.1, 0.05, 0.02, 0.01])).astype(np.float32)
-    prop = label_propensity(V)
-    assert np.all((prop > 0) & (prop < 1))
-    assert np.all(np.diff(prop) < 0), "rarer labels have lower propensity"
-    counts = V.sum(axis=0)
-    C = (np.log(500) - 1) * 2.5**0.55
-    np.testing.assert_allclose(prop, 1 / (1 + C * (counts + 1.5) ** -0.55))
-    ae = DeepNonNegativeAutoencoder(layer_sizes=(3,), loss="propensity_mse", tail_power=1.0)
-    weights = ae._label_weights(V)
-    assert weights.mean() == pytest.approx(1.0, rel=1e-5)
-    assert np.all(np.diff(weights) > 0)
+    assert np.all(np.diff(V.sum(axis=0)) < 0)
+
+    def weights(power: float) -> np.ndarray:
+        ae = DeepNonNegativeAutoencoder(loss="propensity_mse", tail_power=power)
+        return ae._label_weights(V)
+
+    np.testing.assert_allclose(weights(0.0), 1.0, rtol=1e-6)
+    for power in (1.0, 2.0):
+        assert weights(power).mean() == pytest.approx(1.0, rel=1e-5)
+        assert np.all(np.diff(weights(power)) > 0), "rarer labels weigh more"
+    assert weights(2.0)[-1] / weights(2.0)[0] > weights(1.0)[-1] / weights(1.0)[0]
 
 
 def test_propensity_loss_trains_a_non_negative_model(planted):

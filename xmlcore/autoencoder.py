@@ -45,6 +45,7 @@ from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 
 from xmlcore.errors import ConfigError, ModelError
+from xmlcore.metrics import propensities
 
 LOSSES = ("mse", "propensity_mse")
 INITS = ("nmf", "random")
@@ -90,14 +91,6 @@ def check_label_matrix(V: Any, *, min_rows: int = 1) -> np.ndarray:
             f"need at least {min_rows} rows and 1 column, got shape {arr.shape}",
         )
     return arr
-
-
-def label_propensity(V: np.ndarray, A: float = 0.55, B: float = 1.5) -> np.ndarray:
-    """Jain et al. (2016) propensity of each label column: ``1 / (1 + C (N_l + B)^-A)``."""
-    n = V.shape[0]
-    counts = np.asarray(V > 0, dtype=np.float64).sum(axis=0)
-    C = (np.log(max(n, 2)) - 1.0) * (B + 1.0) ** A
-    return 1.0 / (1.0 + C * np.exp(-A * np.log(counts + B)))
 
 
 class TiedNonNegativeLayer(keras.layers.Layer):
@@ -328,7 +321,7 @@ class DeepNonNegativeAutoencoder:
     def _label_weights(self, X: np.ndarray) -> np.ndarray:
         if self.loss == "mse":
             return np.ones(X.shape[1], dtype=np.float32)
-        weights = (1.0 / label_propensity(X)) ** self.tail_power
+        weights = (1.0 / propensities(X)) ** self.tail_power
         # Mean 1: the loss stays on the scale of plain MSE, so learning_rate and tol
         # mean the same for every tail_power.
         return (weights / weights.mean()).astype(np.float32)
