@@ -46,14 +46,16 @@ def diverging_colours(values: np.ndarray) -> np.ndarray:
 def normalise(heatmap: np.ndarray, *, symmetric: bool = True) -> np.ndarray:
     """Scale a heatmap to ``[-1, 1]``.
 
-    ``symmetric``: divide by the largest magnitude, so zero stays zero (white).
-    Otherwise map min..max linearly onto -1..1 (for all-positive maps such as
-    SmoothGrad's, which then use the whole ramp). A constant map becomes zeros.
+    ``symmetric``: divide by the 99th percentile of the magnitude (clipping above it), so
+    zero stays zero (white) and a few extreme pixels, common in gradient maps, do not
+    wash out the rest. Otherwise map min..max linearly onto -1..1 (for all-positive maps
+    such as SmoothGrad's, which then use the whole ramp). A constant map becomes zeros.
     """
     h = _check_heatmap(heatmap).astype(np.float64)
     if symmetric:
-        top = float(np.abs(h).max())
-        return h / top if top > 0 else np.zeros_like(h)
+        magnitude = np.abs(h)
+        top = float(np.percentile(magnitude, 99)) or float(magnitude.max())
+        return np.clip(h / top, -1.0, 1.0) if top > 0 else np.zeros_like(h)
     low, high = float(h.min()), float(h.max())
     return 2 * (h - low) / (high - low) - 1 if high > low else np.zeros_like(h)
 
@@ -139,11 +141,13 @@ def panel_png(
     times with nearest-neighbour so small images stay crisp.
     """
     img = _check_image(image, explanation.heatmap.shape)
+    by_segment = explanation.segments is not None
     if explanation.segments is not None:
         segments, top = explanation.segments, list(explanation.top_segments)
     else:
         segments, top = top_pixel_segments(explanation.heatmap), [1]
-    tiles = [img, blend(img, explanation.heatmap), mask(img, segments, top)]
+    kept = mask(img, segments, top, boundaries=by_segment)  # pixel masks have no borders
+    tiles = [img, blend(img, explanation.heatmap), kept]
     titles = ["image", f"{explanation.method}", "most relevant"]
     lines = _panel_lines(explanation, predictions, hierarchy_text, true_labels)
     return encode_png(_compose(tiles, titles, lines, scale))
