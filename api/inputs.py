@@ -8,6 +8,7 @@ is stored, and all the bad keys of a request are reported at once.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,10 @@ from xmlx.keys import KeyValidationError
 from xmlx.storage import ObjectStore, StorageError
 
 MAX_MANIFEST_BYTES = 50 * 1024 * 1024
+# Segments of visible ASCII (no backslash), never empty, "." or "..": keys that
+# `xmlx.keys.validate_user_key` accepts, recognised with one regex (long keys aside).
+_SEGMENT = r"(?!\.\.?(?:/|$))[ !-.0-\[\]-~]+"
+_PLAIN_KEY = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")
 MAX_REPORTED_ERRORS = 20
 LIST_PAGE = 1000
 # Where a dataset remembers its images folder until the table has a column for it.
@@ -40,10 +45,12 @@ def check_user_keys(user_keys: Sequence[str], base_prefix: str = "") -> None:
 
 
 def _key_reason(key: str, base_prefix: str) -> str | None:
-    try:
-        keys.validate_user_key(key)
-    except KeyValidationError as exc:
-        return exc.reason
+    # Most keys are plain ASCII paths; those skip the per-character Unicode checks.
+    if not _PLAIN_KEY.fullmatch(key):
+        try:
+            keys.validate_user_key(key)
+        except KeyValidationError as exc:
+            return exc.reason
     if len((base_prefix + key).encode("utf-8")) > keys.MAX_KEY_BYTES:
         return f"longer than {keys.MAX_KEY_BYTES} bytes once placed under its folder"
     return None
