@@ -25,7 +25,7 @@ def data():
 def trained(data):
     calls: list[tuple[str, int]] = []
     model = train_two_step(
-        data.images, data.label_space, layer_sizes=(8, 4), ae_params={"epochs": 30},
+        data.images, data.label_space, layer_sizes=(8, 4), ae_params={"epochs": 10},
         epochs=2, batch_size=16, regressor_params={"head_units": (16,)}, model_id="m1",
         on_epoch=lambda stage, epoch, logs: calls.append((stage, epoch)),
     )  # fmt: skip
