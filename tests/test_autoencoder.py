@@ -203,3 +203,12 @@ def test_propensity_loss_trains_a_non_negative_model(planted):
     assert all(h.min() >= 0 for h in ae.H_)
     assert ae.history_["loss"][-1] <= ae.history_["loss"][0]
     assert "val_loss" in ae.history_
+
+
+def test_default_layer_sizes_fit_every_vocabulary() -> None:
+    from xmlcore.autoencoder import default_layer_sizes
+
+    assert default_layer_sizes(708) == (64, 16)
+    for p in (3, 8, 24, 60, 128):
+        first, second = default_layer_sizes(p)
+        assert p > first > second >= 1

@@ -69,6 +69,22 @@ _CONFIG_KEYS = (
 )
 
 
+PAPER_LAYER_SIZES = (64, 16)
+
+
+def default_layer_sizes(n_labels: int) -> tuple[int, ...]:
+    """The paper's (64, 16) when the vocabulary is large enough, else a scaled-down pair.
+
+    A vocabulary of p labels needs a first layer smaller than p (the code must
+    compress) and a second smaller than the first: a quarter of p, then half of that,
+    which keeps enough top-layer units for the CNN to regress on small vocabularies.
+    """
+    if n_labels > 2 * PAPER_LAYER_SIZES[0]:
+        return PAPER_LAYER_SIZES
+    first = max(2, n_labels // 4)
+    return (first, max(1, first // 2))
+
+
 def check_label_matrix(V: Any, *, min_rows: int = 1) -> np.ndarray:
     """Validate a label matrix (dense or scipy sparse, 2-D, finite, >= 0) -> float32 dense."""
     if sp.issparse(V):
