@@ -116,6 +116,18 @@ def test_manifest_with_unsafe_image_keys_is_refused(client: TestClient, api_user
     assert problem["errors"][0]["index"] == 1
 
 
+def test_oversized_manifest_is_413(
+    client: TestClient, api_user: ApiUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api import inputs
+
+    monkeypatch.setattr(inputs, "MAX_MANIFEST_BYTES", 20)
+    upload_files(client, api_user, {"m.csv": b"image,labels\na.png,x\nb.png,y\n"}, "text/csv")
+    body = {"name": "big", "images_prefix": "imgs", "manifest_key": "m.csv"}
+    answer = client.post("/v1/datasets", json=body, headers=api_user.headers)
+    assert_problem(answer, 413, "storage.too_large")
+
+
 def test_missing_manifest_and_unsafe_prefixes(client: TestClient, api_user: ApiUser) -> None:
     def post(**body: str) -> object:
         full = {"name": "d", "images_prefix": "imgs", "manifest_key": "m.csv", **body}
