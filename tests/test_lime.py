@@ -187,12 +187,22 @@ def test_adaptive_sampling_respects_max_samples():
 
 
 def test_stability_tracker_counts_unchanged_rounds():
-    tracker = StabilityTracker(AdaptiveSampling(batch=10, min_samples=20, patience=2), 100)
+    rule = AdaptiveSampling(batch=10, min_samples=20, patience=2, criterion="ranking")
+    tracker = StabilityTracker(rule, 100)
     assert tracker.next_round_size(0) == 20 and tracker.next_round_size(95) == 5
     a, b = np.array([[1, 2, 3]]), np.array([[2, 1, 3]])
     assert [tracker.update(r, 50) for r in (a, a, b, b)] == [False, False, False, False]
     assert tracker.update(b, 60) is True
     assert StabilityTracker(AdaptiveSampling(), 100).update(a, 100) is True
+
+
+def test_set_criterion_ignores_order_within_the_top_k():
+    rule = AdaptiveSampling(patience=2, criterion="set")
+    a, b, c = np.array([[1, 2, 3]]), np.array([[2, 1, 3]]), np.array([[2, 1, 4]])
+    tracker = StabilityTracker(rule, 1000)
+    assert [tracker.update(r, 300) for r in (a, b, a)] == [False, False, True]
+    tracker = StabilityTracker(rule, 1000)
+    assert [tracker.update(r, 300) for r in (a, c, b, c)] == [False, False, False, False]
 
 
 def test_keras_model_as_predict_fn():
@@ -232,9 +242,12 @@ def test_bad_configuration_is_refused(kwargs, code):
     assert err.value.code == code
 
 
-def test_bad_adaptive_rule_is_refused():
+@pytest.mark.parametrize(
+    "kwargs", [{"min_samples": 100, "max_samples": 50}, {"criterion": "order"}, {"batch": 0}]
+)
+def test_bad_adaptive_rule_is_refused(kwargs):
     with pytest.raises(ConfigError) as err:
-        AdaptiveSampling(min_samples=100, max_samples=50)
+        AdaptiveSampling(**kwargs)
     assert err.value.code == "config.adaptive"
 
 

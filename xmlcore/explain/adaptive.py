@@ -24,10 +24,11 @@ class AdaptiveSampling:
        later round draws ``batch`` more, never beyond ``max_samples`` (``None``: the
        explainer's ``num_samples``).
     2. After each round the surrogate is refitted on all samples so far and, for every
-       target of the image, the ordered list of its ``top_k`` segments by weight
-       (descending) is taken.
-    3. If every target's list equals the one of the previous round, the image's stable
-       count goes up by one; any change resets it to zero.
+       target of the image, its ``top_k`` segments by weight (descending) are taken:
+       as a set (``criterion="set"``, the default: what a reader of the highlighted
+       superpixels sees) or as an ordered list (``criterion="ranking"``, stricter).
+    3. If every target's set (or list) equals the one of the previous round, the
+       image's stable count goes up by one; any change resets it to zero.
     4. The image stops when the stable count reaches ``patience`` or it has
        ``max_samples`` samples. With the defaults the earliest stop is 300 samples
        (rounds at 100, 200, 300 with two unchanged comparisons).
@@ -41,6 +42,7 @@ class AdaptiveSampling:
     max_samples: int | None = None
     top_k: int = 5
     patience: int = 2
+    criterion: str = "set"
 
     def __post_init__(self) -> None:
         bad = [
@@ -55,6 +57,8 @@ class AdaptiveSampling:
         ]
         if self.max_samples is not None and self.max_samples < self.min_samples:
             bad.append("max_samples")
+        if self.criterion not in ("ranking", "set"):
+            bad.append("criterion")
         if bad:
             raise ConfigError("config.adaptive", f"invalid adaptive sampling parameters: {bad}")
 
@@ -78,6 +82,8 @@ class StabilityTracker:
 
     def update(self, ranking: np.ndarray, drawn: int) -> bool:
         """Record this round's ``(targets, top_k)`` ranking; True when the image is done."""
+        if self.rule.criterion == "set":
+            ranking = np.sort(ranking, axis=1)
         if self._previous is not None and np.array_equal(ranking, self._previous):
             self.stable += 1
         else:
