@@ -109,3 +109,28 @@ def test_bad_input_is_a_clear_error() -> None:
     assert err.value.code == "explain.bad_images"
     with pytest.raises(ExplainError):
         viz.heatmap_png(np.full((H, W), np.nan))
+
+
+def test_panel_accepts_multiline_hierarchy_text() -> None:
+    import io
+
+    from PIL import Image
+
+    from xmlcore.explain.result import Explanation, TargetInfo
+    from xmlcore.viz import panel_png
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    segments = np.repeat(np.arange(4), 64).reshape(16, 16).astype(np.int32)
+    explanation = Explanation(
+        image_index=0,
+        target=TargetInfo(column=0),
+        method="lime",
+        heatmap=rng.normal(size=(16, 16)).astype(np.float32),
+        segments=segments,
+        top_segments=[1, 2],
+    )
+    text = "latent 1 <- units 3, 2 <- garlic, onion\nH1, Label 3: garlic, onion"
+    one_line = panel_png(image, explanation, [("garlic", 0.9)], "latent 1 <- units 3")
+    two_lines = panel_png(image, explanation, [("garlic", 0.9)], text)
+    assert Image.open(io.BytesIO(two_lines)).size[1] > Image.open(io.BytesIO(one_line)).size[1]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from workers.context import WorkerContext
+from xmlcore.autoencoder import default_layer_sizes
 from xmlcore.errors import XmlcoreError
 from xmlcore.images import decode_image
 from xmlcore.labels import LabelSpace, read_manifest
@@ -96,9 +97,11 @@ def _train(ctx: WorkerContext, job: Job, chunk_id: str) -> tuple[TwoStepModel, d
         if beat.cancel_requested or not beat.alive:
             raise TrainingCancelledError()
 
+    kwargs = _training_kwargs(train_params)
+    kwargs.setdefault("layer_sizes", default_layer_sizes(space.n_labels))
     model = train_two_step(
         images[train_rows], space.subset(train_rows), model_id=job.model_id,
-        on_epoch=on_epoch, **_training_kwargs(train_params),
+        on_epoch=on_epoch, **kwargs,
     )  # fmt: skip
     metrics = _evaluate(model, images[test_rows], space, train_rows, test_rows)
     metrics["images_unreadable"] = n_listed - len(kept)

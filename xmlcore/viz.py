@@ -179,7 +179,13 @@ def _compose(
     tile_h, tile_w = big[0].shape[:2]
     width = len(big) * tile_w + (len(big) + 1) * pad
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    wrapped = [w for line in lines for w in _wrap(line, font, width - 2 * pad, measure)]
+    # Hierarchy paths arrive as multi-line text (a path, then one line per unit).
+    wrapped = [
+        w
+        for line in lines
+        for part in line.split("\n")
+        for w in _wrap(part, font, width - 2 * pad, measure)
+    ]
     height = pad + title_h + tile_h + pad + len(wrapped) * line_h + pad
     canvas = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(canvas)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from xmlcore.autoencoder import default_layer_sizes
 from xmlcore.datasets import generate_dishes
 from xmlcore.explain import LatentUnit, LimeExplainer, resolve_targets
 from xmlcore.metrics import evaluate_ranking, hierarchy_nmi, propensities
@@ -48,7 +49,12 @@ def run_core_demo(
             echo(f"  cnn epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}")
 
     model = train_two_step(
-        data.images[train], space.subset(train), epochs=epochs, seed=seed, on_epoch=progress
+        data.images[train],
+        space.subset(train),
+        layer_sizes=default_layer_sizes(space.n_labels),
+        epochs=epochs,
+        seed=seed,
+        on_epoch=progress,
     )
     scores = model.predict_scores(data.images[test])
     prop = propensities(space.subset(train).matrix)
