@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from api.app import create_app
 from tests.api_fixtures import (
     ApiUser,
     assert_problem,
@@ -16,6 +19,10 @@ from tests.api_fixtures import (
     upload_files,
 )
 from xmlcore.datasets import generate_dishes
+from xmlx.embedded_s3 import EmbeddedS3
+from xmlx.settings import Settings
+
+MANIFEST = b"image,labels\na.png,x|y\nb.png,y\n"
 
 
 def test_uploads_land_under_the_tenants_uploads(client: TestClient, api_user: ApiUser) -> None:
@@ -168,3 +175,36 @@ def test_datasets_are_tenant_scoped(
     body = {"name": "x", "images_prefix": "dishes/images", "manifest_key": "dishes/manifest.csv"}
     answer = client.post("/v1/datasets", json=body, headers=stranger.headers)
     assert_problem(answer, 422, "manifest.not_found")
+
+
+def test_uploads_and_datasets_on_s3(
+    make_api_settings: Callable[..., Settings],
+    make_api_user: Callable[[], ApiUser],
+    seaweedfs: EmbeddedS3,
+) -> None:
+    """With the S3 backend the URLs point at S3 itself; the API never sees the bytes."""
+    settings = make_api_settings(
+        storage_backend="s3",
+        s3_endpoint_url=seaweedfs.endpoint_url,
+        s3_access_key=seaweedfs.access_key,
+        s3_secret_key=seaweedfs.secret_key,
+        s3_region=seaweedfs.region,
+        s3_bucket=f"api-{uuid.uuid4().hex[:12]}",
+    )
+    user = make_api_user()
+    with TestClient(create_app(settings)) as client, httpx.Client() as s3:
+        answer = client.post(
+            "/v1/uploads",
+            json={"keys": ["m.csv"], "content_type": "text/csv"},
+            headers=user.headers,
+        )
+        target = answer.json()["uploads"][0]
+        assert target["url"].startswith(seaweedfs.endpoint_url)
+        put = s3.put(target["url"], content=MANIFEST, headers=target["headers"])
+        assert put.status_code == 200, put.text
+        body = {"name": "s3", "images_prefix": "imgs", "manifest_key": "m.csv"}
+        dataset = client.post("/v1/datasets", json=body, headers=user.headers)
+        assert dataset.status_code == 201, dataset.text
+        assert (dataset.json()["n_images"], dataset.json()["n_labels"]) == (2, 2)
+        assert client.get("/readyz").json()["checks"]["storage"]["ok"]
+        assert_problem(client.get("/v1/files/x?expires=1&signature=a"), 404, "storage.not_local")
