@@ -112,3 +112,36 @@ def test_bad_targets_are_refused(targets, code, needle):
 def test_top_k_needs_a_positive_k():
     with pytest.raises(ConfigError):
         TopKLabels(0)
+
+
+def test_real_two_step_model_targets_drive_lime():
+    """End to end on a tiny trained model: targets resolve to ``outputs_fn`` columns."""
+    model_mod = pytest.importorskip("xmlcore.model")
+    datasets = pytest.importorskip("xmlcore.datasets")
+    from xmlcore.explain.lime import LimeExplainer
+
+    data = datasets.generate_dishes("tiny", seed=0, n_images=24, image_size=32)
+    model = model_mod.train_two_step(
+        data.images,
+        data.label_space,
+        layer_sizes=(8, 4),
+        epochs=1,
+        batch_size=8,
+        ae_params={"epochs": 5},
+    )
+    images = data.images[:2]
+    label = model.vocabulary[3]
+    rows = resolve_targets(model, images, [LatentUnit(1), LabelTarget(label), TopKLabels(2)])
+    scores = model.predict_scores(images)
+    for i, row in enumerate(rows):
+        assert row[0].hierarchy_path == model.hierarchy().path(1).to_json()
+        assert row[1].column == model.latent_dim + 3
+        top = row[2:]
+        assert len(top) in (1, 2)
+        assert all(scores[i, t.index] >= np.sort(scores[i])[-2] for t in top)
+    result = LimeExplainer(model.outputs_fn, num_samples=40).explain(images, rows)
+    outputs = model.outputs_fn(images)
+    for i, row in enumerate(result):
+        for e in row:
+            assert e.prediction == pytest.approx(float(outputs[i, e.target.column]), abs=1e-5)
+            assert e.provenance["segmenter"]["name"] == "slic"
