@@ -45,7 +45,6 @@ _STATUS_BY_CODE: dict[str, int] = {
     "storage.no_bucket": 503,
     "storage.error": 502,
     "rate.limited": 429,
-    "job.idempotency_conflict": 422,
 }
 _TITLES: dict[int, str] = {
     400: "Bad request",

@@ -35,7 +35,7 @@ MAX_TOP_K_TARGET = 50
 MAX_UPLOAD_KEYS = 1000
 
 Side = Annotated[int, Field(ge=16, le=1024)]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
+Name = Annotated[str, Field(max_length=200)]
 Id = Annotated[str, Field(min_length=1, max_length=40)]
 ContentType = Annotated[
     str, Field(max_length=200, pattern=r"^[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*$")
@@ -72,7 +72,7 @@ class UploadRequest(Strict):
 
 
 class DatasetRequest(Strict):
-    name: Name
+    name: Name = ""
     images_prefix: str = Field(
         max_length=1024, description="folder under your uploads holding the images"
     )
@@ -104,7 +104,7 @@ class TrainingParams(Strict):
 
 class ModelRequest(Strict):
     dataset_id: Id
-    name: Name
+    name: Name = ""
     training: TrainingParams = Field(default_factory=TrainingParams)
 
 
@@ -129,7 +129,7 @@ class BatchRequest(Strict):
 
 
 class PredictionRequest(BatchRequest):
-    pass
+    """Top labels of each image (no explanation)."""
 
 
 class ExplanationRequest(BatchRequest):

@@ -110,7 +110,7 @@ class ItemOut(BaseModel):
 
 
 class Page(BaseModel, Generic[T]):
-    data: list[T]
+    items: list[T]
     next_cursor: str | None
 
 

@@ -98,8 +98,8 @@ def test_explanations_store_items_and_enqueue_each_chunk(
     assert len(messages) == math.ceil(70 / 32)
     assert {(task, args[1]) for task, args in messages} == {("xmlx.run_chunk", "explain")}
     page = client.get(f"/v1/jobs/{job['id']}/results", headers=user.headers).json()
-    assert [item["key"] for item in page["data"]] == keys
-    assert {item["state"] for item in page["data"]} == {"pending"}
+    assert [item["key"] for item in page["items"]] == keys
+    assert {item["state"] for item in page["items"]} == {"pending"}
 
 
 def test_prefix_batches_list_the_store(
@@ -113,7 +113,7 @@ def test_prefix_batches_list_the_store(
     assert job["kind"] == "predict" and job["progress"]["total"] == 5
     assert job["params"] == {"k": 5, "image_prefix": f"tenants/{user.tenant_id}/uploads/"}
     results = client.get(f"/v1/jobs/{job['id']}/results", headers=user.headers).json()
-    assert [item["key"] for item in results["data"]] == sorted(files)[:5]
+    assert [item["key"] for item in results["items"]] == sorted(files)[:5]
 
 
 def _bad_requests(model_id: str, other_model: str, pending_model: str) -> list[Any]:

@@ -87,7 +87,7 @@ def test_dataset_from_a_generated_manifest(
     original = store.get_bytes(f"tenants/{api_user.tenant_id}/uploads/dishes/manifest.csv")
     assert store.get_bytes(copy) == original
     listing = client.get("/v1/datasets", params={"limit": 1}, headers=api_user.headers).json()
-    assert [d["id"] for d in listing["data"]] == [dataset["id"]]
+    assert [d["id"] for d in listing["items"]] == [dataset["id"]]
     assert listing["next_cursor"] is None
 
 
@@ -111,7 +111,7 @@ def test_bad_manifests_are_422_with_code_and_line(
     if line is not None:
         assert problem["errors"] == [{"code": code, "line": line, "message": problem["detail"]}]
     listing = client.get("/v1/datasets", headers=api_user.headers).json()
-    assert listing["data"] == []
+    assert listing["items"] == []
 
 
 def test_manifest_with_unsafe_image_keys_is_refused(client: TestClient, api_user: ApiUser) -> None:
@@ -157,7 +157,7 @@ def test_dataset_idempotency(client: TestClient, api_user: ApiUser, tmp_path: Pa
     other = client.post("/v1/datasets", json={**body, "name": "other"}, headers=headers)
     assert_problem(other, 422, "idempotency.conflict")
     listing = client.get("/v1/datasets", headers=api_user.headers).json()
-    assert len(listing["data"]) == 1
+    assert len(listing["items"]) == 1
 
 
 def test_datasets_are_tenant_scoped(
@@ -170,7 +170,7 @@ def test_datasets_are_tenant_scoped(
     stranger = make_api_user()
     answer = client.get(f"/v1/datasets/{dataset['id']}", headers=stranger.headers)
     assert_problem(answer, 404, "dataset.not_found")
-    assert client.get("/v1/datasets", headers=stranger.headers).json()["data"] == []
+    assert client.get("/v1/datasets", headers=stranger.headers).json()["items"] == []
     # The stranger cannot build a dataset from the first tenant's uploads either.
     body = {"name": "x", "images_prefix": "dishes/images", "manifest_key": "dishes/manifest.csv"}
     answer = client.post("/v1/datasets", json=body, headers=stranger.headers)

@@ -78,17 +78,17 @@ def test_results_pages_filters_and_artifacts(
     while True:
         params: dict[str, Any] = {"limit": 3} | ({"cursor": cursor} if cursor else {})
         page = client.get(url, params=params, headers=api_user.headers).json()
-        keys += [item["key"] for item in page["data"]]
+        keys += [item["key"] for item in page["items"]]
         cursor = page["next_cursor"]
         if cursor is None:
             break
     assert keys == [f"img/{i:05d}.png" for i in range(8)]
-    failed = client.get(url, params={"state": "failed"}, headers=api_user.headers).json()["data"]
+    failed = client.get(url, params={"state": "failed"}, headers=api_user.headers).json()["items"]
     assert [(i["key"], i["error"]["code"]) for i in failed] == [
         ("img/00003.png", "image.corrupt"),
         ("img/00007.png", "image.corrupt"),
     ]
-    first = client.get(url, params={"limit": 1}, headers=api_user.headers).json()["data"][0]
+    first = client.get(url, params={"limit": 1}, headers=api_user.headers).json()["items"][0]
     assert first["result"] == {"top_k": [["salt", 0.9]], "latent": [0.1, 0.2]}
     download = client.get(first["artifacts"]["heatmap.png"])
     assert download.status_code == 200 and download.content == b"png of img/00000.png"
@@ -126,14 +126,14 @@ def test_list_jobs_filters_and_cursor(client: TestClient, api_user: ApiUser, mod
         for kind in ("explanations", "predictions", "explanations")
     ]
     explain = client.get("/v1/jobs", params={"kind": "explain"}, headers=api_user.headers).json()
-    assert [j["id"] for j in explain["data"]] == [made[2]["id"], made[0]["id"]]
+    assert [j["id"] for j in explain["items"]] == [made[2]["id"], made[0]["id"]]
     seen, cursor = [], None
     while True:
         params: dict[str, Any] = {"limit": 1, "state": "queued"} | (
             {"cursor": cursor} if cursor else {}
         )
         page = client.get("/v1/jobs", params=params, headers=api_user.headers).json()
-        seen += [j["id"] for j in page["data"]]
+        seen += [j["id"] for j in page["items"]]
         if (cursor := page["next_cursor"]) is None:
             break
     assert len(seen) == 4 and seen[:3] == [m["id"] for m in reversed(made)]  # + the training job
@@ -150,7 +150,7 @@ def test_cancel(
     queued = submit(client, api_user, model_id, 3)
     answer = client.post(f"/v1/jobs/{queued['id']}/cancel", headers=api_user.headers)
     assert answer.status_code == 200 and answer.json()["state"] == "cancelled"
-    items = client.get(f"/v1/jobs/{queued['id']}/results", headers=api_user.headers).json()["data"]
+    items = client.get(f"/v1/jobs/{queued['id']}/results", headers=api_user.headers).json()["items"]
     assert {item["state"] for item in items} == {"cancelled"}
     assert (
         client.post(f"/v1/jobs/{queued['id']}/cancel", headers=api_user.headers).status_code == 200
@@ -193,7 +193,7 @@ def test_models_and_hierarchy(client: TestClient, api_user: ApiUser, model_id: s
         "model.not_ready",
     )
     ready = client.get("/v1/models", params={"state": "ready"}, headers=api_user.headers).json()
-    assert [m["id"] for m in ready["data"]] == [model_id]
+    assert [m["id"] for m in ready["items"]] == [model_id]
 
 
 def test_other_tenants_get_404_everywhere(
@@ -216,7 +216,7 @@ def test_other_tenants_get_404_everywhere(
         ("GET", f"/v1/models/{model_id}/hierarchy", "model.not_found"),
     ]:
         assert_problem(client.request(method, path, headers=stranger), 404, code)
-    assert client.get("/v1/jobs", headers=stranger).json()["data"] == []
-    assert client.get("/v1/models", headers=stranger).json()["data"] == []
+    assert client.get("/v1/jobs", headers=stranger).json()["items"] == []
+    assert client.get("/v1/models", headers=stranger).json()["items"] == []
     mine = client.get(f"/v1/jobs/{job_id}", headers=api_user.headers).json()
     assert mine["state"] == "succeeded" and not mine["cancel_requested"]

@@ -19,6 +19,7 @@ from api.deps import Caller, DbSession, IdempotencyKey, State
 from api.idempotency import fingerprint
 from api.problems import ProblemError, problem_responses
 from api.schemas import DatasetRequest
+from api.submit import mark_replayed
 from api.views import DatasetDetail, DatasetOut, Page, dataset_detail, dataset_out
 from xmlcore.labels import read_manifest
 from xmlx import repository as repo
@@ -27,7 +28,6 @@ from xmlx.models import Dataset
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 ROUTE = "POST /v1/datasets"
-REPLAYED_HEADER = "Idempotent-Replayed"
 _BLANKS = b"\xef\xbb\xbf \t\r\n"
 
 
@@ -57,7 +57,7 @@ def create_dataset(
     if idempotency_key is not None:
         existing = state.replays.begin(tenant_id, idempotency_key, fp)
         if existing is not None:
-            response.headers[REPLAYED_HEADER] = "true"
+            mark_replayed(response)
             return _detail(state, tenant_id, existing)
     try:
         detail = _create(state, tenant_id, body)
@@ -129,4 +129,4 @@ def list_datasets(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Page[DatasetOut]:
     page = repo.list_datasets(session, caller.tenant_id, limit=limit, cursor=cursor)
-    return Page[DatasetOut](data=[dataset_out(d) for d in page.rows], next_cursor=page.next_cursor)
+    return Page[DatasetOut](items=[dataset_out(d) for d in page.rows], next_cursor=page.next_cursor)

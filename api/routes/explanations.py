@@ -19,7 +19,13 @@ from api.deps import ApiState, Caller, IdempotencyKey, State
 from api.idempotency import fingerprint
 from api.problems import ProblemError, problem_responses
 from api.routes.datasets import find_dataset
-from api.schemas import BatchRequest, ExplanationRequest, LabelTarget, LatentTarget
+from api.schemas import (
+    BatchRequest,
+    ExplanationRequest,
+    LabelTarget,
+    LatentTarget,
+    PredictionRequest,
+)
 from api.submit import create_and_enqueue, find_model, mark_replayed, render_job, replayed_job
 from api.views import JobOut
 from xmlx.db import session_scope
@@ -60,7 +66,7 @@ def create_explanations(
     responses=ERRORS,
 )
 def create_predictions(
-    body: BatchRequest,
+    body: PredictionRequest,
     caller: Caller,
     state: State,
     idempotency_key: IdempotencyKey,

@@ -71,7 +71,7 @@ def list_jobs(
         session, caller.tenant_id, state=job_state, kind=kind, limit=limit, cursor=cursor
     )
     data = [render_job(state, job) for job in page.rows]
-    return Page[JobOut](data=data, next_cursor=page.next_cursor)
+    return Page[JobOut](items=data, next_cursor=page.next_cursor)
 
 
 @router.get(
@@ -95,7 +95,7 @@ def list_results(
     if page is None:
         raise _job_not_found(job_id)
     sign = _signer(state)
-    return Page[ItemOut](data=[item_out(i, sign) for i in page.rows], next_cursor=page.next_cursor)
+    return Page[ItemOut](items=[item_out(i, sign) for i in page.rows], next_cursor=page.next_cursor)
 
 
 @router.get(

@@ -127,4 +127,4 @@ def list_models(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Page[ModelOut]:
     page = repo.list_models(session, caller.tenant_id, state=state, limit=limit, cursor=cursor)
-    return Page[ModelOut](data=[model_out(m) for m in page.rows], next_cursor=page.next_cursor)
+    return Page[ModelOut](items=[model_out(m) for m in page.rows], next_cursor=page.next_cursor)
