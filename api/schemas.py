@@ -80,8 +80,10 @@ class DatasetRequest(Strict):
 
 
 class TrainingParams(Strict):
-    layer_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
-        default=[64, 16], min_length=1, max_length=6
+    # None: the paper's (64, 16) when the vocabulary is large enough, else scaled down
+    # to it (xmlcore.autoencoder.default_layer_sizes, applied by the worker).
+    layer_sizes: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(
+        default=None, min_length=1, max_length=6
     )
     ae_loss: Literal["mse", "propensity_mse"] = "mse"
     base: Literal["small", "vgg16", "mobilenet_v2", "efficientnet_b0"] = "small"
@@ -96,7 +98,7 @@ class TrainingParams(Strict):
 
     @model_validator(mode="after")
     def _shrinking_layers(self) -> TrainingParams:
-        sizes = self.layer_sizes
+        sizes = self.layer_sizes or []
         if any(a <= b for a, b in pairwise(sizes)):
             raise ValueError("layer_sizes must decrease, e.g. [64, 16]")
         return self

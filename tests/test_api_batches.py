@@ -25,7 +25,8 @@ from xmlx.db import SessionFactory, session_scope
 from xmlx.models import Chunk, Dataset, Item, Job, Model
 from xmlx.settings import Settings
 
-MANIFEST = b"image,labels\na.png,salt|garlic\nb.png,salt\nc.png,onion\n"
+# Twelve labels: enough for the 8-unit first layer of `make_ready_model`.
+MANIFEST = b"image,labels\na.png,salt|garlic|l1|l2|l3\nb.png,salt|l4|l5|l6\nc.png,onion|l7|l8|l9\n"
 
 
 def small_dataset(client: TestClient, user: ApiUser) -> dict[str, Any]:
@@ -251,6 +252,15 @@ def test_training_requests_are_idempotent(
     assert_problem(
         client.post("/v1/models", json=other, headers=headers), 422, "idempotency.conflict"
     )
+
+
+def test_layer_sizes_must_fit_the_vocabulary(client: TestClient, api_user: ApiUser) -> None:
+    dataset = small_dataset(client, api_user)
+    body = {"dataset_id": dataset["id"], "training": {"layer_sizes": [12, 4]}}
+    answer = client.post("/v1/models", json=body, headers=api_user.headers)
+    assert_problem(answer, 422, "training.bad_layer_sizes")
+    fitted = client.post("/v1/models", json={**body, "training": {}}, headers=api_user.headers)
+    assert fitted.status_code == 202 and fitted.json()["model"]["params"]["layer_sizes"] is None
 
 
 @pytest.mark.parametrize(

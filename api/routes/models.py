@@ -52,6 +52,7 @@ def create_model(
     training = body.training.model_dump(mode="json")
     with session_scope(state.sessions) as session:
         dataset = find_dataset(session, tenant_id, body.dataset_id)
+        _check_layer_sizes(training.get("layer_sizes"), dataset.n_labels)
         image_prefix = inputs.dataset_images_prefix(state.store, dataset.storage_prefix)
         model = repo.create_model(session, tenant_id, dataset.id, name=body.name, params=training)
     params: dict[str, Any] = {
@@ -73,6 +74,17 @@ def create_model(
         _delete_model(state, model.id)
         mark_replayed(response)
     return _created(state, tenant_id, created.job)
+
+
+def _check_layer_sizes(sizes: list[int] | None, n_labels: int) -> None:
+    """The code must compress: the first layer must be smaller than the vocabulary."""
+    if sizes and sizes[0] >= n_labels:
+        raise ProblemError(
+            422,
+            "training.bad_layer_sizes",
+            f"layer_sizes {sizes} must start below the dataset's {n_labels} labels "
+            "(leave it out to get a size that fits)",
+        )
 
 
 def _delete_model(state: ApiState, model_id: str) -> None:
