@@ -98,7 +98,8 @@ def _train(ctx: WorkerContext, job: Job, chunk_id: str) -> tuple[TwoStepModel, d
             raise TrainingCancelledError()
 
     kwargs = _training_kwargs(train_params)
-    kwargs.setdefault("layer_sizes", default_layer_sizes(space.n_labels))
+    if kwargs.get("layer_sizes") is None:
+        kwargs["layer_sizes"] = default_layer_sizes(space.n_labels)
     model = train_two_step(
         images[train_rows], space.subset(train_rows), model_id=job.model_id,
         on_epoch=on_epoch, **kwargs,

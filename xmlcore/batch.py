@@ -9,13 +9,14 @@ samples, so a chunk costs about ``num_samples x images`` forward passes and no m
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from xmlcore.explain import Explanation, SlicSegmenter, resolve_targets
+from xmlcore.hierarchy import LabelHierarchy
 from xmlcore.methods import TargetSpec, make_explainer
 from xmlcore.model import TwoStepModel
 from xmlcore.viz import blend_png, mask_png
@@ -32,12 +33,9 @@ class ImageReport:
 
 
 def predict_images(model: TwoStepModel, images: np.ndarray, *, k: int = 5) -> list[ImageReport]:
-    """Top-``k`` labels with scores and the latent code of every image."""
-    latent = model.predict_latent(images)
-    scores = model.predict_scores(images)
-    return [
-        ImageReport(result=_prediction(model, latent[i], scores[i], k)) for i in range(len(images))
-    ]
+    """Top-``k`` labels with scores, the latent code, and the hierarchy path of the most
+    active latent unit, for every image."""
+    return [ImageReport(result=result) for result in _predictions(model, images, k)]
 
 
 def explain_images(
@@ -61,28 +59,46 @@ def explain_images(
     explainer = make_explainer(method, model, params or {})
     targets = resolve_targets(model, images, target)
     explained = explainer.explain(images, targets)
-    latent = model.predict_latent(images)
-    scores = model.predict_scores(images)
+    predictions = _predictions(model, images, k)
     reports = []
     for i, explanations in enumerate(explained):
         if model_id is not None:
             for explanation in explanations:
                 explanation.provenance["model_id"] = model_id
-        result = _prediction(model, latent[i], scores[i], k)
+        result = predictions[i]
         result["explanations"] = [e.to_json() for e in explanations]
         reports.append(ImageReport(result, _artifacts(images[i], explanations)))
     return reports
 
 
+def _predictions(model: TwoStepModel, images: np.ndarray, k: int) -> list[dict[str, Any]]:
+    latent = model.predict_latent(images)
+    scores = model.predict_scores(images)
+    hierarchy = model.hierarchy()
+    return [
+        _prediction(model.vocabulary, hierarchy, latent[i], scores[i], k)
+        for i in range(len(images))
+    ]
+
+
 def _prediction(
-    model: TwoStepModel, latent: np.ndarray, scores: np.ndarray, k: int
+    vocabulary: Sequence[str],
+    hierarchy: LabelHierarchy,
+    latent: np.ndarray,
+    scores: np.ndarray,
+    k: int,
 ) -> dict[str, Any]:
     order = np.argsort(-scores, kind="stable")[:k]
+    # The most active top-layer unit and its path down to label sets: the paper's
+    # read-out of "which group of labels this image is about".
+    unit = int(np.argmax(latent))
+    path = hierarchy.path(unit)
     return {
         "top_labels": [
-            {"label": model.vocabulary[j], "score": round(float(scores[j]), 6)} for j in order
+            {"label": vocabulary[j], "score": round(float(scores[j]), 6)} for j in order
         ],
         "latent": [round(float(v), 6) for v in latent],
+        "top_latent": {"unit": unit, "path": path.to_json(), "text": path.to_text()},
     }
 
 
