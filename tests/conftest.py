@@ -6,4 +6,4 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-pytest_plugins = ["tests.kernel_fixtures"]
+pytest_plugins = ["tests.kernel_fixtures", "tests.api_fixtures"]
