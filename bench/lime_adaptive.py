@@ -51,11 +51,14 @@ def random_cnn(seed: int = 0) -> PredictFn:
 
 
 def trained_two_step(n_train: int, epochs: int) -> tuple[PredictFn, int]:
-    """(outputs_fn, latent_dim) of a small two-step model trained on generated dishes."""
+    """(outputs_fn, latent_dim) of a small two-step model trained on generated dishes
+    (seed 1; the explained images come from seed 0, so they are held out)."""
     from xmlcore.model import train_two_step
 
     data = generate_dishes("tiny", seed=1, n_images=n_train, image_size=SIZE)
-    model = train_two_step(data.images, data.label_space, epochs=epochs, seed=0)
+    model = train_two_step(
+        data.images, data.label_space, layer_sizes=(16, 8), epochs=epochs, seed=0
+    )
     return model.outputs_fn, int(model.latent_dim)
 
 
