@@ -1,0 +1,46 @@
+// Live progress: every element with data-poll="<job id>" asks /ui/jobs/<id>/progress
+// every 2 s until the job is final. Plain fetch, same-origin cookie, no library.
+"use strict";
+
+const POLL_MS = 2000;
+
+function percent(n, total) {
+  return total ? Math.round((100 * n) / total) : 0;
+}
+
+function show(el, p) {
+  el.querySelector(".done").style.width = percent(p.done, p.total) + "%";
+  el.querySelector(".failed").style.width = percent(p.failed, p.total) + "%";
+  el.querySelector(".count").textContent = `${p.done + p.failed} / ${p.total}`;
+  const scope = el.closest("tr, .job-head");
+  const badge = scope && scope.querySelector(".state");
+  if (badge) {
+    badge.textContent = p.state;
+    badge.className = `state state-${p.state}`;
+  }
+}
+
+function poll(el) {
+  const url = `/ui/jobs/${encodeURIComponent(el.dataset.poll)}/progress`;
+  const tick = async () => {
+    try {
+      const answer = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+      if (answer.status === 401 || answer.status === 404) return;
+      if (answer.ok) {
+        const p = await answer.json();
+        show(el, p);
+        if (p.final) {
+          el.removeAttribute("data-poll");
+          el.dataset.final = p.state;
+          return;
+        }
+      }
+    } catch (_) {
+      // Network hiccup: try again at the next tick.
+    }
+    setTimeout(tick, POLL_MS);
+  };
+  setTimeout(tick, POLL_MS);
+}
+
+document.querySelectorAll("[data-poll]").forEach(poll);

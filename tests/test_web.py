@@ -1,0 +1,373 @@
+"""The results gallery (`api.web`) over HTTP: sign-in, jobs, the job page's cards and
+filters, the model page, tenant isolation. The job is a real one: a dataset registered
+through the API from generated dishes, a model row with a real hierarchy, items
+finished through the kernel with real PNG artifacts, as a worker would."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from skimage.segmentation import slic
+
+from api import web
+from api.app import create_app
+from api.inputs import dataset_images_prefix
+from tests.api_fixtures import API_TEST_PEPPER, ApiUser, create_dataset
+from xmlcore.datasets import generate_dishes
+from xmlcore.hierarchy import LabelHierarchy
+from xmlcore.viz import blend_png, mask_png
+from xmlx import jobs
+from xmlx import repository as repo
+from xmlx.db import SessionFactory, session_scope
+from xmlx.keys import item_artifact_key
+from xmlx.models import ModelState
+from xmlx.report import hierarchy_path, path_text
+from xmlx.settings import Settings
+from xmlx.storage import ObjectStore, make_object_store
+
+pytest_plugins = ["tests.api_fixtures"]
+
+N_ITEMS = 30
+FAILED = ("dish_00004.png", "dish_00011.png")
+
+
+@dataclass(frozen=True)
+class Gallery:
+    user: ApiUser
+    job_id: str
+    model_id: str
+    dataset_id: str
+    keys: list[str]
+    predicted: dict[str, list[str]]  # item key -> predicted labels, best first
+    truth: dict[str, set[str]]
+    vocabulary: tuple[str, ...]
+
+
+def with_web(app: FastAPI) -> FastAPI:
+    """The app with the gallery, unless `create_app` already mounts it."""
+    if not any(getattr(route, "path", "") == "/ui/jobs" for route in app.routes):
+        app.include_router(web.router)
+    return app
+
+
+def make_user(sessions: SessionFactory) -> ApiUser:
+    with session_scope(sessions) as session:
+        tenant = repo.create_tenant(session, f"web-{uuid.uuid4().hex}")
+        _row, key = repo.create_api_key(session, tenant.id, API_TEST_PEPPER, "web")
+        return ApiUser(tenant.id, key)
+
+
+def make_ready_model(sessions: SessionFactory, tenant_id: str, dataset_id: str, vocab: Any) -> str:
+    """A model row as the training worker leaves it: hierarchy, history, metrics."""
+    rng = np.random.default_rng(0)
+    H1 = rng.random((len(vocab), 8)) * (rng.random((len(vocab), 8)) < 0.35)
+    H2 = rng.random((8, 4)) * (rng.random((8, 4)) < 0.6)
+    epochs = np.arange(1, 13)
+    history = {
+        "autoencoder": {"loss": list(0.3 / epochs + 0.02), "val_loss": list(0.32 / epochs + 0.03)},
+        "regressor": {"loss": list(1.0 / np.sqrt(epochs)), "val_loss": list(1.1 / np.sqrt(epochs))},
+    }
+    metrics = {
+        "p@1": 0.71,
+        "p@3": 0.55,
+        "p@5": 0.43,
+        "psp@1": 0.38,
+        "psp@3": 0.33,
+        "psp@5": 0.31,
+        "coverage@1": 0.21,
+        "coverage@3": 0.42,
+        "coverage@5": 0.58,
+        "ndcg@3": 0.6,
+        "n_train": 48,
+    }
+    with session_scope(sessions) as session:
+        model = repo.create_model(session, tenant_id, dataset_id, name="dishes-2l")
+        hierarchy = LabelHierarchy.from_weights([H1, H2], vocab).to_json()
+        assert repo.transition_model(
+            session,
+            model.id,
+            [ModelState.PENDING],
+            ModelState.READY,
+            artifact_key=f"tenants/{tenant_id}/models/{model.id}/model.zip",
+            hierarchy=hierarchy,
+            history=history,
+            metrics=metrics,
+        )
+        return model.id
+
+
+def _artifacts(image: np.ndarray, label_mask: np.ndarray, seed: int) -> dict[str, bytes]:
+    """A heatmap peaked on the explained label's pixels, and its top superpixels."""
+    rng = np.random.default_rng(seed)
+    heatmap = label_mask.astype(np.float32) + 0.15 * rng.standard_normal(label_mask.shape)
+    segments = slic(image, n_segments=25, start_label=0)
+    means = np.bincount(segments.ravel(), heatmap.ravel()) / np.bincount(segments.ravel())
+    top = [int(s) for s in np.argsort(-means)[:3]]
+    return {"heatmap.png": blend_png(image, heatmap), "mask.png": mask_png(image, segments, top)}
+
+
+def _result(truth: list[str], vocab: tuple[str, ...], seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    wrong = [label for label in vocab if label not in truth]
+    labels = [*truth[:2], wrong[seed % len(wrong)], *truth[2:3]]
+    scores = sorted(rng.uniform(0.2, 0.95, len(labels)), reverse=True)
+    target = {
+        "column": 4 + vocab.index(labels[0]),
+        "kind": "label",
+        "index": vocab.index(labels[0]),
+        "name": labels[0],
+        "hierarchy_path": None,
+    }
+    return {
+        "top_labels": [
+            {"label": lb, "score": round(float(s), 6)} for lb, s in zip(labels, scores, strict=True)
+        ],
+        "latent": [round(float(v), 6) for v in rng.random(4)],
+        "explanations": [
+            {
+                "image_index": 0,
+                "target": target,
+                "method": "lime",
+                "score": 0.81,
+                "top_segments": [1, 4, 7],
+                "provenance": {"seed": seed},
+            }
+        ],
+    }
+
+
+def make_gallery(
+    client: TestClient, sessions: SessionFactory, store: ObjectStore, tmp_path: Path
+) -> Gallery:
+    """A finished explanation job on the generated "tiny" dishes, with two failed items."""
+    user = make_user(sessions)
+    dataset = create_dataset(client, user, tmp_path)
+    ds = generate_dishes("tiny")
+    vocab = ds.label_space.vocabulary
+    model_id = make_ready_model(sessions, user.tenant_id, dataset["id"], vocab)
+    with session_scope(sessions) as session:
+        row = repo.get_dataset(session, user.tenant_id, dataset["id"])
+        assert row is not None
+        prefix = dataset_images_prefix(store, row.storage_prefix)
+    keys = list(ds.image_keys[:N_ITEMS])
+    params = {
+        "image_prefix": prefix,
+        "method": "lime",
+        "target": {"kind": "top_k", "k": 1},
+        "k": 4,
+        "dataset_id": dataset["id"],
+    }
+    job = jobs.create_job(
+        sessions,
+        tenant_id=user.tenant_id,
+        kind="explain",
+        item_keys=keys,
+        params=params,
+        model_id=model_id,
+        chunk_size=8,
+    ).job
+    predicted, truth = {}, {}
+    for i, key in enumerate(keys):
+        truth[key] = set(ds.label_space.labels_of(i))
+        if key in FAILED:
+            jobs.record_item_failure(
+                sessions,
+                job.id,
+                key,
+                code="image.corrupt",
+                message="the PNG data stream is truncated",
+            )
+            continue
+        result = _result(sorted(truth[key]), vocab, i)
+        predicted[key] = [entry["label"] for entry in result["top_labels"]]
+        explained = predicted[key][0]
+        blank = np.zeros(ds.images[i].shape[:2], bool)
+        artifacts = {}
+        for name, data in _artifacts(ds.images[i], ds.masks[i].get(explained, blank), i).items():
+            artifacts[name] = item_artifact_key(user.tenant_id, job.id, key, name)
+            store.put_bytes(artifacts[name], data, "image/png")
+        jobs.record_item_success(sessions, job.id, key, result=result, artifacts=artifacts)
+    return Gallery(user, job.id, model_id, dataset["id"], keys, predicted, truth, vocab)
+
+
+@pytest.fixture(scope="module")
+def web_settings(make_api_settings: Any) -> Settings:
+    return make_api_settings()
+
+
+@pytest.fixture(scope="module")
+def web_client(web_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(with_web(create_app(web_settings))) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def gallery(
+    web_client: TestClient,
+    web_settings: Settings,
+    session_factory: SessionFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Gallery:
+    store = make_object_store(web_settings)
+    return make_gallery(web_client, session_factory, store, tmp_path_factory.mktemp("dishes"))
+
+
+def sign_in(client: TestClient, key: str) -> None:
+    client.cookies.clear()
+    answer = client.post(
+        "/ui/login", data={"api_key": key, "next": "/ui/jobs"}, follow_redirects=False
+    )
+    assert answer.status_code == 303, answer.text
+    assert answer.headers["location"] == "/ui/jobs"
+
+
+def cards(html: str) -> list[str]:
+    return re.findall(r'<article class="card card-\w+" data-key="([^"]+)"', html)
+
+
+def test_pages_need_sign_in_and_the_cookie_is_strict(
+    web_client: TestClient, gallery: Gallery
+) -> None:
+    web_client.cookies.clear()
+    answer = web_client.get(f"/ui/jobs/{gallery.job_id}?state=failed", follow_redirects=False)
+    assert answer.status_code == 303
+    assert answer.headers["location"].startswith("/ui/login?next=%2Fui%2Fjobs%2Fjob_")
+    assert web_client.get("/ui/jobs/x/progress").status_code == 401
+    bad = web_client.post("/ui/login", data={"api_key": "xmlx_nope"}, follow_redirects=False)
+    assert bad.status_code == 401 and "not valid" in bad.text
+    good = web_client.post(
+        "/ui/login",
+        data={"api_key": gallery.user.key, "next": "https://evil.example/"},
+        follow_redirects=False,
+    )
+    assert good.status_code == 303 and good.headers["location"] == "/ui/jobs"  # no open redirect
+    cookie = good.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/ui" in cookie
+    assert gallery.user.key not in cookie  # a signed session, not the key itself
+    assert web_client.get("/ui/jobs").status_code == 200
+    web_client.post("/ui/logout")
+    assert web_client.get("/ui/jobs", follow_redirects=False).status_code == 303
+
+
+def test_forged_or_revoked_sessions_are_refused(
+    web_client: TestClient, gallery: Gallery, session_factory: SessionFactory
+) -> None:
+    user = make_user(session_factory)
+    sign_in(web_client, user.key)
+    token = web_client.cookies["xmlx_session"]
+    key_id, expires, signature = token.split(".")
+    web_client.cookies.set("xmlx_session", f"{key_id}.{int(expires) + 999}.{signature}", path="/ui")
+    assert web_client.get("/ui/jobs", follow_redirects=False).status_code == 303
+    web_client.cookies.set("xmlx_session", token, path="/ui")
+    assert web_client.get("/ui/jobs", follow_redirects=False).status_code == 200
+    with session_scope(session_factory) as session:
+        assert repo.revoke_api_key(session, user.tenant_id, key_id)
+    assert web_client.get("/ui/jobs", follow_redirects=False).status_code == 303
+
+
+def test_jobs_list_and_progress(web_client: TestClient, gallery: Gallery) -> None:
+    sign_in(web_client, gallery.user.key)
+    html = web_client.get("/ui/jobs").text
+    assert f'href="/ui/jobs/{gallery.job_id}"' in html and "partially_succeeded" in html
+    assert f"{N_ITEMS} / {N_ITEMS}" in html
+    assert web_client.get("/ui/jobs?state=running").text.count("data-job=") == 0
+    progress = web_client.get(f"/ui/jobs/{gallery.job_id}/progress").json()
+    assert progress == {
+        "state": "partially_succeeded",
+        "total": N_ITEMS,
+        "done": N_ITEMS - len(FAILED),
+        "failed": len(FAILED),
+        "final": True,
+    }
+    assert web_client.get("/ui/jobs?state=bogus").status_code == 400
+
+
+def test_job_page_cards_paths_matches_and_pagination(
+    web_client: TestClient, gallery: Gallery
+) -> None:
+    sign_in(web_client, gallery.user.key)
+    first = web_client.get(f"/ui/jobs/{gallery.job_id}?limit=12")
+    assert first.status_code == 200 and first.headers["cache-control"] == "private, no-store"
+    html = first.text
+    assert cards(html) == gallery.keys[:12]
+    key = gallery.keys[0]
+    # image, heatmap and mask of the 10 successes; the image of the 2 failures
+    assert html.count("/v1/files/") == 3 * 10 + 2
+    for label in gallery.predicted[key]:
+        assert label in html
+    true_first = gallery.predicted[key][0]
+    assert f"✓ {true_first}" in html  # predicted and true
+    assert "most active latent unit" in html
+    assert re.search(r"latent \d &lt;- units [\d, ]+ &lt;- \w", html)
+    assert "<code>image.corrupt</code>" in html  # dish_00004 is on the first page
+    more = re.search(r'href="([^"]+cursor=[^"]+)"', html)
+    assert more is not None
+    second = web_client.get(more.group(1).replace("&amp;", "&")).text
+    assert cards(second) == gallery.keys[12:24]
+
+
+def test_filters_by_state_and_label(web_client: TestClient, gallery: Gallery) -> None:
+    sign_in(web_client, gallery.user.key)
+    failed = web_client.get(f"/ui/jobs/{gallery.job_id}?state=failed").text
+    assert cards(failed) == list(FAILED)
+    assert failed.count("<code>image.corrupt</code>") == len(FAILED) + 1  # + the summary
+    assert "the PNG data stream is truncated" in failed
+    label = gallery.predicted[gallery.keys[0]][0]
+    expected = [k for k in gallery.keys if label in gallery.predicted.get(k, [])]
+    assert 0 < len(expected) < N_ITEMS - len(FAILED)
+    shown = cards(web_client.get(f"/ui/jobs/{gallery.job_id}", params={"label": label}).text)
+    assert shown == expected
+    assert cards(web_client.get(f"/ui/jobs/{gallery.job_id}?label=no%25such_").text) == []
+
+
+def test_model_page_tree_curves_and_metrics(web_client: TestClient, gallery: Gallery) -> None:
+    sign_in(web_client, gallery.user.key)
+    html = web_client.get(f"/ui/models/{gallery.model_id}").text
+    assert html.count('<details class="unit') >= 4 + 8  # 4 top units, their layer-1 units
+    assert html.count("<polyline") == 4  # loss and val_loss of both stages
+    assert "<th>PSP@k</th>" in html and "<td>0.380</td>" in html and "n_train 48" in html
+    assert "H2, unit 0" in html and "H1, unit" in html
+    assert f'href="/ui/models/{gallery.model_id}"' in web_client.get("/ui/models").text
+
+
+def test_other_tenants_see_404_pages(
+    web_client: TestClient, gallery: Gallery, session_factory: SessionFactory
+) -> None:
+    sign_in(web_client, make_user(session_factory).key)
+    for path in (f"/ui/jobs/{gallery.job_id}", f"/ui/models/{gallery.model_id}"):
+        answer = web_client.get(path)
+        assert answer.status_code == 404 and "Not found" in answer.text
+    assert web_client.get(f"/ui/jobs/{gallery.job_id}/progress").status_code == 404
+    assert gallery.job_id not in web_client.get("/ui/jobs").text
+
+
+def test_static_files_are_a_fixed_list(web_client: TestClient) -> None:
+    assert web_client.get("/ui/static/app.css").headers["content-type"].startswith("text/css")
+    assert "data-poll" in web_client.get("/ui/static/app.js").text
+    assert web_client.get("/ui/static/..%2F__init__.py").status_code == 404
+
+
+def test_hierarchy_path_from_stored_json_matches_xmlcore() -> None:
+    rng = np.random.default_rng(3)
+    vocab = [f"label {i}" for i in range(12)]
+    H = [rng.random((12, 6)) * (rng.random((12, 6)) < 0.5), rng.random((6, 3))]
+    full = LabelHierarchy.from_weights(H, vocab, top_n=12)  # nothing truncated
+    stored = full.to_json()
+    for unit in range(3):
+        expected = full.path(unit)
+        rebuilt = hierarchy_path(stored, unit, fanout=3, top_n=12)
+        assert rebuilt is not None
+        assert path_text(rebuilt) == expected.to_text().splitlines()[0]
+        names = [(label["name"], label["weight"]) for label in rebuilt["labels"]]
+        assert [n for n, _ in names] == [n for n, _ in expected.labels]
+        assert [w for _, w in names] == pytest.approx([w for _, w in expected.labels])
+    assert hierarchy_path(stored, 7) is None
