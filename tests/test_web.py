@@ -10,8 +10,9 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
@@ -21,8 +22,8 @@ from skimage.segmentation import slic
 from api import web
 from api.app import create_app
 from api.inputs import dataset_images_prefix
-from tests.api_fixtures import API_TEST_PEPPER, ApiUser, create_dataset
-from xmlcore.datasets import generate_dishes
+from tests.api_fixtures import API_TEST_PEPPER, ApiUser, upload_files
+from xmlcore.datasets import generate_dishes, write_dataset
 from xmlcore.hierarchy import LabelHierarchy
 from xmlcore.viz import blend_png, mask_png
 from xmlx import jobs
@@ -115,16 +116,21 @@ def _artifacts(image: np.ndarray, label_mask: np.ndarray, seed: int) -> dict[str
     return {"heatmap.png": blend_png(image, heatmap), "mask.png": mask_png(image, segments, top)}
 
 
-def _result(truth: list[str], vocab: tuple[str, ...], seed: int) -> dict[str, Any]:
+def _result(
+    truth: list[str], visible: set[str], vocab: tuple[str, ...], seed: int
+) -> dict[str, Any]:
+    """Four top labels (three true, one wrong); the first visible one is explained."""
     rng = np.random.default_rng(seed)
     wrong = [label for label in vocab if label not in truth]
+    truth = sorted(truth, key=lambda label: label not in visible)
     labels = [*truth[:2], wrong[seed % len(wrong)], *truth[2:3]]
     scores = sorted(rng.uniform(0.2, 0.95, len(labels)), reverse=True)
+    explained = labels[0]
     target = {
-        "column": 4 + vocab.index(labels[0]),
+        "column": 4 + vocab.index(explained),
         "kind": "label",
-        "index": vocab.index(labels[0]),
-        "name": labels[0],
+        "index": vocab.index(explained),
+        "name": explained,
         "hierarchy_path": None,
     }
     return {
@@ -145,17 +151,41 @@ def _result(truth: list[str], vocab: tuple[str, ...], seed: int) -> dict[str, An
     }
 
 
+def register_dishes(client: httpx.Client, user: ApiUser, ds: Any, tmp_path: Path) -> str:
+    """Upload `ds` (images and manifest) and register it through the API; its id."""
+    manifest = write_dataset(ds, tmp_path / "dishes")
+    images = {
+        f"dishes/images/{path.name}": path.read_bytes()
+        for path in sorted((manifest.parent / "images").iterdir())
+    }
+    api_client = cast(TestClient, client)  # the helpers only use httpx.Client's methods
+    upload_files(api_client, user, images, "image/png")
+    upload_files(api_client, user, {"dishes/manifest.csv": manifest.read_bytes()}, "text/csv")
+    body = {
+        "name": "dishes",
+        "images_prefix": "dishes/images",
+        "manifest_key": "dishes/manifest.csv",
+    }
+    answer = client.post("/v1/datasets", json=body, headers=user.headers)
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["id"])
+
+
 def make_gallery(
-    client: TestClient, sessions: SessionFactory, store: ObjectStore, tmp_path: Path
+    client: httpx.Client,
+    sessions: SessionFactory,
+    store: ObjectStore,
+    tmp_path: Path,
+    image_size: int | None = None,
 ) -> Gallery:
     """A finished explanation job on the generated "tiny" dishes, with two failed items."""
     user = make_user(sessions)
-    dataset = create_dataset(client, user, tmp_path)
-    ds = generate_dishes("tiny")
+    ds = generate_dishes("tiny", **({"image_size": image_size} if image_size else {}))
+    dataset_id = register_dishes(client, user, ds, tmp_path)
     vocab = ds.label_space.vocabulary
-    model_id = make_ready_model(sessions, user.tenant_id, dataset["id"], vocab)
+    model_id = make_ready_model(sessions, user.tenant_id, dataset_id, vocab)
     with session_scope(sessions) as session:
-        row = repo.get_dataset(session, user.tenant_id, dataset["id"])
+        row = repo.get_dataset(session, user.tenant_id, dataset_id)
         assert row is not None
         prefix = dataset_images_prefix(store, row.storage_prefix)
     keys = list(ds.image_keys[:N_ITEMS])
@@ -164,7 +194,7 @@ def make_gallery(
         "method": "lime",
         "target": {"kind": "top_k", "k": 1},
         "k": 4,
-        "dataset_id": dataset["id"],
+        "dataset_id": dataset_id,
     }
     job = jobs.create_job(
         sessions,
@@ -175,28 +205,42 @@ def make_gallery(
         model_id=model_id,
         chunk_size=8,
     ).job
+    predicted, truth = finish_items(sessions, store, user.tenant_id, job.id, ds, keys)
+    return Gallery(user, job.id, model_id, dataset_id, keys, predicted, truth, vocab)
+
+
+def finish_items(
+    sessions: SessionFactory,
+    store: ObjectStore,
+    tenant_id: str,
+    job_id: str,
+    ds: Any,
+    keys: list[str],
+) -> tuple[dict[str, list[str]], dict[str, set[str]]]:
+    """Record every item as a worker would (artifacts first); FAILED ones fail."""
+    vocab = ds.label_space.vocabulary
     predicted, truth = {}, {}
     for i, key in enumerate(keys):
         truth[key] = set(ds.label_space.labels_of(i))
         if key in FAILED:
             jobs.record_item_failure(
                 sessions,
-                job.id,
+                job_id,
                 key,
                 code="image.corrupt",
                 message="the PNG data stream is truncated",
             )
             continue
-        result = _result(sorted(truth[key]), vocab, i)
+        result = _result(sorted(truth[key]), set(ds.masks[i]), vocab, i)
         predicted[key] = [entry["label"] for entry in result["top_labels"]]
         explained = predicted[key][0]
         blank = np.zeros(ds.images[i].shape[:2], bool)
         artifacts = {}
         for name, data in _artifacts(ds.images[i], ds.masks[i].get(explained, blank), i).items():
-            artifacts[name] = item_artifact_key(user.tenant_id, job.id, key, name)
+            artifacts[name] = item_artifact_key(tenant_id, job_id, key, name)
             store.put_bytes(artifacts[name], data, "image/png")
-        jobs.record_item_success(sessions, job.id, key, result=result, artifacts=artifacts)
-    return Gallery(user, job.id, model_id, dataset["id"], keys, predicted, truth, vocab)
+        jobs.record_item_success(sessions, job_id, key, result=result, artifacts=artifacts)
+    return predicted, truth
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,190 @@
+"""The gallery in a real browser: headless Chromium (Debian's `chromium` package) driven by
+Playwright, against the app served by uvicorn over real HTTP.
+
+Checks what only a browser can: sign-in through the form and the cookie, that the
+heatmap overlays and masks actually load and are pictures (not blank), the filters,
+the 2-second progress poll, and the screenshots kept in docs/img/ for the README.
+Skips when /usr/bin/chromium is absent (`apt-get install chromium`; Playwright's own
+browser download is not used).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from api.app import create_app
+from tests.test_web import FAILED, Gallery, finish_items, make_gallery, with_web
+from xmlcore.datasets import generate_dishes
+from xmlx import jobs
+from xmlx.db import SessionFactory
+from xmlx.embedded_redis import free_port
+from xmlx.settings import Settings
+from xmlx.storage import make_object_store
+
+pytest_plugins = ["tests.api_fixtures"]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
+IMAGE_SIZE = 96
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="headless Chromium is not installed (/usr/bin/chromium: apt-get install chromium)",
+    ),
+]
+
+# Mean over an <img>'s pixels of the per-channel variance, drawn through a canvas.
+PIXEL_VARIANCE = """img => {
+  const c = document.createElement("canvas");
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const ctx = c.getContext("2d"); ctx.drawImage(img, 0, 0);
+  const d = ctx.getImageData(0, 0, c.width, c.height).data;
+  let total = 0;
+  for (let ch = 0; ch < 3; ch++) {
+    let s = 0, s2 = 0, n = 0;
+    for (let i = ch; i < d.length; i += 4) { s += d[i]; s2 += d[i] * d[i]; n++; }
+    total += s2 / n - (s / n) ** 2;
+  }
+  return total / 3;
+}"""
+
+
+@pytest.fixture(scope="module")
+def served(make_api_settings: Any) -> Iterator[tuple[str, Settings]]:
+    """The app on a free loopback port; presigned file URLs point at it."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings: Settings = make_api_settings(public_base_url=base)
+    config = uvicorn.Config(with_web(create_app(settings)), host="127.0.0.1", port=port,
+                            log_level="warning", lifespan="on")  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield base, settings
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def gallery(
+    served: tuple[str, Settings],
+    session_factory: SessionFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Gallery:
+    base, settings = served
+    with httpx.Client(base_url=base, timeout=30) as client:
+        return make_gallery(client, session_factory, make_object_store(settings),
+                            tmp_path_factory.mktemp("dishes"), image_size=IMAGE_SIZE)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, served: tuple[str, Settings], gallery: Gallery) -> Iterator[Any]:
+    """A signed-in tab (through the login form)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 2400}, base_url=served[0])
+    tab = context.new_page()
+    tab.goto(f"/ui/jobs/{gallery.job_id}")
+    assert "/ui/login" in tab.url  # not signed in yet: sent to the form
+    tab.fill("#api_key", gallery.user.key)
+    tab.click("button[type=submit]")
+    tab.wait_for_url(f"**/ui/jobs/{gallery.job_id}")  # and back where we were going
+    yield tab
+    context.close()
+
+
+def wait_for_images(page: Any) -> None:
+    page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=15_000)
+
+
+def test_cards_show_real_overlays(page: Any, gallery: Gallery) -> None:
+    cards = page.locator("article.card")
+    assert cards.count() == 24
+    wait_for_images(page)
+    first = page.locator(f'article.card[data-key="{gallery.keys[0]}"]')
+    for kind in ("source", "heatmap", "mask"):
+        image = first.locator(f"img.{kind}")
+        assert image.evaluate("i => i.naturalWidth") == IMAGE_SIZE
+        assert image.evaluate(PIXEL_VARIANCE) > 50.0  # a picture, not a flat square
+    overlays = page.locator("img.heatmap")
+    assert overlays.count() == 24 - len(FAILED)
+    widths = overlays.evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
+    assert all(width == IMAGE_SIZE for width in widths)
+    assert "✓" in first.locator("ol.labels").inner_text()
+    assert "latent" in first.locator(".path").inner_text()
+    DOCS_IMG.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.screenshot(path=str(DOCS_IMG / "job-page.png"))
+
+
+def test_filters_narrow_the_cards(page: Any, gallery: Gallery) -> None:
+    label = gallery.predicted[gallery.keys[0]][0]
+    expected = [k for k in gallery.keys[:24] if label in gallery.predicted.get(k, [])]
+    page.fill("input[name=label]", label)
+    page.click(".filters button[type=submit]")
+    page.wait_for_url("**label=*")
+    shown = page.locator("article.card").evaluate_all("cs => cs.map(c => c.dataset.key)")
+    assert shown[: len(expected)] == expected and 0 < len(shown) < 24
+    page.goto(f"/ui/jobs/{gallery.job_id}")
+    page.select_option("select[name=state]", "failed")
+    page.click(".filters button[type=submit]")
+    page.wait_for_url("**state=failed*")
+    failed = page.locator("article.card")
+    assert failed.evaluate_all("cs => cs.map(c => c.dataset.key)") == list(FAILED)
+    assert failed.locator(".item-error code").all_inner_texts() == ["image.corrupt"] * 2
+
+
+def test_progress_bar_follows_a_running_job(
+    page: Any, gallery: Gallery, served: tuple[str, Settings], session_factory: SessionFactory
+) -> None:
+    keys = gallery.keys[:4]
+    params = {"image_prefix": "", "k": 4}
+    job = jobs.create_job(session_factory, tenant_id=gallery.user.tenant_id, kind="predict",
+                          item_keys=keys, params=params, model_id=gallery.model_id).job  # fmt: skip
+    page.goto("/ui/jobs")
+    row = page.locator(f'tr[data-job="{job.id}"]')
+    assert row.locator(".count").inner_text() == "0 / 4"
+    assert row.locator("[data-poll]").count() == 1  # polling: the job is not final
+    ds = generate_dishes("tiny", image_size=IMAGE_SIZE)
+    finish_items(session_factory, make_object_store(served[1]), gallery.user.tenant_id,
+                 job.id, ds, keys)  # fmt: skip
+    row.locator(".progress[data-final]").wait_for(timeout=10_000)  # within a poll or two
+    assert row.locator(".count").inner_text() == "4 / 4"
+    assert row.locator(".state").inner_text() == "partially_succeeded"  # dish_00004 failed
+
+
+def test_model_page(page: Any, gallery: Gallery) -> None:
+    page.goto(f"/ui/models/{gallery.model_id}")
+    assert page.locator("svg.curve polyline").count() == 4
+    assert page.locator("table.metrics tbody tr").count() == 3
+    top_units = page.locator(".tree > details.unit")
+    assert top_units.count() == 4
+    top_units.first.locator("summary").first.click()
+    inner = top_units.first.locator(":scope > details.unit")
+    assert inner.first.is_visible()
+    inner.first.locator("summary").first.click()
+    assert inner.first.locator("ul.members li").first.is_visible()
+    page.set_viewport_size({"width": 1280, "height": 1100})
+    page.screenshot(path=str(DOCS_IMG / "model-page.png"), full_page=True)
