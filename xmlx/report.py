@@ -245,7 +245,8 @@ body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1d2330;background:#
 h1{font-size:1.3rem}.meta{color:#555}.grid{display:grid;gap:1rem;
 grid-template-columns:repeat(auto-fill,minmax(340px,1fr))}.card{background:#fff;
 border:1px solid #d9dde4;border-radius:8px;padding:.8rem}.card.failed{border-color:#d33}
-.imgs{display:flex;gap:.4rem}.imgs figure{margin:0;flex:1;text-align:center;font-size:.75rem}
+.imgs{display:flex;gap:.4rem}.imgs figure{margin:0;flex:0 0 calc((100% - .8rem)/3);
+text-align:center;font-size:.75rem}
 .imgs img{width:100%;image-rendering:pixelated;border-radius:4px}
 .ok{color:#1a7f37}.no{color:#888}.path{font-family:monospace;font-size:.8rem;
 background:#f0f2f5;padding:.3rem;border-radius:4px;word-break:break-word}
@@ -268,7 +269,8 @@ _CARD = """<section class="card {{ card.state }}"><h2 style="font-size:1rem">{{ 
 {% else %}<ul>{% for l in card.labels %}<li class="{{ 'ok' if l.true else '' }}">
 {{ "\u2713 " if l.true }}{{ l.label }} <span class="no">{{ "%.3f"|format(l.score) }}</span></li>
 {% endfor %}</ul>{% if card.missed %}<p class="no">missed: {{ card.missed|join(", ") }}</p>
-{% endif %}{% if card.path %}<p>{{ card.target or "" }} &middot; {{ card.path_note }}</p>
+{% endif %}{% if card.path %}<p>{% if card.target %}explained <b>{{ card.target }}</b> &middot;
+{% endif %}hierarchy path of the {{ card.path_note }}</p>
 <div class="path">{{ card.path }}</div>{% endif %}{% endif %}</section>
 """
 

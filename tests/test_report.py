@@ -1,0 +1,115 @@
+"""`xmlx.report.write_report`: a self-contained HTML gallery of a job (images inlined)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.test_web import FAILED, N_ITEMS, Gallery, make_gallery, make_user
+from xmlx.db import SessionFactory
+from xmlx.jobs import JobError
+from xmlx.keys import item_artifact_key
+from xmlx.report import write_report
+from xmlx.settings import Settings
+from xmlx.storage import ObjectStore, make_object_store
+
+pytest_plugins = ["tests.api_fixtures"]
+
+
+class References(HTMLParser):
+    """Every src/href of a page, and the number of report cards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.cards = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        self.urls += [v for k, v in values.items() if k in ("src", "href") and v]
+        self.cards += tag == "section" and "card" in (values.get("class") or "")
+
+
+def parse(path: Path) -> References:
+    refs = References()
+    refs.feed(path.read_text(encoding="utf-8"))
+    return refs
+
+
+@pytest.fixture(scope="module")
+def store(api_settings: Settings) -> ObjectStore:
+    return make_object_store(api_settings)
+
+
+@pytest.fixture(scope="module")
+def gallery(
+    session_client: TestClient,
+    session_factory: SessionFactory,
+    store: ObjectStore,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Gallery:
+    return make_gallery(session_client, session_factory, store, tmp_path_factory.mktemp("d"))
+
+
+def test_report_is_self_contained_with_every_card(
+    gallery: Gallery, session_factory: SessionFactory, store: ObjectStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "report.html"
+    written = write_report(session_factory, store, gallery.user.tenant_id, gallery.job_id, path)
+    assert written == N_ITEMS
+    refs = parse(path)
+    assert refs.cards == N_ITEMS
+    assert refs.urls and all(url.startswith("data:image/png;base64,") for url in refs.urls)
+    assert len(refs.urls) == 3 * (N_ITEMS - len(FAILED)) + len(FAILED)
+    first = Image.open(io.BytesIO(base64.b64decode(refs.urls[0].split(",", 1)[1])))
+    assert first.size == (32, 32) and first.getextrema() != ((0, 0), (0, 0), (0, 0))
+    html = path.read_text(encoding="utf-8")
+    assert not re.search(r"https?://(?!www\.w3\.org)", html)  # nothing fetched from anywhere
+    assert html.count("image.corrupt:") == len(FAILED)
+    assert f"\u2713 {gallery.predicted[gallery.keys[0]][0]}" in html
+    assert re.search(r"latent \d &lt;- units [\d, ]+ &lt;- \w", html)
+
+
+def test_report_limits_and_state_filter(
+    gallery: Gallery, session_factory: SessionFactory, store: ObjectStore, tmp_path: Path
+) -> None:
+    args: tuple[Any, ...] = (session_factory, store, gallery.user.tenant_id, gallery.job_id)
+    assert write_report(*args, tmp_path / "five.html", max_items=5) == 5
+    assert parse(tmp_path / "five.html").cards == 5
+    assert write_report(*args, tmp_path / "failed.html", state="failed") == len(FAILED)
+    html = (tmp_path / "failed.html").read_text(encoding="utf-8")
+    assert all(key in html for key in FAILED) and "the PNG data stream is truncated" in html
+
+
+def test_missing_artifact_leaves_a_card_without_it(
+    gallery: Gallery, session_factory: SessionFactory, store: ObjectStore, tmp_path: Path
+) -> None:
+    key = gallery.keys[-1]
+    heatmap = item_artifact_key(gallery.user.tenant_id, gallery.job_id, key, "heatmap.png")
+    saved = store.get_bytes(heatmap)
+    store.delete(heatmap)
+    try:
+        path = tmp_path / "r.html"
+        write_report(session_factory, store, gallery.user.tenant_id, gallery.job_id, path)
+    finally:
+        store.put_bytes(heatmap, saved, "image/png")
+    assert parse(path).cards == N_ITEMS
+    assert len(parse(path).urls) == 3 * (N_ITEMS - len(FAILED)) + len(FAILED) - 1
+
+
+def test_other_tenants_job_is_not_found(
+    gallery: Gallery, session_factory: SessionFactory, store: ObjectStore, tmp_path: Path
+) -> None:
+    stranger = make_user(session_factory)
+    with pytest.raises(JobError) as caught:
+        write_report(session_factory, store, stranger.tenant_id, gallery.job_id, tmp_path / "x")
+    assert caught.value.code == "job.not_found"
+    assert not (tmp_path / "x").exists()
