@@ -81,10 +81,13 @@ def test_report_is_self_contained_with_every_card(
 def test_report_limits_and_state_filter(
     gallery: Gallery, session_factory: SessionFactory, store: ObjectStore, tmp_path: Path
 ) -> None:
-    args: tuple[Any, ...] = (session_factory, store, gallery.user.tenant_id, gallery.job_id)
-    assert write_report(*args, tmp_path / "five.html", max_items=5) == 5
+    def report(path: Path, **options: Any) -> int:
+        tenant_id = gallery.user.tenant_id
+        return write_report(session_factory, store, tenant_id, gallery.job_id, path, **options)
+
+    assert report(tmp_path / "five.html", max_items=5) == 5
     assert parse(tmp_path / "five.html").cards == 5
-    assert write_report(*args, tmp_path / "failed.html", state="failed") == len(FAILED)
+    assert report(tmp_path / "failed.html", state="failed") == len(FAILED)
     html = (tmp_path / "failed.html").read_text(encoding="utf-8")
     assert all(key in html for key in FAILED) and "the PNG data stream is truncated" in html
 
