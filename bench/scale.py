@@ -1,0 +1,161 @@
+"""Scaling with workers: explanation throughput with 1, then 2 worker processes.
+
+Set-up (not timed): the embedded stack starts with one worker; every service process
+gets one compute thread (``TF_NUM_INTRAOP_THREADS=1``, ``TF_NUM_INTEROP_THREADS=1``,
+``OMP_NUM_THREADS=1`` and the BLAS equivalents), so N workers use N cores. A generated
+dishes data set is uploaded and a model trained through the service.
+
+For each worker count: start the extra worker, warm every worker up (explanation
+chunks until each worker's log shows one finished, so each has loaded and traced the
+model), then submit the same batch of ``--items`` images, cut into chunks of
+``--chunk-size`` so every worker gets work, and time it two ways: server side from the
+first chunk claimed to the last item recorded (``span``: start-up amortised, the
+throughput figure) and wall time from submit to the client seeing the final state.
+
+Efficiency of N workers = items_per_s[N] / (N * items_per_s[1]). Goal for 2 workers on
+a 2-core machine: >= 0.8 (the API, Redis, S3 and the client share those cores).
+
+Usage: ``python bench/scale.py [--items 96] [--chunk-size 8]``; the last line is JSON:
+``{"workers": [1, 2], "items_per_s": [..], "efficiency_2": ..., ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from service_bench import JobRun, Prepared, one_thread_env, prepare, run_job
+
+from xmlx.stack import Stack, start_stack
+
+FINISHED_CHUNK = "Task xmlx.run_chunk["
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--items", type=int, default=96, help="images explained per run")
+    parser.add_argument("--num-samples", type=int, default=300, help="LIME samples")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--chunk-size", type=int, default=8)
+    parser.add_argument("--images-per-batch", type=int, default=8)
+    parser.add_argument("--max-workers", type=int, default=2)
+    parser.add_argument("--poll", type=float, default=0.2, help="client poll interval (s)")
+    parser.add_argument("--root", type=Path, help="stack directory (default: a temp dir)")
+    return parser.parse_args(argv)
+
+
+def finished_chunks(stack: Stack, worker: str) -> int:
+    """Chunks (training or explanation) ``worker`` has finished, from its log."""
+    path = stack.log_path(worker)
+    if not path.exists():
+        return 0
+    return sum(
+        FINISHED_CHUNK in line and " succeeded in " in line
+        for line in path.read_text(errors="replace").splitlines()
+    )
+
+
+def warm_up(stack: Stack, prepared: Prepared, workers: list[str], args: argparse.Namespace) -> int:
+    """Run explanation jobs of one chunk per worker until every worker has finished one
+    since now; returns how many jobs that took."""
+    before = {w: finished_chunks(stack, w) for w in workers}
+    keys = prepared.keys[: args.chunk_size * len(workers)]
+    params = {"num_samples": args.num_samples}
+    for attempt in range(1, 6):
+        run_job(prepared, keys, params, poll=args.poll)
+        if all(finished_chunks(stack, w) > before[w] for w in workers):
+            return attempt
+    raise RuntimeError(f"some of {workers} took no warm-up chunk in 5 jobs")
+
+
+def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    prepared = prepare(stack, preset=args.preset, image_size=args.image_size,
+                       n_items=args.items, epochs=args.epochs)  # fmt: skip
+    print(f"trained through the service in {prepared.train_seconds:.1f} s", flush=True)
+    params = {"num_samples": args.num_samples}
+    counts = list(range(1, args.max_workers + 1))
+    runs: list[JobRun] = []
+    shares: list[list[int]] = []
+    for n in counts:
+        workers = [f"worker{i}" for i in range(1, n + 1)]
+        if n > 1:
+            stack.start_worker(workers[-1])
+        started = time.perf_counter()
+        jobs = warm_up(stack, prepared, workers, args)
+        print(f"{n} worker(s) warm after {jobs} job(s), "
+              f"{time.perf_counter() - started:.1f} s", flush=True)  # fmt: skip
+        before = [finished_chunks(stack, w) for w in workers]
+        runs.append(run_job(prepared, prepared.keys, params, poll=args.poll))
+        shares.append([finished_chunks(stack, w) - b for w, b in zip(workers, before, strict=True)])
+    prepared.client.close()
+    return summarise(args, counts, runs, shares, len(prepared.keys))
+
+
+def summarise(
+    args: argparse.Namespace,
+    counts: list[int],
+    runs: list[JobRun],
+    shares: list[list[int]],
+    items: int,
+) -> dict[str, Any]:
+    per_s = [items / run.span_s for run in runs]
+    wall_per_s = [items / run.wall_s for run in runs]
+    efficiency = [per_s[i] / (n * per_s[0]) for i, n in enumerate(counts)]
+    wall_eff = [wall_per_s[i] / (n * wall_per_s[0]) for i, n in enumerate(counts)]
+    print(f"{'workers':>7} | {'span s':>7} | {'wall s':>7} | {'items/s':>7} | "
+          f"{'efficiency':>10} | {'wall eff.':>9} | chunks per worker")  # fmt: skip
+    for i, n in enumerate(counts):
+        print(f"{n:>7} | {runs[i].span_s:>7.2f} | {runs[i].wall_s:>7.2f} | {per_s[i]:>7.3f} | "
+              f"{efficiency[i]:>10.3f} | {wall_eff[i]:>9.3f} | {shares[i]}")  # fmt: skip
+    result: dict[str, Any] = {
+        "workers": counts,
+        "items_per_s": [round(v, 4) for v in per_s],
+        "wall_items_per_s": [round(v, 4) for v in wall_per_s],
+        "span_s": [round(r.span_s, 3) for r in runs],
+        "wall_s": [round(r.wall_s, 3) for r in runs],
+        "chunks_per_worker": shares,
+        "items": items,
+        "num_samples": args.num_samples,
+        "chunk_size": args.chunk_size,
+        "images_per_batch": args.images_per_batch,
+        "threads_per_worker": 1,
+    }
+    for i, n in enumerate(counts[1:], start=1):
+        result[f"efficiency_{n}"] = round(efficiency[i], 3)
+        result[f"wall_efficiency_{n}"] = round(wall_eff[i], 3)
+    return result
+
+
+def service_env(args: argparse.Namespace) -> dict[str, str]:
+    return {
+        **one_thread_env(),
+        "XMLX_CHUNK_SIZE": str(args.chunk_size),
+        "XMLX_IMAGES_PER_BATCH": str(args.images_per_batch),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="xmlx-scale-") as scratch:
+        root = args.root or Path(scratch)
+        env = service_env(args)
+        with start_stack(root / "stack", workers=1, extra_env=env, echo=lambda _: None) as stack:
+            result = measure(stack, args)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

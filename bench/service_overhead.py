@@ -1,0 +1,168 @@
+"""Service overhead: the same explanation batch in-process and through the service.
+
+Set-up (not timed): the embedded stack (SQLite, Redis, SeaweedFS S3, API, one Celery
+worker, beat) starts, a generated dishes data set is uploaded through presigned URLs
+and a model is trained THROUGH THE SERVICE. The in-process side then loads that same
+artifact from S3 with the worker's own loader (``workers.context``), so both sides
+explain with one model: no second training, no copy that could differ.
+
+Timed, after one warm-up batch on each side (Keras traces its predict function once
+per process; the worker caches the model per process):
+
+- in-process: decode the PNG bytes + ``xmlcore.batch.explain_images`` in exactly the
+  batches the worker uses (chunks of ``chunk_size`` items, split into batches of
+  ``images_per_batch``), artifacts encoded, nothing stored;
+- service: submit the job over HTTP, one worker fetches the images from S3, explains,
+  writes the artifacts to S3 and the item rows to the database; timed from submit to
+  the client seeing the final state (poll interval ``--poll``).
+
+The two sides alternate ``--repeats`` times and the best of each is compared (the
+machine is shared, so the minimum is the least disturbed run). Goal: ratio <= 1.10.
+
+Usage: ``python bench/service_overhead.py [--items 64] [--num-samples 300]``; the last
+line is JSON: ``{"inprocess_s", "service_s", "ratio", "items", ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+from service_bench import (
+    TARGET,
+    JobRun,
+    Prepared,
+    load_service_model,
+    one_thread_env,
+    prepare,
+    run_job,
+    service_settings,
+)
+
+from xmlx.settings import Settings
+from xmlx.stack import Stack, start_stack
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--items", type=int, default=64, help="images explained per run")
+    parser.add_argument("--num-samples", type=int, default=300, help="LIME samples")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--poll", type=float, default=0.1, help="client poll interval (s)")
+    parser.add_argument("--one-thread", action="store_true",
+                        help="TF/BLAS on one thread in this process and the worker")  # fmt: skip
+    parser.add_argument("--root", type=Path, help="stack directory (default: a temp dir)")
+    return parser.parse_args(argv)
+
+
+def batches(keys: Sequence[str], settings: Settings) -> list[list[str]]:
+    """The worker's batches: chunks of ``chunk_size`` keys, each cut into batches of
+    ``images_per_batch``."""
+    per_batch = max(1, settings.images_per_batch)
+    out = []
+    for start in range(0, len(keys), settings.chunk_size):
+        chunk = list(keys[start : start + settings.chunk_size])
+        out += [chunk[i : i + per_batch] for i in range(0, len(chunk), per_batch)]
+    return out
+
+
+def run_inprocess(
+    model: Any, prepared: Prepared, keys: Sequence[str], settings: Settings, params: dict
+) -> float:
+    """Seconds to decode and explain ``keys`` with xmlcore directly, in worker batches."""
+    from xmlcore.batch import explain_images
+    from xmlcore.images import decode_image
+    from xmlcore.methods import parse_target
+
+    target = parse_target(TARGET)
+    started = time.perf_counter()
+    for batch in batches(keys, settings):
+        images = [
+            decode_image(prepared.pngs[key], size=model.image_size,
+                         max_pixels=settings.max_image_pixels)
+            for key in batch
+        ]  # fmt: skip
+        reports = explain_images(
+            model, np.stack(images), method="lime", target=target, params=params, k=5,
+            model_id=prepared.model_id,
+        )  # fmt: skip
+        assert len(reports) == len(batch)
+    return time.perf_counter() - started
+
+
+def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    """Prepare the stack's data and model, then time both sides; the JSON summary."""
+    prepared = prepare(stack, preset=args.preset, image_size=args.image_size,
+                       n_items=args.items, epochs=args.epochs)  # fmt: skip
+    print(f"trained through the service in {prepared.train_seconds:.1f} s", flush=True)
+    settings = service_settings(stack)
+    model = load_service_model(stack, prepared.model_id)
+    params = {"num_samples": args.num_samples}
+    warm = prepared.keys[: settings.images_per_batch]
+    warm_in = run_inprocess(model, prepared, warm, settings, params)
+    warm_service = run_job(prepared, warm, params, poll=args.poll)
+    print(f"warm-up ({len(warm)} items): in-process {warm_in:.1f} s, "
+          f"service {warm_service.wall_s:.1f} s (model load included)", flush=True)  # fmt: skip
+    inprocess: list[float] = []
+    service: list[JobRun] = []
+    for _ in range(args.repeats):
+        inprocess.append(run_inprocess(model, prepared, prepared.keys, settings, params))
+        service.append(run_job(prepared, prepared.keys, params, poll=args.poll))
+    prepared.client.close()
+    print_table(inprocess, service)
+    best_in, best = min(inprocess), min(service, key=lambda r: r.wall_s)
+    return {
+        "inprocess_s": round(best_in, 3),
+        "service_s": round(best.wall_s, 3),
+        "ratio": round(best.wall_s / best_in, 3),
+        "items": len(prepared.keys),
+        "service_span_s": round(best.span_s, 3),
+        "service_queue_s": round(best.queue_s, 3),
+        "runs_inprocess_s": [round(s, 3) for s in inprocess],
+        "runs_service_s": [round(r.wall_s, 3) for r in service],
+        "num_samples": args.num_samples,
+        "preset": args.preset,
+        "image_size": args.image_size,
+        "images_per_batch": settings.images_per_batch,
+        "chunk_size": settings.chunk_size,
+        "one_thread": bool(args.one_thread),
+    }
+
+
+def print_table(inprocess: list[float], service: list[JobRun]) -> None:
+    print(f"{'run':>3} | {'in-process s':>12} | {'service s':>9} | {'ratio':>5} | "
+          f"{'claimed->done s':>15} | {'submit->claimed s':>17}")  # fmt: skip
+    for i, (seconds, run) in enumerate(zip(inprocess, service, strict=True)):
+        ratio = run.wall_s / seconds
+        print(f"{i + 1:>3} | {seconds:>12.2f} | {run.wall_s:>9.2f} | {ratio:>5.2f} | "
+              f"{run.span_s:>15.2f} | {run.queue_s:>17.2f}")  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.one_thread:
+        os.environ.update(one_thread_env())  # before TensorFlow loads, here and in workers
+    with tempfile.TemporaryDirectory(prefix="xmlx-bench-") as scratch:
+        root = args.root or Path(scratch)
+        with start_stack(root / "stack", workers=1, echo=lambda _: None) as stack:
+            result = measure(stack, args)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
