@@ -1,55 +1,70 @@
 """Label-ranking quality of the two-step model against its baselines, on generated dishes.
 
-Protocol: ``generate_dishes(preset, seed)`` is split at random (seeded) into train and
-test images. Four models are trained on the train images with the SAME CNN settings
-(base, image size, head, epochs, learning rate, seed):
+Protocol, per seed: ``generate_dishes(preset, seed, n_images=n_train + n_val + n_test)``
+is split at random (seeded) into train, validation and test images (the generator keeps
+the vocabulary whatever ``n_images`` is, so the test set can be much larger than the
+preset's 20%; ``--quick`` tests on 1,000 images). Five models are trained on the train
+images with the SAME CNN settings (base, image size, head, epochs, learning rate, seed):
 
-- ``two_step``: deep non-negative autoencoder (paper's MSE loss) + latent regressor;
-- ``two_step_tail``: the same with the tail-aware ``propensity_mse`` autoencoder loss;
+- ``two_step``: deep non-negative autoencoder (paper's MSE loss) + latent regressor with
+  ``train_two_step``'s defaults (the decoder-aware label loss, ``xmlcore.label_loss``);
+- ``two_step_paper``: the paper's pure step 2 (latent MSE only, ``label_loss="none"``);
+- ``two_step_tail``: the tail-aware variant: propensity-weighted label loss
+  (``label_loss="propensity_mse"``), then propensity re-ranking of the scores,
+  ``score_j * propensity_j ** -alpha``, with alpha picked on the VALIDATION images (the
+  largest PSP@5 whose P@5 is within 0.005 of alpha = 0); ``tail_curve`` reports the
+  test figures for every alpha (the trade-off curve);
 - ``binary_relevance``: a sigmoid per label on the same CNN body;
-- ``nmf``: sklearn NMF with the autoencoder's last-layer k + the same latent regressor.
+- ``nmf``: sklearn NMF with the autoencoder's last-layer k + the same latent regressor
+  (same regressor settings, label loss through the NMF components included).
 
 Test-set figures: P@k, PSP@k (propensities from the TRAIN label counts, Jain et al.
 A=0.55, B=1.5) and coverage@k (share of labels that reach any top-k). ``hierarchy_nmi``
 compares the labels' layer-1 assignment (the unit where each label has its largest
-weight in H_1 of ``two_step``) with the generator's true dish-type groups.
+weight in H_1 of ``two_step``) with the generator's true dish-type groups. With several
+``--seeds`` every figure is the mean over seeds and ``<figure>_std`` its spread.
 
 Run: ``.venv/bin/python bench/xml_quality.py --quick`` (small preset, small base, a few
-epochs: under 3 minutes on 2 CPU cores) or ``--preset paper --base vgg16 ...``.
-The LAST line printed is one JSON object with the figures.
+epochs, one seed: about 3 minutes on 2 CPU cores), ``--quick --seeds 0 1 2``, or
+``--preset paper --image-size 48 ...``. The LAST line printed is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from xmlcore.baselines import BinaryRelevanceModel, NMFTwoStepModel
-from xmlcore.datasets import generate_dishes
+from xmlcore.datasets import PRESETS, generate_dishes
 from xmlcore.metrics import (
     assign_groups_from_weights,
     evaluate_ranking,
     hierarchy_nmi,
     propensities,
 )
-from xmlcore.model import train_two_step
+from xmlcore.model import DEFAULT_REGRESSOR_PARAMS, train_two_step
 
 REPORTED = ("p@1", "p@5", "psp@5", "coverage@5")
-QUICK = {"preset": "small", "epochs": 15, "learning_rate": 3e-3, "ae_epochs": 200}
+MODELS = ("two_step", "two_step_paper", "two_step_tail", "binary_relevance", "nmf")
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+QUICK = {"preset": "small", "epochs": 15, "learning_rate": 3e-3, "ae_epochs": 200, "n_test": 1000}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small preset, CPU-sized run")
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="sets n_train")
+    parser.add_argument("--n-test", type=int, default=None, help="default: test fraction")
+    parser.add_argument("--n-val", type=int, default=200, help="images for the tail alpha")
     parser.add_argument("--base", default="small")
     parser.add_argument("--weights", default="none")
     parser.add_argument("--image-size", type=int, default=None, help="override the preset's")
@@ -60,7 +75,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--head-units", type=int, nargs="+", default=[128])
     parser.add_argument("--layers", type=int, nargs="+", default=None, help="autoencoder sizes")
     parser.add_argument("--ae-epochs", type=int, default=300)
-    parser.add_argument("--tail-power", type=float, default=1.0)
+    parser.add_argument("--tail-power", type=float, default=1.0, help="label-loss weights")
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -77,13 +92,22 @@ def default_layers(n_labels: int, n_groups: int) -> tuple[int, int]:
     return (first, max(2, first // 2))
 
 
-def split_rows(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng(seed).permutation(n)
-    n_test = max(1, round(n * test_fraction))
-    return np.sort(order[n_test:]), np.sort(order[:n_test])
+def split_sizes(args: argparse.Namespace) -> tuple[int, int, int]:
+    """(n_train, n_val, n_test): train as the preset's split, val and test on top."""
+    n_preset = PRESETS[args.preset].n_images
+    n_train = n_preset - max(1, round(n_preset * args.test_fraction))
+    n_test = n_preset - n_train if args.n_test is None else args.n_test
+    return n_train, args.n_val, n_test
 
 
-def network_params(args: argparse.Namespace) -> dict[str, Any]:
+def split_rows(sizes: Sequence[int], seed: int) -> list[np.ndarray]:
+    """Seeded random disjoint row sets of the given sizes (sorted)."""
+    order = np.random.default_rng(seed).permutation(sum(sizes))
+    bounds = np.cumsum([0, *sizes])
+    return [np.sort(order[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
+def network_params(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """The CNN settings every model shares."""
     return {
         "base": args.base,
@@ -93,70 +117,148 @@ def network_params(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
-        "seed": args.seed,
+        "seed": seed,
     }
 
 
-def train_models(args: argparse.Namespace, images: np.ndarray, labels: Any) -> dict[str, Any]:
-    """Fit the four models; returns name -> (model, seconds)."""
-    net = network_params(args)
+def model_fitters(args: argparse.Namespace, seed: int) -> dict[str, Callable[..., Any]]:
+    """name -> fit(images, label_space) for every compared model."""
+    net = network_params(args, seed)
     head = {"head_units": tuple(args.head_units)}
-    ae = {"epochs": args.ae_epochs}
-    fitted: dict[str, Any] = {}
+    tail = {"label_loss": "propensity_mse", "tail_power": args.tail_power}
 
-    def timed(name: str, fit: Any) -> None:
-        start = time.perf_counter()
-        fitted[name] = (fit(), time.perf_counter() - start)
-        print(f"trained {name:<17} in {fitted[name][1]:6.1f} s", file=sys.stderr)
-
-    def two_step(loss: str, extra: dict[str, Any]) -> Any:
-        return train_two_step(
-            images, labels, layer_sizes=args.layers, ae_loss=loss, ae_params={**ae, **extra},
-            regressor_params=head, **net,
+    def two_step(extra: dict[str, Any]) -> Callable[..., Any]:
+        return lambda images, labels: train_two_step(
+            images, labels, layer_sizes=args.layers, ae_loss="mse",
+            ae_params={"epochs": args.ae_epochs}, regressor_params={**head, **extra}, **net,
         )  # fmt: skip
 
-    timed("two_step", lambda: two_step("mse", {}))
-    timed("two_step_tail", lambda: two_step("propensity_mse", {"tail_power": args.tail_power}))
-    timed("binary_relevance", lambda: BinaryRelevanceModel(**net, **head).fit(images, labels))
-    timed(
-        "nmf",
-        lambda: NMFTwoStepModel(n_components=args.layers[-1], **net, **head).fit(images, labels),
-    )
-    return fitted
+    return {
+        "two_step": two_step({}),
+        "two_step_paper": two_step({"label_loss": "none"}),
+        "two_step_tail": two_step(tail),
+        "binary_relevance": lambda im, lab: BinaryRelevanceModel(**net, **head).fit(im, lab),
+        "nmf": lambda im, lab: NMFTwoStepModel(
+            n_components=args.layers[-1], **net, **{**DEFAULT_REGRESSOR_PARAMS, **head}
+        ).fit(im, lab),
+    }
+
+
+def rerank(scores: np.ndarray, propensity: np.ndarray, alpha: float) -> np.ndarray:
+    """Propensity re-ranking: ``score_j * propensity_j ** -alpha`` (scores are >= 0)."""
+    return scores * (propensity[None, :] ** -alpha)
+
+
+def pick_alpha(Y: Any, scores: np.ndarray, propensity: np.ndarray, slack: float = 0.005) -> float:
+    """The alpha with the best PSP@5 whose P@5 is within ``slack`` of alpha = 0."""
+    figures = [
+        evaluate_ranking(Y, rerank(scores, propensity, a), ks=(5,), propensity=propensity)
+        for a in ALPHAS
+    ]
+    allowed = [i for i, f in enumerate(figures) if f["p@5"] >= figures[0]["p@5"] - slack]
+    return ALPHAS[max(allowed, key=lambda i: figures[i]["psp@5"])]
+
+
+def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """Generate, split, train, evaluate one seed; returns per-model figures."""
+    sizes = split_sizes(args)
+    ds = generate_dishes(args.preset, seed=seed, n_images=sum(sizes), **_size_override(args))
+    space = ds.label_space
+    train, val, test = split_rows(sizes, seed)
+    propensity = propensities(space.matrix[train])
+
+    def evaluate(rows: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+        return evaluate_ranking(space.matrix[rows], scores, ks=(1, 5), propensity=propensity)
+
+    out: dict[str, Any] = {"tail_curve": {}}
+    for name, fit in model_fitters(args, seed).items():
+        start = time.perf_counter()
+        model = fit(ds.images[train], space.subset(train))
+        seconds = time.perf_counter() - start
+        print(f"seed {seed}: trained {name:<17} in {seconds:6.1f} s", file=sys.stderr)
+        scores = model.predict_scores(ds.images[test])
+        if name == "two_step_tail":
+            alpha = pick_alpha(space.matrix[val], model.predict_scores(ds.images[val]), propensity)
+            curve = {a: evaluate(test, rerank(scores, propensity, a)) for a in ALPHAS}
+            out["tail_curve"] = {str(a): {k: f[k] for k in REPORTED} for a, f in curve.items()}
+            out["tail_alpha"] = alpha
+            scores = rerank(scores, propensity, alpha)
+        out[name] = {**{k: evaluate(test, scores)[k] for k in REPORTED}, "train_seconds": seconds}
+        if name == "two_step":
+            true_groups = [ds.label_groups[label] for label in space.vocabulary]
+            groups = assign_groups_from_weights(model.autoencoder.H_[0])
+            out["hierarchy_nmi"] = hierarchy_nmi(groups.tolist(), true_groups)
+    out["n_labels"] = space.n_labels
+    out["image_size"] = int(ds.images.shape[1])
+    return out
+
+
+def mean_std(values: Sequence[float], key: str, digits: int = 4) -> dict[str, float]:
+    """``{key: mean}`` plus ``{key_std: std}`` when there is more than one value."""
+    result = {key: round(float(np.mean(values)), digits)}
+    if len(values) > 1:
+        result[f"{key}_std"] = round(float(np.std(values, ddof=1)), digits)
+    return result
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean (and spread) over seeds of every figure, in the JSON layout."""
+    result: dict[str, Any] = {}
+    for name in MODELS:
+        result[name] = {}
+        for key in (*REPORTED, "train_seconds"):
+            result[name].update(mean_std([run[name][key] for run in runs], key))
+    result.update(mean_std([run["hierarchy_nmi"] for run in runs], "hierarchy_nmi"))
+    result["two_step_tail"]["alpha"] = [run["tail_alpha"] for run in runs]
+    result["tail_curve"] = {
+        alpha: {key: round(float(np.mean([r["tail_curve"][alpha][key] for r in runs])), 4)
+                for key in REPORTED}
+        for alpha in runs[0]["tail_curve"]
+    }  # fmt: skip
+    return result
+
+
+def target_checks(result: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, computed from the means (the spread is reported beside them)."""
+    plain, tail = result["two_step"], result["two_step_tail"]
+    return {
+        "two_step_p@5_minus_nmf": round(plain["p@5"] - result["nmf"]["p@5"], 4),
+        "hierarchy_nmi_at_least_0.6": result["hierarchy_nmi"] >= 0.6,
+        "tail_psp@5_relative_gain": round(tail["psp@5"] / max(plain["psp@5"], 1e-12) - 1, 4),
+        "tail_p@5_change": round(tail["p@5"] - plain["p@5"], 4),
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Generate, split, train, evaluate; returns the JSON-ready result."""
-    ds = generate_dishes(args.preset, seed=args.seed, **_size_override(args))
-    space = ds.label_space
+    """Every seed, aggregated; returns the JSON-ready result."""
     if args.layers is None:
-        args.layers = default_layers(space.n_labels, len(set(ds.label_groups.values())))
-    train, test = split_rows(space.n_images, args.test_fraction, args.seed)
-    fitted = train_models(args, ds.images[train], space.subset(train))
-    Y_test = space.matrix[test]
-    propensity = propensities(space.matrix[train])
-    result: dict[str, Any] = {}
-    for name, (model, seconds) in fitted.items():
-        scores = model.predict_scores(ds.images[test])
-        figures = evaluate_ranking(Y_test, scores, ks=(1, 3, 5), propensity=propensity)
-        result[name] = {key: round(figures[key], 4) for key in REPORTED}
-        result[name]["train_seconds"] = round(seconds, 1)
-    H1 = fitted["two_step"][0].autoencoder.H_[0]
-    true_groups = [ds.label_groups[label] for label in space.vocabulary]
-    result["hierarchy_nmi"] = round(hierarchy_nmi(assign_groups_from_weights(H1), true_groups), 4)
+        config = PRESETS[args.preset]
+        args.layers = default_layers(config.n_labels, config.n_dish_types + 1)
+    runs = [run_seed(args, seed) for seed in args.seeds]
+    result = aggregate(runs)
+    result["targets"] = target_checks(result)
+    n_train, n_val, n_test = split_sizes(args)
     result["setup"] = {
-        "preset": args.preset, "n_train": len(train), "n_test": len(test),
-        "n_labels": space.n_labels, "image_size": int(ds.images.shape[1]), "base": args.base,
-        "epochs": args.epochs, "layers": list(args.layers), "seed": args.seed,
+        "preset": args.preset, "n_train": n_train, "n_val": n_val, "n_test": n_test,
+        "n_labels": runs[0]["n_labels"], "image_size": runs[0]["image_size"],
+        "base": args.base, "epochs": args.epochs, "layers": list(args.layers),
+        "seeds": list(args.seeds), "tail_power": args.tail_power,
     }  # fmt: skip
     return result
 
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"{'model':<18}" + "".join(f"{key:>12}" for key in REPORTED))
-    for name in ("two_step", "two_step_tail", "binary_relevance", "nmf"):
-        print(f"{name:<18}" + "".join(f"{result[name][key]:>12.4f}" for key in REPORTED))
+    for name in MODELS:
+        row = result[name]
+        cells = [f"{row[k]:.4f}" + (f"±{row[k + '_std']:.3f}" if k + "_std" in row else "")
+                 for k in REPORTED]  # fmt: skip
+        print(f"{name:<18}" + "".join(f"{cell:>12}" for cell in cells))
     print(f"hierarchy NMI (H_1 vs true groups): {result['hierarchy_nmi']:.4f}")
+    print("tail re-ranking curve (test): " + ", ".join(
+        f"alpha {a}: P@5 {f['p@5']:.4f} PSP@5 {f['psp@5']:.4f}"
+        for a, f in result["tail_curve"].items()
+    ))  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

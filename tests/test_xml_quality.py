@@ -6,8 +6,10 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "xml_quality.py"
-MODELS = ("two_step", "two_step_tail", "binary_relevance", "nmf")
+MODELS = ("two_step", "two_step_paper", "two_step_tail", "binary_relevance", "nmf")
 
 
 def _load_bench():
@@ -20,18 +22,47 @@ def _load_bench():
 
 def test_bench_prints_every_figure_as_json(capsys) -> None:
     bench = _load_bench()
-    result = bench.main(["--preset", "tiny", "--epochs", "1", "--ae-epochs", "5"])
+    argv = ["--preset", "tiny", "--epochs", "1", "--ae-epochs", "5", "--n-val", "20"]
+    result = bench.main([*argv, "--n-test", "30"])
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last_line) == result
     for name in MODELS:
         assert {"p@1", "p@5", "psp@5", "coverage@5"} <= set(result[name])
+        assert 0.0 <= result[name]["p@5"] <= 1.0
     assert isinstance(result["hierarchy_nmi"], float)
-    assert result["setup"]["preset"] == "tiny" and result["setup"]["n_labels"] == 24
+    assert result["two_step_tail"]["alpha"][0] in bench.ALPHAS
+    assert set(result["tail_curve"]) == {str(a) for a in bench.ALPHAS}
+    assert set(result["targets"]) >= {"two_step_p@5_minus_nmf", "tail_psp@5_relative_gain"}
+    setup = result["setup"]
+    assert setup["preset"] == "tiny" and setup["n_labels"] == 24
+    assert (setup["n_train"], setup["n_val"], setup["n_test"]) == (48, 20, 30)
 
 
 def test_quick_flag_only_fills_unset_options() -> None:
     bench = _load_bench()
     quick = bench.parse_args(["--quick"])
     assert quick.preset == "small" and quick.epochs == bench.QUICK["epochs"]
+    assert quick.n_test == 1000 and quick.seeds == [0]
     assert bench.parse_args(["--quick", "--epochs", "2"]).epochs == 2
     assert bench.default_layers(1000, 40) == (64, 16) and bench.default_layers(60, 9) == (18, 9)
+
+
+def test_splits_are_disjoint_and_seeded() -> None:
+    bench = _load_bench()
+    train, val, test = bench.split_rows((50, 10, 40), seed=3)
+    assert len(np.unique(np.concatenate([train, val, test]))) == 100
+    again = bench.split_rows((50, 10, 40), seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip((train, val, test), again, strict=True))
+
+
+def test_seed_spread_and_alpha_choice() -> None:
+    bench = _load_bench()
+    assert bench.mean_std([0.5], "p@5") == {"p@5": 0.5}
+    assert bench.mean_std([0.4, 0.6], "p@5") == {"p@5": 0.5, "p@5_std": 0.1414}
+    # a rare label that is right in every row: re-ranking toward it must be chosen
+    Y = np.array([[1, 0, 0, 0, 0, 0, 1]] * 4 + [[1, 0, 0, 0, 0, 0, 0]] * 20)
+    propensity = np.array([0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.2])
+    scores = np.tile([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3], (24, 1))
+    scores[4:, 6] = 0.0
+    assert bench.pick_alpha(Y, scores, propensity) > 0
+    np.testing.assert_allclose(bench.rerank(scores, propensity, 0.0), scores)

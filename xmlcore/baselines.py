@@ -4,7 +4,8 @@
   binary cross-entropy (one independent yes/no per label, no label compression).
 - ``NMFTwoStepModel``: the paper's shallow alternative. ``sklearn`` NMF factorises
   V ~ W H with the same k as the autoencoder's last layer, the same
-  ``LatentLabelRegressor`` regresses W from the image, and scores are ``max(W, 0) H``.
+  ``LatentLabelRegressor`` regresses W from the image (with the same decoder-aware
+  ``label_loss`` through H when one is set), and scores are ``max(W, 0) H``.
 
 Both take every ``ImageNetwork`` hyper-parameter (``base``, ``weights``, ``image_size``,
 ``fine_tune_layers``, ``head_units``, ``epochs``, ...) as keyword arguments and offer
@@ -113,10 +114,12 @@ class NMFTwoStepModel(_LabelModel):
         )
         codes = self.nmf_.fit_transform(V).astype("float32")
         self.regressor_ = LatentLabelRegressor(**self.params)
+        # the same decoder-aware label loss as the two-step model, when one is set
+        decoder = {"decoder": self.nmf_.components_, "labels": V}
         if hasattr(images, "with_targets"):
-            self.regressor_.fit(images.with_targets(codes))
+            self.regressor_.fit(images.with_targets(codes), **decoder)
         else:
-            self.regressor_.fit(images, codes)
+            self.regressor_.fit(images, codes, **decoder)
         self.vocabulary_ = tuple(label_space.vocabulary)
         return self
 

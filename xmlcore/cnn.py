@@ -25,6 +25,13 @@ from keras import layers
 
 from xmlcore.backbones import BACKBONES, build_backbone, set_fine_tuning
 from xmlcore.errors import ConfigError, ModelError
+from xmlcore.label_loss import (
+    LABEL_LOSSES,
+    check_decoder_inputs,
+    label_space_loss,
+    label_weights,
+    trainer_outputs,
+)
 from xmlcore.pipeline import ArrayBatches, ImageBatches
 
 __all__ = [
@@ -133,8 +140,10 @@ class ImageNetwork:
         train, val = self._split(len(y))
         pre = self._prepare_targets(y)
         head_in, head_out = self._build(size, y.shape[1])
-        trainer = keras.Model(head_in, head_out, name="trainer")
-        trainer.compile(optimizer=keras.optimizers.Adam(self.learning_rate), loss=self.loss)
+        trainer = keras.Model(head_in, self._training_output(head_out), name="trainer")
+        trainer.compile(
+            optimizer=keras.optimizers.Adam(self.learning_rate), loss=self._training_loss()
+        )
         history = trainer.fit(
             self._batches(data, train, pre, shuffle=True),
             validation_data=None if val is None else self._batches(data, val, pre, shuffle=False),
@@ -168,6 +177,13 @@ class ImageNetwork:
     def _prepare_targets(self, y: np.ndarray) -> np.ndarray:
         """Targets as the trainer sees them (identity here)."""
         return y
+
+    def _training_output(self, head_out: Any) -> Any:
+        """What the trainer outputs (the head output here)."""
+        return head_out
+
+    def _training_loss(self) -> Any:
+        return self.loss
 
     def _finish(self, head_in: Any, head_out: Any) -> keras.Model:
         """The public model built from the trained layers."""
@@ -276,22 +292,59 @@ class LatentLabelRegressor(ImageNetwork):
     """CNN + dense head with an identity output regressing W_L with MSE (paper, step 2).
 
     ``target_scaling``: ``"std"`` (default; see the module docstring) or ``"none"``.
+    ``label_loss`` (``"none"``: the paper's pure latent MSE; ``"mse"``;
+    ``"propensity_mse"``), ``label_weight`` and ``tail_power``: the decoder-aware term of
+    ``xmlcore.label_loss``; it needs ``fit(..., decoder=(d, p), labels=(n, p))``.
     """
 
     activation = "linear"
     loss = "mse"
 
-    def __init__(self, *args: Any, target_scaling: str = "std", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        target_scaling: str = "std",
+        label_loss: str = "none",
+        label_weight: float = 1.0,
+        tail_power: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.target_scaling = target_scaling
+        self.label_loss = label_loss
+        self.label_weight = label_weight
+        self.tail_power = tail_power
 
     def get_params(self) -> dict[str, Any]:
-        return {**super().get_params(), "target_scaling": self.target_scaling}
+        extra = ("target_scaling", "label_loss", "label_weight", "tail_power")
+        return {**super().get_params(), **{name: getattr(self, name) for name in extra}}
+
+    def fit(
+        self,
+        images: np.ndarray | ImageBatches,
+        targets: np.ndarray | None = None,
+        *,
+        on_epoch: EpochCallback | None = None,
+        decoder: np.ndarray | None = None,
+        labels: Any = None,
+    ) -> LatentLabelRegressor:
+        """As ``ImageNetwork.fit``; ``decoder``/``labels`` feed the label loss (if any)."""
+        self._decoder_inputs = (decoder, labels)
+        try:
+            super().fit(images, targets, on_epoch=on_epoch)
+        finally:
+            for name in ("_decoder_inputs", "_decoder", "_labels"):  # training-only arrays
+                self.__dict__.pop(name, None)
+        return self
 
     def _check_params(self) -> None:
         super()._check_params()
         if self.target_scaling not in ("std", "none"):
             raise ConfigError("config.target_scaling", "target_scaling must be 'std' or 'none'")
+        if self.label_loss not in LABEL_LOSSES:
+            raise ConfigError("config.label_loss", f"label_loss must be one of {LABEL_LOSSES}")
+        if not (self.label_weight >= 0 and self.tail_power >= 0):
+            raise ConfigError("config.label_loss", "label_weight and tail_power must be >= 0")
 
     def _prepare_targets(self, y: np.ndarray) -> np.ndarray:
         if self.target_scaling == "none":
@@ -303,14 +356,32 @@ class LatentLabelRegressor(ImageNetwork):
             floor = max(1e-8, 1e-3 * float(std.max()))
             self.target_offset_ = y.mean(axis=0).astype("float32")
             self.target_scale_ = np.where(std > floor, std, 1.0).astype("float32")
-        return (y - self.target_offset_) / self.target_scale_
+        standardised = (y - self.target_offset_) / self.target_scale_
+        if self.label_loss == "none":
+            return standardised
+        self._decoder, self._labels = check_decoder_inputs(
+            *self._decoder_inputs, latent_dim=y.shape[1], n_rows=len(y)
+        )
+        return np.concatenate([standardised, self._labels], axis=1)
+
+    def _latent(self, head_out: Any, name: str) -> Any:
+        affine = FixedAffine(self.target_scale_.tolist(), self.target_offset_.tolist(), name=name)
+        return affine(head_out)
+
+    def _training_output(self, head_out: Any) -> Any:
+        if self.label_loss == "none":
+            return head_out
+        return trainer_outputs(head_out, self._latent(head_out, "train_latent"), self._decoder)
+
+    def _training_loss(self) -> Any:
+        if self.label_loss == "none":
+            return self.loss
+        weights = label_weights(self._labels, self.label_loss, self.tail_power)
+        d = self._decoder.shape[0]
+        return label_space_loss(d, weights, self._labels, self.label_weight)
 
     def _finish(self, head_in: Any, head_out: Any) -> keras.Model:
-        affine = FixedAffine(
-            self.target_scale_.tolist(), self.target_offset_.tolist(), name="latent"
-        )
-        out = affine(head_out)
-        return keras.Model(head_in, out, name="latent_label_regressor")
+        return keras.Model(head_in, self._latent(head_out, "latent"), name="latent_label_regressor")
 
 
 def _predict_padded(model: keras.Model, pixels: np.ndarray) -> np.ndarray:

@@ -181,6 +181,8 @@ def _check_consistent(model: TwoStepModel) -> None:
 
 EpochCallback = Callable[[str, int, dict[str, float]], None]
 
+DEFAULT_REGRESSOR_PARAMS: dict[str, Any] = {"label_loss": "mse"}
+
 
 def train_two_step(
     images: Any,
@@ -224,13 +226,14 @@ def train_two_step(
         batch_size=batch_size,
         learning_rate=learning_rate,
         seed=seed,
-        **(regressor_params or {}),
+        **{**DEFAULT_REGRESSOR_PARAMS, **(regressor_params or {})},
     )
     stage_cb = None if on_epoch is None else (lambda e, logs: on_epoch("regressor", e, logs))
+    decoder = {"decoder": autoencoder.decoder_matrix(), "labels": label_space.matrix}
     if hasattr(images, "with_targets"):
-        regressor.fit(images.with_targets(latent), on_epoch=stage_cb)
+        regressor.fit(images.with_targets(latent), on_epoch=stage_cb, **decoder)
     else:
-        regressor.fit(images, latent, on_epoch=stage_cb)
+        regressor.fit(images, latent, on_epoch=stage_cb, **decoder)
     metadata = _training_metadata(regressor, autoencoder, label_space, model_id)
     return TwoStepModel(regressor, autoencoder, label_space.vocabulary, metadata)
 
