@@ -33,6 +33,10 @@ class AdaptiveSampling:
        ``max_samples`` samples. With the defaults the earliest stop is 300 samples
        (rounds at 100, 200, 300 with two unchanged comparisons).
 
+    ``criterion="separation"`` replaces 3-4: the image stops once, for every target,
+    each top-``k`` weight exceeds each other weight by at least ``z`` standard errors
+    of the difference (``RidgeFit.separation``), or at ``max_samples``.
+
     Images stop independently; the rounds of the images still running are packed into
     the same forward batches. ``Explanation.num_samples`` reports what each used.
     """
@@ -43,6 +47,7 @@ class AdaptiveSampling:
     top_k: int = 5
     patience: int = 2
     criterion: str = "set"
+    z: float = 2.0
 
     def __post_init__(self) -> None:
         bad = [
@@ -57,7 +62,7 @@ class AdaptiveSampling:
         ]
         if self.max_samples is not None and self.max_samples < self.min_samples:
             bad.append("max_samples")
-        if self.criterion not in ("ranking", "set"):
+        if self.criterion not in ("ranking", "set", "separation") or self.z <= 0:
             bad.append("criterion")
         if bad:
             raise ConfigError("config.adaptive", f"invalid adaptive sampling parameters: {bad}")
@@ -80,8 +85,11 @@ class StabilityTracker:
         wanted = self.rule.min_samples if drawn == 0 else self.rule.batch
         return max(0, min(wanted, self.max_samples - drawn))
 
-    def update(self, ranking: np.ndarray, drawn: int) -> bool:
-        """Record this round's ``(targets, top_k)`` ranking; True when the image is done."""
+    def update(self, ranking: np.ndarray, drawn: int, separation: float = 0.0) -> bool:
+        """Record this round's ``(targets, top_k)`` ranking and the smallest separation
+        over the targets; True when the image is done."""
+        if self.rule.criterion == "separation":
+            return separation >= self.rule.z or drawn >= self.max_samples
         if self.rule.criterion == "set":
             ranking = np.sort(ranking, axis=1)
         if self._previous is not None and np.array_equal(ranking, self._previous):

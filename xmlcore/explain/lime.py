@@ -207,8 +207,12 @@ class LimeExplainer(Explainer):
         weights = exponential_kernel(cosine_distances_to_ones(X), self.kernel_width)
         positions = np.searchsorted(columns, run.columns)
         run.fit = fit_weighted_ridge(X, Y[:, positions], weights, self.alpha)
-        top = run.fit.top_segments(run.tracker.rule.top_k)
-        run.done = self.adaptive is None or run.tracker.update(top, run.drawn)
+        if self.adaptive is None:
+            run.done = True
+            return
+        k = self.adaptive.top_k
+        separation = float(run.fit.separation(k).min())
+        run.done = run.tracker.update(run.fit.top_segments(k), run.drawn, separation)
 
     def _explanations(self, run: _ImageRun, row: list[TargetInfo], seed: int) -> list[Explanation]:
         assert run.fit is not None

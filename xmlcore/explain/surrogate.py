@@ -23,12 +23,33 @@ from xmlcore.errors import ExplainError
 
 @dataclass(frozen=True)
 class RidgeFit:
-    """Coefficients ``(K, m)``, intercepts, R^2 scores and predictions at all-ones ``(m,)``."""
+    """Coefficients ``(K, m)``, intercepts, R^2 scores and predictions at all-ones ``(m,)``;
+    ``coef_se`` ``(K, m)`` are approximate standard errors (weighted least squares with
+    the kernel weights as precisions, ridge term ignored in the residual degrees)."""
 
     coef: np.ndarray
     intercept: np.ndarray
     score: np.ndarray
     local_prediction: np.ndarray
+    coef_se: np.ndarray
+
+    def separation(self, k: int) -> np.ndarray:
+        """Per output, how clearly the top-``k`` set stands apart: the smallest
+        ``(c_i - c_j) / sqrt(se_i^2 + se_j^2)`` over ``i`` in the set and ``j`` outside
+        (``inf`` when every segment is in the set)."""
+        n_segments, m = self.coef.shape
+        if k >= n_segments:
+            return np.full(m, np.inf)
+        top = self.top_segments(k)
+        result = np.empty(m)
+        for j in range(m):
+            inside = np.zeros(n_segments, bool)
+            inside[top[j]] = True
+            c, se = self.coef[:, j], self.coef_se[:, j]
+            diff = c[inside][:, None] - c[~inside][None, :]
+            spread = np.sqrt(se[inside][:, None] ** 2 + se[~inside][None, :] ** 2)
+            result[j] = np.min(diff / np.maximum(spread, 1e-300))
+        return result
 
     def top_segments(self, k: int) -> np.ndarray:
         """Per output, the ``k`` segments of largest weight, descending: ``(m, k)``.
@@ -76,11 +97,16 @@ def _fit(X: np.ndarray, Y: np.ndarray, weights: np.ndarray, alpha: float) -> Rid
     XtW = Xc.T * w
     gram = XtW @ Xc
     gram[np.diag_indices_from(gram)] += alpha
-    coef = scipy.linalg.solve(gram, XtW @ Yc, assume_a="pos")
+    factor = scipy.linalg.cho_factor(gram)
+    coef = scipy.linalg.cho_solve(factor, XtW @ Yc)
     intercept = y_mean - x_mean @ coef
-    score = _weighted_r2(Yc, Xc @ coef, w)
+    fitted = Xc @ coef
+    score = _weighted_r2(Yc, fitted, w)
     local = intercept + coef.sum(axis=0)
-    return RidgeFit(coef=coef, intercept=intercept, score=score, local_prediction=local)
+    residual_var = w @ (Yc - fitted) ** 2 / max(w.sum() - X.shape[1] - 1, 1.0)
+    inv_diag = np.diag(scipy.linalg.cho_solve(factor, np.eye(len(gram))))
+    se = np.sqrt(np.outer(inv_diag, residual_var))
+    return RidgeFit(coef=coef, intercept=intercept, score=score, local_prediction=local, coef_se=se)
 
 
 def _weighted_r2(Yc: np.ndarray, Yc_hat: np.ndarray, w: np.ndarray) -> np.ndarray:
