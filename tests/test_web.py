@@ -22,6 +22,7 @@ from skimage.segmentation import slic
 from api import web
 from api.app import create_app
 from api.inputs import dataset_images_prefix
+from api.web.queries import items_with_label
 from tests.api_fixtures import API_TEST_PEPPER, ApiUser, upload_files
 from xmlcore.datasets import generate_dishes, write_dataset
 from xmlcore.hierarchy import LabelHierarchy
@@ -31,7 +32,7 @@ from xmlx import repository as repo
 from xmlx.db import SessionFactory, session_scope
 from xmlx.keys import item_artifact_key
 from xmlx.models import ModelState
-from xmlx.report import hierarchy_path, path_text
+from xmlx.report import hierarchy_path, hierarchy_units, path_text
 from xmlx.settings import Settings
 from xmlx.storage import ObjectStore, make_object_store
 
@@ -408,10 +409,42 @@ def test_hierarchy_path_from_stored_json_matches_xmlcore() -> None:
     stored = full.to_json()
     for unit in range(3):
         expected = full.path(unit)
-        rebuilt = hierarchy_path(stored, unit, fanout=3, top_n=12)
+        rebuilt = hierarchy_path(hierarchy_units(stored), unit, fanout=3, top_n=12)
         assert rebuilt is not None
         assert path_text(rebuilt) == expected.to_text().splitlines()[0]
         names = [(label["name"], label["weight"]) for label in rebuilt["labels"]]
         assert [n for n, _ in names] == [n for n, _ in expected.labels]
         assert [w for _, w in names] == pytest.approx([w for _, w in expected.labels])
-    assert hierarchy_path(stored, 7) is None
+    assert hierarchy_path(hierarchy_units(stored), 7) is None
+
+
+def test_label_scan_window_pages_on_to_every_match(
+    gallery: Gallery, session_factory: SessionFactory
+) -> None:
+    label = gallery.predicted[gallery.keys[1]][2]  # a wrong guess: rarer than the true ones
+    expected = [k for k in gallery.keys if label in gallery.predicted.get(k, [])]
+    found, cursor, calls = [], None, 0
+    while True:
+        with session_scope(session_factory) as session:
+            page = items_with_label(
+                session,
+                gallery.user.tenant_id,
+                gallery.job_id,
+                label,
+                limit=2,
+                cursor=cursor,
+                window=5,
+            )
+            assert page is not None
+            found += [item.item_key for item in page.rows]
+        calls += 1
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert found == expected
+    assert calls >= (N_ITEMS - len(FAILED)) // 5  # never more than 5 items looked at per call
+    with session_scope(session_factory) as session:
+        assert (
+            items_with_label(session, make_user(session_factory).tenant_id, gallery.job_id, label)
+            is None
+        )

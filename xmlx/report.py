@@ -40,6 +40,7 @@ MAX_MANIFEST_BYTES = 50 * 1024 * 1024
 _MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"GIF8", "image/gif"))
 
 Truth = Mapping[str, frozenset[str]]
+Layers = dict[int, dict[int, dict[str, Any]]]  # layer -> unit index -> unit (hierarchy_units)
 Link = Callable[[str], str | None]  # storage key -> URL (None: not available)
 
 
@@ -68,9 +69,10 @@ class Card:
 
 
 def item_card(
-    item: Item, image_prefix: str, link: Link, hierarchy: Any, truth: Truth | None
+    item: Item, image_prefix: str, link: Link, hierarchy: Layers, truth: Truth | None
 ) -> Card:
-    """The card of one item; `link` turns storage keys into image addresses."""
+    """The card of one item; `link` turns storage keys into image addresses, `hierarchy`
+    is the model's `hierarchy_units` (read once per page, not per card)."""
     if item.state != ItemState.SUCCEEDED:
         return Card(
             item.item_key,
@@ -106,7 +108,7 @@ def item_card(
 
 
 def _explained_path(
-    result: Mapping[str, Any], hierarchy: Any
+    result: Mapping[str, Any], hierarchy: Layers
 ) -> tuple[str | None, str | None, str]:
     """(target name, path text, what the path is of) for a result."""
     explanations = result.get("explanations") or []
@@ -121,10 +123,10 @@ def _explained_path(
     return target.get("name"), path_text(path) if path else None, "most active latent unit"
 
 
-def hierarchy_units(hierarchy: Any) -> dict[int, dict[int, dict[str, Any]]]:
+def hierarchy_units(hierarchy: Any) -> Layers:
     """{layer: {unit index: unit}} from a stored `LabelHierarchy.to_json()`; members
     normalised to `{"name", "index", "weight"}` (older rows store `[name, weight]`)."""
-    layers: dict[int, dict[int, dict[str, Any]]] = {}
+    layers: Layers = {}
     stored = json.loads(hierarchy) if isinstance(hierarchy, str) else hierarchy or {}
     for layer in stored.get("layers", []):
         units = layers.setdefault(int(layer["layer"]), {})
@@ -145,11 +147,11 @@ def _member(raw: Any) -> dict[str, Any]:
 
 
 def hierarchy_path(
-    hierarchy: Any, index: int, fanout: int = 3, top_n: int = 5
+    layers: Layers, index: int, fanout: int = 3, top_n: int = 5
 ) -> dict[str, Any] | None:
-    """`LabelHierarchy.path(index).to_json()` rebuilt from the stored hierarchy (which keeps
-    each unit's strongest members only); None when the unit is unknown."""
-    layers = hierarchy_units(hierarchy)
+    """`LabelHierarchy.path(index).to_json()` rebuilt from a stored hierarchy's `layers`
+    (`hierarchy_units`; it keeps each unit's strongest members only); None when the unit
+    is unknown."""
     if not layers or index not in layers[max(layers)]:
         return None
     top_layer = max(layers)
@@ -296,7 +298,7 @@ def write_report(
             raise JobError("job.not_found", f"no job {job_id}")
         model = repo.get_model(session, tenant_id, job.model_id) if job.model_id else None
         truth = TRUTH.for_job(session, store, job)
-    hierarchy = model.hierarchy if model is not None else None
+    hierarchy = hierarchy_units(model.hierarchy if model is not None else None)
     prefix = str(job.params.get("image_prefix", ""))
     env = Environment(autoescape=True)
     card_template = env.from_string(_CARD)

@@ -22,7 +22,7 @@ from api.web.render import bad_request, not_found, render
 from xmlx import repository as repo
 from xmlx.db import session_scope
 from xmlx.models import FINAL_JOB_STATES, ItemState, JobKind, JobState
-from xmlx.report import TRUTH, item_card
+from xmlx.report import TRUTH, hierarchy_units, item_card
 from xmlx.repository import InvalidCursorError
 
 router = APIRouter()
@@ -144,7 +144,7 @@ def _job_context(
     expiry = app.settings.presign_expiry_seconds
     prefix = str(job.params.get("image_prefix", ""))
     link = lambda key: app.store.presigned_get_url(key, expiry)  # noqa: E731
-    hierarchy = model.hierarchy if model is not None else None
+    hierarchy = hierarchy_units(model.hierarchy if model is not None else None)
     cards = [item_card(item, prefix, link, hierarchy, truth) for item in page.rows]
     return {
         "job": job,
