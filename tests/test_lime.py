@@ -205,6 +205,22 @@ def test_set_criterion_ignores_order_within_the_top_k():
     assert [tracker.update(r, 300) for r in (a, c, b, c)] == [False, False, False, False]
 
 
+def test_separation_measures_how_clearly_the_top_set_stands_out():
+    rng = np.random.RandomState(0)
+    X = rng.randint(0, 2, (400, 10))
+    planted = X @ np.array([3.0, 2.5, 0, 0, 0, 0, 0, 0, 0, 0])
+    Y = np.stack([planted, np.zeros(400)], axis=1) + rng.normal(0, 0.5, (400, 2))
+    fit = fit_weighted_ridge(X, Y, np.ones(400))
+    clear, noise = fit.separation(2)
+    assert clear > 10 and noise < 2
+    assert fit.coef_se.shape == (10, 2) and np.all(fit.coef_se > 0)
+    assert np.isinf(fit.separation(10)).all()
+    rule = AdaptiveSampling(criterion="separation", z=2.0)
+    tracker = StabilityTracker(rule, 1000)
+    assert tracker.update(fit.top_segments(2), 200, float(noise)) is False
+    assert tracker.update(fit.top_segments(2), 300, float(clear)) is True
+
+
 def test_keras_model_as_predict_fn():
     keras = pytest.importorskip("keras")
     keras.utils.set_random_seed(0)
