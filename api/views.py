@@ -42,7 +42,10 @@ class JobOut(BaseModel):
     state: str
     model_id: str | None
     progress: Progress
-    duplicates: int = Field(description="item results delivered twice and ignored")
+    duplicates: int = Field(
+        description="work delivered twice and ignored: chunk messages for work already "
+        "done or held by another worker, and item results written twice"
+    )
     cancel_requested: bool
     params: dict[str, Any]
     error: ErrorInfo | None

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from celery import Celery
 from kombu import Queue
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 
 from xmlx.settings import Settings, get_settings
 
@@ -72,6 +74,16 @@ def create_celery(settings: Settings | None = None) -> Celery:
 
 
 app = create_celery()
+
+
+def queue_depth(queue: str = GPU_QUEUE) -> int | None:
+    """Messages waiting in ``queue`` (the Redis list Celery's transport uses), or None
+    when the broker cannot be asked."""
+    try:
+        with app.connection_for_read() as connection:
+            return int(connection.default_channel.client.llen(queue))
+    except (OSError, RedisError, KombuOperationalError):
+        return None
 
 
 def send_chunks(chunks: list[tuple[str, str]]) -> None:

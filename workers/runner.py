@@ -6,7 +6,11 @@ an earlier attempt are not handed out again), then per batch of images: heartbea
 code), call ``xmlcore.batch`` once for the whole batch, write artifacts under
 deterministic keys, record each item (first write wins). A transient storage or
 database failure propagates so the task retries; the lease makes the retry pick up
-where this attempt stopped.
+where this attempt stopped. A storage outage is waited out inside the lease instead
+(backoff, heartbeats, only the items not yet recorded are tried again): a Celery retry
+would claim the chunk again, and each claim spends one of `max_attempts_per_chunk`,
+so a 30 s outage would fail whole chunks (`chunk.max_attempts`) that nothing was
+wrong with.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from xmlx import jobs
 from xmlx.keys import item_artifact_key
 from xmlx.models import Job, JobKind
 from xmlx.storage import StorageError
+
+STORAGE_BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0)
 
 
 @dataclass(frozen=True)
@@ -58,25 +64,62 @@ def run_chunk(ctx: WorkerContext, chunk_id: str) -> ChunkOutcome:
     recorded = 0
     batch_size = max(1, settings.images_per_batch)
     for start in range(0, len(claim.items), batch_size):
-        beat = jobs.heartbeat(
-            ctx.sessions, chunk_id, ctx.owner, lease_seconds=settings.lease_seconds
-        )
-        if not beat.alive:
-            return ChunkOutcome("lease_lost", recorded)
-        if beat.cancel_requested:
-            jobs.release_chunk(ctx.sessions, chunk_id, ctx.owner)
-            return ChunkOutcome("cancelled", recorded)
+        stopped = _keep_lease(ctx, chunk_id)
+        if stopped is not None:
+            return ChunkOutcome(stopped, recorded)
         batch = [item.item_key for item in claim.items[start : start + batch_size]]
-        recorded += _run_batch(ctx, job, model, batch)
+        stopped = _run_batch_through_outages(ctx, chunk_id, job, model, batch)
+        if stopped is not None:
+            return ChunkOutcome(stopped, recorded)
+        recorded += len(batch)
     jobs.complete_chunk(ctx.sessions, chunk_id, ctx.owner)
     return ChunkOutcome("done", recorded)
 
 
-def _run_batch(ctx: WorkerContext, job: Job, model: Any, item_keys: Sequence[str]) -> int:
+def _keep_lease(ctx: WorkerContext, chunk_id: str) -> str | None:
+    """Heartbeat; None to go on, else why to stop ("lease_lost" or "cancelled")."""
+    beat = jobs.heartbeat(
+        ctx.sessions, chunk_id, ctx.owner, lease_seconds=ctx.settings.lease_seconds
+    )
+    if not beat.alive:
+        return "lease_lost"
+    if beat.cancel_requested:
+        jobs.release_chunk(ctx.sessions, chunk_id, ctx.owner)
+        return "cancelled"
+    return None
+
+
+def _run_batch_through_outages(
+    ctx: WorkerContext, chunk_id: str, job: Job, model: Any, item_keys: Sequence[str]
+) -> str | None:
+    """Run one batch; while storage is unavailable, back off (keeping the lease) and
+    try the items not yet recorded again. Gives up (raises, so the task retries) after
+    half the task's soft time limit. Returns like `_keep_lease`."""
+    pending = list(item_keys)
+    deadline = time.monotonic() + ctx.settings.task_soft_time_limit_seconds / 2
+    attempt = 0
+    while True:
+        try:
+            _run_batch(ctx, job, model, pending)
+            return None
+        except StorageError as exc:
+            if not exc.transient or time.monotonic() > deadline:
+                raise
+        backoff = STORAGE_BACKOFF_SECONDS[min(attempt, len(STORAGE_BACKOFF_SECONDS) - 1)]
+        time.sleep(min(backoff, ctx.settings.lease_seconds / 3))  # the lease must outlive it
+        attempt += 1
+        stopped = _keep_lease(ctx, chunk_id)
+        if stopped is not None:
+            return stopped
+
+
+def _run_batch(ctx: WorkerContext, job: Job, model: Any, pending: list[str]) -> None:
+    """Explain the `pending` items; each one recorded is removed from the list, so a
+    batch interrupted by a storage outage is resumed, not redone."""
     started = time.perf_counter()
-    images, good_keys = _fetch_images(ctx, job, model.image_size, item_keys)
+    images, good_keys = _fetch_images(ctx, job, model.image_size, pending)
     if not good_keys:
-        return len(item_keys)
+        return
     compute = _compute_fn(job, model)
     try:
         reports = compute(np.stack(images))
@@ -86,11 +129,12 @@ def _run_batch(ctx: WorkerContext, job: Job, model: Any, item_keys: Sequence[str
         # item fails with the same code; nothing is retried.
         for key in good_keys:
             jobs.record_item_failure(ctx.sessions, job.id, key, code=exc.code, message=exc.message)
-        return len(item_keys)
+            pending.remove(key)
+        return
     seconds = (time.perf_counter() - started) / max(len(good_keys), 1)
     for key, report in pairs:
         _persist(ctx, job, key, report, {"seconds": round(seconds, 4)})
-    return len(item_keys)
+        pending.remove(key)
 
 
 def _compute_fn(job: Job, model: Any) -> Callable[[np.ndarray], list[ImageReport]]:
@@ -111,13 +155,14 @@ def _compute_fn(job: Job, model: Any) -> Callable[[np.ndarray], list[ImageReport
 
 
 def _fetch_images(
-    ctx: WorkerContext, job: Job, size: tuple[int, int], item_keys: Sequence[str]
+    ctx: WorkerContext, job: Job, size: tuple[int, int], pending: list[str]
 ) -> tuple[list[np.ndarray], list[str]]:
-    """Decoded images of the items that could be read; the others are recorded failed."""
+    """Decoded images of the items that could be read; the others are recorded failed
+    (and leave `pending`)."""
     settings = ctx.settings
     prefix = str(job.params["image_prefix"])
     images, good = [], []
-    for key in item_keys:
+    for key in list(pending):
         try:
             data = ctx.store.get_bytes(prefix + key, max_bytes=settings.max_image_bytes)
             images.append(decode_image(data, size=size, max_pixels=settings.max_image_pixels))
@@ -127,8 +172,10 @@ def _fetch_images(
                 raise
             code = "image.missing" if exc.code == "storage.not_found" else exc.code
             jobs.record_item_failure(ctx.sessions, job.id, key, code=code, message=exc.message)
+            pending.remove(key)
         except XmlcoreError as exc:
             jobs.record_item_failure(ctx.sessions, job.id, key, code=exc.code, message=exc.message)
+            pending.remove(key)
     return images, good
 
 

@@ -22,6 +22,7 @@ from workers.celery_app import (
     TASK_RECONCILE,
     TASK_RUN_CHUNK,
     app,
+    queue_depth,
     send_chunks,
 )
 from workers.context import worker_context
@@ -52,7 +53,7 @@ def xmlx_task(name: str, queue: str, *, max_retries: int = 8) -> Callable[[F], T
 
         run.__name__ = fn.__name__
         run.__doc__ = fn.__doc__
-        return app.task(  # type: ignore[no-any-return]
+        return app.task(
             name=name,
             queue=queue,
             bind=True,
@@ -87,7 +88,11 @@ def run_chunk(chunk_id: str, kind: str) -> str:
 def reconcile() -> int:
     """Send again the chunks whose message was lost or whose worker died."""
     ctx = worker_context()
-    refs = jobs.reconcile(ctx.sessions, grace_seconds=ctx.settings.reconcile_grace_seconds)
+    refs = jobs.reconcile(
+        ctx.sessions,
+        grace_seconds=ctx.settings.reconcile_grace_seconds,
+        queued_messages=queue_depth(GPU_QUEUE),
+    )
     send_chunks([(ref.chunk_id, ref.kind) for ref in refs])
     if refs:
         log.info("reconciler re-enqueued chunks", extra={"count": len(refs)})

@@ -9,7 +9,8 @@ after any crash or duplicate delivery:
   chunk ids only after it returns (the rows are committed by then).
 - `claim_chunk` leases a chunk (attempts + 1) or says why not; a job whose cancel was
   requested drops the chunk; a chunk past `max_attempts` fails its items
-  (`chunk.max_attempts`) so a poison chunk cannot loop.
+  (`chunk.max_attempts`) so a poison chunk cannot loop; a message for a chunk that is
+  done or leased by a live worker is a duplicate delivery, counted in `jobs.duplicates`.
 - `record_item_success` / `record_item_failure`: the first write wins; a later write
   is a no-op counted in `jobs.duplicates`. Counters move in the same transaction and
   the write that brings done + failed to total finalises the job (no chords).

@@ -50,13 +50,24 @@ def reconcile(
     *,
     grace_seconds: int,
     limit: int = 500,
+    queued_messages: int | None = None,
     now: datetime | None = None,
 ) -> list[ChunkRef]:
     """Chunks to send again (stranded in the queue or under an expired lease), marked as
-    dispatched now; cancelled jobs whose workers died are closed instead."""
+    dispatched now; cancelled jobs whose workers died are closed instead.
+
+    `queued_messages`: the broker's queue length, if known. Only as many queued chunks
+    as have no message left (queued chunks minus messages) are sent again; without it,
+    every queued chunk past the grace is, which in a queue longer than the grace adds
+    a copy of every waiting message at each tick.
+    """
     now = now or utcnow()
+    grace = timedelta(seconds=grace_seconds)
     with session_scope(sessions) as session:
-        pairs = repo.chunks_to_redeliver(session, now, timedelta(seconds=grace_seconds), limit)
+        max_queued = None
+        if queued_messages is not None:
+            max_queued = max(0, repo.count_queued_chunks(session) - queued_messages)
+        pairs = repo.chunks_to_redeliver(session, now, grace, limit, max_queued=max_queued)
         refs = [ChunkRef(c.id, j.id, j.kind) for c, j in pairs if not j.cancel_requested]
         cancelling = {j.id for _, j in pairs if j.cancel_requested}
     for job_id in sorted(cancelling):

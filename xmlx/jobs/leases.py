@@ -35,7 +35,8 @@ def claim_chunk(
             return Claim(ClaimStatus.CANCELLED, chunk_id, fresh_job(session, job.id))
         if job.state in FINAL_JOB_STATES:
             work.end_chunk(session, chunk_id, ChunkState.CANCELLED, now, only_unleased=True)
-            return Claim(ClaimStatus.FINISHED, chunk_id, job)
+            work.count_duplicate(session, job.id)
+            return Claim(ClaimStatus.FINISHED, chunk_id, fresh_job(session, job.id))
         lease_until = now + timedelta(seconds=lease_seconds)
         if work.lease_chunk(session, chunk_id, owner, now, lease_until, max_attempts):
             work.start_job(session, job.id, now)
@@ -52,12 +53,17 @@ def claim_chunk(
 
 
 def _explain_refusal(session: Session, chunk_id: str, owner: str, now: datetime) -> Claim:
+    """Why a claim failed. A message for a chunk that is done or held by a live worker is
+    a duplicate delivery (a redelivery after the visibility timeout, a reconciler copy):
+    counted in `jobs.duplicates`, like an item result written twice."""
     chunk = repo.get_chunk(session, chunk_id)
     assert chunk is not None
     job = fresh_job(session, chunk.job_id)
     if chunk.state not in (ChunkState.QUEUED, ChunkState.LEASED):
+        work.count_duplicate(session, chunk.job_id)
         return Claim(ClaimStatus.FINISHED, chunk_id, job, chunk.attempts)
     if work.end_chunk(session, chunk_id, ChunkState.FAILED, now, only_unleased=True) == 0:
+        work.count_duplicate(session, chunk.job_id)
         return Claim(ClaimStatus.LEASED_ELSEWHERE, chunk_id, job, chunk.attempts)
     message = f"the chunk was started {chunk.attempts} times without finishing"
     failed = work.fail_pending_items(

@@ -26,6 +26,7 @@ from xmlx.repository.catalog import (
 )
 from xmlx.repository.jobs import (
     chunks_to_redeliver,
+    count_queued_chunks,
     expired_chunks,
     get_chunk,
     get_item,
@@ -45,6 +46,7 @@ __all__ = [
     "InvalidCursorError",
     "Page",
     "chunks_to_redeliver",
+    "count_queued_chunks",
     "create_api_key",
     "create_dataset",
     "create_model",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from xmlx.models import Chunk, ChunkState, Item, Job, JobState
@@ -118,32 +118,50 @@ def expired_chunks(session: Session, now: datetime, limit: int = 500) -> list[Ch
 
 
 def chunks_to_redeliver(
-    session: Session, now: datetime, grace: timedelta, limit: int = 500
+    session: Session,
+    now: datetime,
+    grace: timedelta,
+    limit: int = 500,
+    *,
+    max_queued: int | None = None,
 ) -> list[tuple[Chunk, Job]]:
     """Chunks of live jobs that no worker holds and nobody has (re)sent for `grace`.
 
-    That is: queued chunks whose message may be lost (a flushed Redis), and leased chunks
-    whose lease expired (a dead worker). A chunk sent within `grace` is left alone, so a
-    reconciler tick does not flood the queue with copies of the same message.
+    That is: leased chunks whose lease expired (a dead worker), and queued chunks whose
+    message may be lost (a flushed Redis). A chunk sent within `grace` is left alone, so
+    a reconciler tick does not flood the queue with copies of the same message. A
+    queued chunk usually still has its message in a long queue: `max_queued` caps them
+    (the caller's count of missing messages), the longest-unsent first.
     """
     cutoff = now - grace
-    not_sent_recently = or_(Chunk.dispatched_at.is_(None), Chunk.dispatched_at < cutoff)
-    stmt = (
-        select(Chunk, Job)
-        .join(Job, Job.id == Chunk.job_id)
-        .where(
-            Job.state.in_(ACTIVE_JOB_STATES),
-            Job.created_at < cutoff,
-            not_sent_recently,
-            or_(
-                Chunk.state == ChunkState.QUEUED,
-                and_(Chunk.state == ChunkState.LEASED, Chunk.lease_expires_at < now),
-            ),
-        )
-        .order_by(Job.created_at, Chunk.seq)
-        .limit(limit)
+    live = and_(
+        Job.state.in_(ACTIVE_JOB_STATES),
+        Job.created_at < cutoff,
+        or_(Chunk.dispatched_at.is_(None), Chunk.dispatched_at < cutoff),
     )
-    return [(chunk, job) for chunk, job in session.execute(stmt).tuples()]
+    expired = and_(Chunk.state == ChunkState.LEASED, Chunk.lease_expires_at < now)
+    stmt = select(Chunk, Job).join(Job, Job.id == Chunk.job_id)
+    pairs = session.execute(
+        stmt.where(live, expired).order_by(Job.created_at, Chunk.seq).limit(limit)
+    ).tuples()
+    found = [(chunk, job) for chunk, job in pairs]
+    room = limit - len(found) if max_queued is None else min(limit - len(found), max_queued)
+    if room > 0:
+        queued = stmt.where(live, Chunk.state == ChunkState.QUEUED)
+        order = (Chunk.dispatched_at.asc().nulls_first(), Job.created_at, Chunk.seq)
+        found += session.execute(queued.order_by(*order).limit(room)).tuples()
+    return found
+
+
+def count_queued_chunks(session: Session) -> int:
+    """Chunks of live jobs waiting for a worker (each should have a message queued)."""
+    stmt = (
+        select(func.count())
+        .select_from(Chunk)
+        .join(Job, Job.id == Chunk.job_id)
+        .where(Job.state.in_(ACTIVE_JOB_STATES), Chunk.state == ChunkState.QUEUED)
+    )
+    return int(session.scalar(stmt) or 0)
 
 
 def has_live_lease(session: Session, job_id: str, now: datetime) -> bool:
