@@ -46,3 +46,5 @@ def test_train_explain_and_fetch_a_heatmap(stack: Stack, tmp_path: Path) -> None
     picture = Image.open(io.BytesIO(response.content))
     assert picture.format == "PNG" and picture.size[0] >= 32
     assert len(outcome.artifacts) == 40  # heatmap + mask for each of the 20 images
+    report = (tmp_path / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= 40 and "http://" not in report

@@ -71,6 +71,36 @@ def keys_create(
 
 
 @app.command()
+def report(
+    job: Annotated[str, typer.Argument(help="job id")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write")] = Path(
+        "report.html"
+    ),
+    max_items: Annotated[int, typer.Option(help="cards at most")] = 500,
+    state: Annotated[str | None, typer.Option(help="only items in this state")] = None,
+) -> None:
+    """Write a job's results as one self-contained HTML gallery (images inlined)."""
+    from xmlx import repository as repo
+    from xmlx.db import engine_from_settings, make_session_factory, session_scope
+    from xmlx.report import write_report
+    from xmlx.storage import make_object_store
+
+    settings = get_settings()
+    sessions = make_session_factory(engine_from_settings(settings))
+    with session_scope(sessions) as session:
+        row = repo.get_job_unscoped(session, job)
+        tenant_id = row.tenant_id if row is not None else None
+    if tenant_id is None:
+        console.print(f"[red]no job {job}[/red]")
+        raise typer.Exit(1)
+    cards = write_report(
+        sessions, make_object_store(settings), tenant_id, job, output,
+        max_items=max_items, state=state,
+    )  # fmt: skip
+    console.print(f"{output}: {cards} images")
+
+
+@app.command()
 def api(
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -131,6 +161,7 @@ def demo(
     core: Annotated[bool, typer.Option(help="run xmlcore in-process, without the service")] = False,
     out: Annotated[Path, typer.Option(help="where to write results")] = Path(".xmlx/demo"),
     epochs: int = 20,
+    keep: Annotated[bool, typer.Option(help="keep the stack running to browse /ui")] = False,
 ) -> None:
     """Generate a dataset, train, explain, and print the results and where to look."""
     if core:
@@ -138,9 +169,9 @@ def demo(
 
         run_core_demo(out, epochs=epochs, echo=console.print)
         return
-    from xmlx.demo_service import run_service_demo
+    from xmlx.demo_service import DemoConfig, run_service_demo
 
-    run_service_demo(out, epochs=epochs, console=console)
+    run_service_demo(out, console=console, config=DemoConfig(epochs=epochs, keep_running=keep))
 
 
 def _exec(args: list[str]) -> None:

@@ -62,7 +62,7 @@ def run_core_demo(
     vocabulary = list(space.vocabulary)
     truth = [data.label_groups.get(label, "none") for label in vocabulary]
     hierarchy = model.hierarchy()
-    figures["hierarchy_nmi"] = hierarchy_nmi(hierarchy.label_assignment(), truth)
+    figures["hierarchy_nmi"] = hierarchy_nmi(hierarchy.label_assignment().tolist(), truth)
     _print_figures(figures, echo)
     echo("\nlabel hierarchy (layer 1 units: their top labels)")
     for line in hierarchy.to_text().splitlines()[:8]:

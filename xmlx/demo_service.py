@@ -45,9 +45,9 @@ class DemoOutcome:
 
 
 def run_service_demo(
-    out: Path, *, epochs: int = 20, console: Console | None = None, config: DemoConfig | None = None
+    out: Path, *, console: Console | None = None, config: DemoConfig | None = None
 ) -> DemoOutcome:
-    config = config or DemoConfig(epochs=epochs)
+    config = config or DemoConfig()
     console = console or Console()
     out = out.resolve()
     console.rule("starting the embedded stack")
@@ -55,8 +55,15 @@ def run_service_demo(
     try:
         outcome = drive_demo(stack, out, config, console)
         if config.keep_running:
-            console.print(f"stack still running at {stack.api_url}; Ctrl-C stops it")
+            console.print(
+                f"the stack keeps running: browse {stack.api_url}/ui/jobs/{outcome.explain_job.id} "
+                f"(sign in with the key in {out / 'api-key.txt'}); Ctrl-C stops it"
+            )
             _wait_forever()
+        else:
+            console.print(
+                "the stack has stopped; `xmlx demo --keep` keeps it running to browse /ui"
+            )
         return outcome
     finally:
         stack.stop()
@@ -90,12 +97,21 @@ def drive_demo(stack: Stack, out: Path, config: DemoConfig, console: Console) ->
         results = list(client.iter_results(job.id))
         _print_predictions(results[:5], console)
         artifacts = client.download_artifacts(job.id, out / "heatmaps")
-    console.rule("where to look")
-    console.print(f"heatmaps and masks: {out / 'heatmaps'} ({len(artifacts)} files)")
-    console.print(f"API and its docs:   {stack.api_url}/docs  (key in {out / 'api-key.txt'})")
-    console.print(f"job results:        {stack.api_url}/v1/jobs/{job.id}/results")
+    write_report(stack, job.id, out / "report.html")
     (out / "api-key.txt").write_text(api_key + "\n")
+    console.rule("where to look")
+    console.print(f"gallery (one HTML file): {out / 'report.html'}")
+    console.print(f"heatmaps and masks:      {out / 'heatmaps'} ({len(artifacts)} files)")
+    console.print(f"API, its docs, web UI:   {stack.api_url}/docs, {stack.api_url}/ui")
     return DemoOutcome(train_job, explain_job, model, results, artifacts, stack.api_url)
+
+
+def write_report(stack: Stack, job_id: str, path: Path) -> None:
+    """``xmlx report`` against the stack: a self-contained HTML gallery of the job."""
+    subprocess.run(
+        [sys.executable, "-m", "xmlx.cli", "report", job_id, "-o", str(path)],
+        env=stack.env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
 
 
 def create_api_key(stack: Stack, tenant: str) -> str:
