@@ -448,3 +448,26 @@ def test_label_scan_window_pages_on_to_every_match(
             items_with_label(session, make_user(session_factory).tenant_id, gallery.job_id, label)
             is None
         )
+
+
+def test_pages_of_a_model_in_training_and_its_training_job(
+    web_client: TestClient, gallery: Gallery, session_factory: SessionFactory
+) -> None:
+    with session_scope(session_factory) as session:
+        model = repo.create_model(session, gallery.user.tenant_id, gallery.dataset_id, name="new")
+    params = {"dataset": {"image_prefix": "x/"}, "training": {}}
+    job = jobs.create_job(
+        session_factory,
+        tenant_id=gallery.user.tenant_id,
+        kind="train",
+        item_keys=["model"],
+        params=params,
+        model_id=model.id,
+    ).job
+    sign_in(web_client, gallery.user.key)
+    html = web_client.get(f"/ui/models/{model.id}").text
+    assert "No metrics yet" in html and "No hierarchy yet (the model is pending)" in html
+    assert f'href="/ui/jobs/{job.id}"' in html
+    page = web_client.get(f"/ui/jobs/{job.id}").text
+    assert cards(page) == ["model"] and "<img" not in page
+    assert f'data-poll="{job.id}"' in page  # not final: the page polls its progress

@@ -72,12 +72,14 @@ def item_card(
     item: Item, image_prefix: str, link: Link, hierarchy: Layers, truth: Truth | None
 ) -> Card:
     """The card of one item; `link` turns storage keys into image addresses, `hierarchy`
-    is the model's `hierarchy_units` (read once per page, not per card)."""
+    is the model's `hierarchy_units` (read once per page, not per card). Items of jobs
+    without images (training: no `image_prefix`) get no pictures."""
+    image = link(image_prefix + item.item_key) if image_prefix else None
     if item.state != ItemState.SUCCEEDED:
         return Card(
             item.item_key,
             item.state,
-            image=link(image_prefix + item.item_key),
+            image=image,
             error_code=item.error_code,
             error_message=item.error_message,
         )
@@ -95,7 +97,7 @@ def item_card(
     return Card(
         key=item.item_key,
         state=item.state,
-        image=link(image_prefix + item.item_key),
+        image=image,
         heatmap=link(artifacts["heatmap.png"]) if "heatmap.png" in artifacts else None,
         mask=link(artifacts["mask.png"]) if "mask.png" in artifacts else None,
         labels=labels,
