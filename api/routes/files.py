@@ -24,7 +24,7 @@ from xmlx.storage import FILES_ROUTE, LocalObjectStore, StorageError, verify_loc
 router = APIRouter(prefix=FILES_ROUTE.rstrip("/"), tags=["files"])
 
 Expires = Annotated[int, Query(description="unix time the URL stops working")]
-Signature = Annotated[str, Query(max_length=128)]
+Signature = Annotated[str, Query(max_length=128, pattern="^[0-9a-f]+$")]
 
 
 def _local_store(state: State) -> LocalObjectStore:
