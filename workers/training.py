@@ -8,10 +8,12 @@ the P@k / PSP@k figures stored with the model.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from sqlalchemy.exc import OperationalError
 
 from workers.context import WorkerContext
 from xmlcore.autoencoder import default_layer_sizes
@@ -33,7 +35,53 @@ DECODE_THREADS = 4
 
 
 class TrainingCancelledError(Exception):
-    """Raised from the epoch callback when the job's cancel flag is set."""
+    """Raised from the epoch callback when the job's cancel flag is set, or when the
+    lease is lost (`lease_lost`: another worker owns the job now; leave it alone)."""
+
+    def __init__(self, *, lease_lost: bool = False) -> None:
+        super().__init__("lease lost" if lease_lost else "cancel requested")
+        self.lease_lost = lease_lost
+
+
+class LeaseKeeper:
+    """Heartbeats the training chunk from a thread every third of a lease: one epoch can
+    outlast the lease, and an expired lease hands the job to a second worker."""
+
+    def __init__(self, ctx: WorkerContext, chunk_id: str) -> None:
+        self.ctx, self.chunk_id = ctx, chunk_id
+        self.cancel_requested = False
+        self.lease_lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def beat(self) -> None:
+        """Heartbeat now; raise TrainingCancelledError on cancel or a lost lease."""
+        settings = self.ctx.settings
+        beat = jobs.heartbeat(
+            self.ctx.sessions, self.chunk_id, self.ctx.owner, lease_seconds=settings.lease_seconds
+        )
+        self.lease_lost = self.lease_lost or not beat.alive
+        self.cancel_requested = self.cancel_requested or beat.cancel_requested
+        if self.lease_lost or self.cancel_requested:
+            raise TrainingCancelledError(lease_lost=self.lease_lost)
+
+    def _run(self) -> None:
+        interval = max(1.0, self.ctx.settings.lease_seconds / 3)
+        while not self._stop.wait(interval):
+            try:
+                self.beat()
+            except TrainingCancelledError:
+                return  # the epoch callback raises it in the training thread
+            except OperationalError:
+                continue  # a database blip: the next tick tries again
 
 
 def run_training(ctx: WorkerContext, chunk_id: str) -> str:
@@ -48,8 +96,11 @@ def run_training(ctx: WorkerContext, chunk_id: str) -> str:
     model_id = str(job.model_id)
     _set_model_state(ctx, model_id, ModelState.TRAINING)
     try:
-        model, metrics = _train(ctx, job, chunk_id)
-    except TrainingCancelledError:
+        with LeaseKeeper(ctx, chunk_id) as keeper:
+            model, metrics = _train(ctx, job, keeper)
+    except TrainingCancelledError as stop:
+        if stop.lease_lost:
+            return "lease_lost"
         jobs.release_chunk(ctx.sessions, chunk_id, ctx.owner)
         _set_model_state(ctx, model_id, ModelState.FAILED, error_code="job.cancelled")
         return "cancelled"
@@ -79,7 +130,9 @@ def run_training(ctx: WorkerContext, chunk_id: str) -> str:
     return "done"
 
 
-def _train(ctx: WorkerContext, job: Job, chunk_id: str) -> tuple[TwoStepModel, dict[str, Any]]:
+def _train(
+    ctx: WorkerContext, job: Job, keeper: LeaseKeeper
+) -> tuple[TwoStepModel, dict[str, Any]]:
     params = dict(job.params)
     dataset = params.pop("dataset")
     space = read_manifest(ctx.store.get_bytes(dataset["manifest_key"]))
@@ -91,11 +144,7 @@ def _train(ctx: WorkerContext, job: Job, chunk_id: str) -> tuple[TwoStepModel, d
     train_rows, test_rows = _split(space.n_images, int(train_params.get("seed", 0)))
 
     def on_epoch(stage: str, epoch: int, logs: dict[str, float]) -> None:
-        beat = jobs.heartbeat(
-            ctx.sessions, chunk_id, ctx.owner, lease_seconds=ctx.settings.lease_seconds
-        )
-        if beat.cancel_requested or not beat.alive:
-            raise TrainingCancelledError()
+        keeper.beat()
 
     kwargs = _training_kwargs(train_params)
     if kwargs.get("layer_sizes") is None:
