@@ -24,7 +24,8 @@ def binary(data):
 
 @pytest.fixture(scope="module")
 def nmf(data):
-    return NMFTwoStepModel(n_components=4, **NETWORK).fit(data.images, data.label_space)
+    model = NMFTwoStepModel(n_components=4, **NETWORK, label_loss="mse")
+    return model.fit(data.images, data.label_space)
 
 
 def _body(network) -> list[str]:
@@ -48,6 +49,7 @@ def test_nmf_two_step_decodes_clipped_codes(nmf, data) -> None:
     scores = nmf.predict_scores(images)
     np.testing.assert_allclose(scores, latent @ nmf.nmf_.components_, rtol=1e-5, atol=1e-6)
     assert nmf.regressor_.model_.get_layer("head_output").activation.__name__ == "linear"
+    assert nmf.regressor_.label_loss == "mse" and nmf.regressor_.model_.output.shape[-1] == 4
 
 
 def test_baselines_share_the_cnn_body(binary, nmf) -> None:

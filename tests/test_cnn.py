@@ -222,3 +222,36 @@ def test_predict_before_fit_is_a_model_error() -> None:
     with pytest.raises(ModelError) as err:
         LatentLabelRegressor().predict(np.zeros((1, 64, 64, 3), np.uint8))
     assert err.value.code == "model.not_fitted"
+
+
+# -- the decoder-aware label loss -----------------------------------------------------
+
+
+def test_label_loss_trains_through_a_frozen_decoder_and_saves_the_plain_regressor() -> None:
+    images, targets = make_colour_images(64, seed=5)
+    decoder = np.array([[1.0, 0.5, 0.0], [0.0, 0.2, 0.1]], dtype="float32")
+    labels = (targets @ decoder > np.median(targets @ decoder, axis=0)).astype("float32")
+    reg = LatentLabelRegressor(
+        image_size=SIZE, epochs=6, batch_size=16, head_units=(32,), dropout=0.0,
+        learning_rate=3e-3, patience=6, label_loss="propensity_mse", label_weight=0.5,
+    )  # fmt: skip
+    reg.fit(images, targets, decoder=decoder, labels=labels)
+    assert reg.history_["loss"][-1] < reg.history_["loss"][0]
+    assert reg.model_.output.shape[-1] == 2 and reg.predict(images[:5]).shape == (5, 2)
+    assert not any(layer.name.startswith("train_") for layer in reg.model_.layers)
+    assert not hasattr(reg, "_decoder") and reg.get_params()["label_loss"] == "propensity_mse"
+    pred = reg.predict(images)
+    assert np.corrcoef(pred[:, 1], targets[:, 1])[0, 1] > 0.5  # the latent stays anchored
+    clone = LatentLabelRegressor.from_keras(reg.model_, reg.get_params())
+    np.testing.assert_allclose(clone.predict(images[:4]), pred[:4], rtol=1e-5, atol=1e-6)
+
+
+def test_label_loss_settings_are_checked() -> None:
+    images, targets = make_colour_images(8)
+    with pytest.raises(ConfigError) as err:
+        LatentLabelRegressor(image_size=SIZE, label_loss="mse").fit(images, targets)
+    assert err.value.code == "config.decoder"
+    for params in ({"label_loss": "hinge"}, {"label_loss": "mse", "label_weight": -1.0}):
+        with pytest.raises(ConfigError) as err:
+            LatentLabelRegressor(image_size=SIZE, **params).fit(images, targets)
+        assert err.value.code == "config.label_loss"

@@ -42,6 +42,7 @@ def test_training_records_both_stages(trained, data) -> None:
     assert meta.base == "small" and meta.preprocessing == "unit" and meta.keras_backend
     assert len(meta.history["regressor"]["loss"]) == 2 and meta.history["autoencoder"]["loss"]
     assert meta.metrics["regressor_epochs"] == 2.0
+    assert meta.regressor_params["label_loss"] == "mse"  # decoder-aware step 2 by default
     assert set(meta.versions) == {"keras", "numpy", "xmlcore"}
 
 
@@ -87,6 +88,15 @@ def test_keras_model_label_gradients_go_through_the_decoder(trained, data) -> No
     np.testing.assert_allclose(
         grad_label, gradients(model.keras_model(), x, on_latent), rtol=1e-3, atol=1e-6
     )
+
+
+def test_paper_pure_step_two_is_one_setting_away(data) -> None:
+    model = train_two_step(
+        data.images, data.label_space, layer_sizes=(8, 4), ae_params={"epochs": 3}, epochs=1,
+        regressor_params={"head_units": (8,), "label_loss": "none"},
+    )  # fmt: skip
+    assert model.metadata.regressor_params["label_loss"] == "none"
+    assert model.predict_scores(data.images[:2]).shape == (2, data.label_space.n_labels)
 
 
 def test_top_k_rejects_bad_k() -> None:

@@ -1,0 +1,61 @@
+"""The decoder-aware label-space loss of the latent regressor (xmlcore.label_loss)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from keras import ops
+
+from xmlcore.errors import ConfigError
+from xmlcore.label_loss import check_decoder_inputs, label_space_loss, label_weights
+from xmlcore.metrics import propensities
+
+
+def test_loss_is_latent_mse_plus_normalised_weighted_label_mse() -> None:
+    rng = np.random.default_rng(0)
+    d, p, n = 3, 5, 4
+    labels = (rng.random((n, p)) < 0.4).astype("float32")
+    weights = np.array([1.0, 2.0, 0.5, 1.0, 0.5], dtype="float32")
+    y_true = np.concatenate([rng.normal(size=(n, d)), labels], axis=1).astype("float32")
+    y_pred = rng.normal(size=(n, d + p)).astype("float32")
+    loss = label_space_loss(d, weights, labels, label_weight=2.0)
+    got = np.asarray(ops.convert_to_numpy(loss(y_true, y_pred)))
+    baseline = np.mean(weights * labels**2)
+    latent = np.mean((y_true[:, :d] - y_pred[:, :d]) ** 2, axis=1)
+    label = np.mean(weights * (y_true[:, d:] - y_pred[:, d:]) ** 2, axis=1)
+    np.testing.assert_allclose(got, latent + 2.0 * label / baseline, rtol=1e-5)
+    # label_weight 0 is the paper's latent MSE
+    zero = label_space_loss(d, weights, labels, label_weight=0.0)
+    np.testing.assert_allclose(np.asarray(ops.convert_to_numpy(zero(y_true, y_pred))), latent,
+                               rtol=1e-5)  # fmt: skip
+
+
+def test_propensity_weights_favour_rare_labels_with_mean_one() -> None:
+    labels = np.zeros((50, 4), dtype="float32")
+    labels[:, 0] = 1
+    labels[:25, 1] = 1
+    labels[:5, 2] = 1
+    labels[:1, 3] = 1
+    np.testing.assert_array_equal(label_weights(labels, "mse", 1.0), np.ones(4))
+    weights = label_weights(labels, "propensity_mse", 1.0)
+    assert weights.mean() == pytest.approx(1.0) and np.all(np.diff(weights) > 0)
+    expected = 1.0 / propensities(labels)
+    np.testing.assert_allclose(weights, expected / expected.mean(), rtol=1e-6)
+    sharper = label_weights(labels, "propensity_mse", 2.0)
+    assert sharper[3] / sharper[0] > weights[3] / weights[0]
+
+
+def test_decoder_inputs_are_checked() -> None:
+    D, V = check_decoder_inputs(np.ones((2, 3)), np.zeros((4, 3)), latent_dim=2, n_rows=4)
+    assert D.dtype == V.dtype == np.float32
+    bad = [
+        (None, np.zeros((4, 3))),
+        (np.ones((2, 3)), None),
+        (np.ones((3, 3)), np.zeros((4, 3))),
+        (np.ones((2, 3)), np.zeros((4, 2))),
+        (np.full((2, 3), np.nan), np.zeros((4, 3))),
+    ]
+    for decoder, labels in bad:
+        with pytest.raises(ConfigError) as err:
+            check_decoder_inputs(decoder, labels, latent_dim=2, n_rows=4)
+        assert err.value.code == "config.decoder"
