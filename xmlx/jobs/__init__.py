@@ -14,6 +14,7 @@ after any crash or duplicate delivery:
 - `record_item_success` / `record_item_failure`: the first write wins; a later write
   is a no-op counted in `jobs.duplicates`. Counters move in the same transaction and
   the write that brings done + failed to total finalises the job (no chords).
+  `record_items_success` records a worker's whole batch in one transaction.
 - `request_cancel` is cooperative: workers see it through `heartbeat`.
 - `reconcile` finds chunks to send again (lost messages, dead workers).
 
@@ -25,7 +26,12 @@ cancelled; running -> cancelling -> cancelled. Times default to now (UTC); tests
 from xmlx.jobs.control import fail_job, mark_dispatched, reconcile, request_cancel
 from xmlx.jobs.create import create_job, get_job
 from xmlx.jobs.leases import claim_chunk, complete_chunk, heartbeat, release_chunk
-from xmlx.jobs.results import record_item_failure, record_item_success
+from xmlx.jobs.results import (
+    ItemSuccess,
+    record_item_failure,
+    record_item_success,
+    record_items_success,
+)
 from xmlx.jobs.types import (
     ChunkRef,
     Claim,
@@ -44,6 +50,7 @@ __all__ = [
     "CreatedJob",
     "Heartbeat",
     "ItemOutcome",
+    "ItemSuccess",
     "JobError",
     "PendingItem",
     "claim_chunk",
@@ -56,6 +63,7 @@ __all__ = [
     "reconcile",
     "record_item_failure",
     "record_item_success",
+    "record_items_success",
     "release_chunk",
     "request_cancel",
 ]
