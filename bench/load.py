@@ -1,0 +1,170 @@
+"""API load: a 10,000-item batch accepted, then many pollers (RELIABILITY.md, 11).
+
+Starts the embedded stack without workers (uvicorn API process on a free port,
+SQLite or `XMLX_DATABASE_URL`, Redis, SeaweedFS), creates a tenant and key with the
+CLI, registers a small dataset and a model through the API, and marks the model
+`ready` through the kernel (as a training worker's last step does: with no worker,
+the 10,000 items stay queued and the pollers measure the API alone). Then:
+
+1. POST /v1/explanations with 10,000 image keys: the request's wall time is
+   `accept_10k_s` (target: under 2 s).
+2. `--pollers` concurrent clients (asyncio + httpx) each GET /v1/jobs/{id} every
+   `--interval` seconds (1 s is what `xmlx.client.Client.wait` does) for `--seconds`;
+   latency percentiles over every request, and every non-200 or transport error
+   counts as an error (target: p99 under 100 ms, no errors).
+
+The per-tenant rate limit is raised for the run (50 pollers at 1/s are 3,000
+requests a minute, above the default 600). Usage:
+`python bench/load.py [--pollers 50] [--seconds 60] [--interval 1.0] [--items 10000]`;
+the last line is JSON `{accept_10k_s, pollers, requests, errors, p50_ms, p99_ms, ...}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from xmlx import repository as repo
+from xmlx.client import Client
+from xmlx.db import create_engine, make_session_factory, session_scope
+from xmlx.demo_service import create_api_key
+from xmlx.models import ModelState
+from xmlx.stack import Stack, start_stack
+
+MANIFEST = b"image,labels\na.png,salt|rice\nb.png,salt\nc.png,oil|rice\nd.png,oil\n"
+LOAD_ENV = {"XMLX_RATE_LIMIT_PER_MINUTE": "1000000", "XMLX_MAX_BATCH_ITEMS": "100000"}
+
+
+@dataclass
+class PollStats:
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def prepare_model(stack: Stack, api_key: str) -> str:
+    """A dataset registered through the API and a model that is ready to use."""
+    with Client(stack.api_url, api_key) as client:
+        client.upload({"load/manifest.csv": MANIFEST}, content_type="text/csv")
+        dataset = client.create_dataset("load", "load/images/", "load/manifest.csv")
+        created = client.train(dataset["id"], "load", layer_sizes=[2], epochs=1)
+    model_id = str(created["model"]["id"])
+    engine = create_engine(stack.env["XMLX_DATABASE_URL"])
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            model = repo.get_model_unscoped(session, model_id)
+            assert model is not None
+            moved = repo.transition_model(
+                session, model_id, [ModelState.PENDING, ModelState.TRAINING], ModelState.READY,
+                artifact_key=f"tenants/{model.tenant_id}/models/{model_id}/model.zip",
+                hierarchy={"layers": []}, metrics={},
+            )  # fmt: skip
+    finally:
+        engine.dispose()
+    if not moved:
+        raise RuntimeError(f"model {model_id} could not be marked ready")
+    return model_id
+
+
+def accept_batch(stack: Stack, api_key: str, model_id: str, items: int) -> tuple[str, float]:
+    """Submit `items` keys in one request; returns the job id and the request's seconds."""
+    body = {"model_id": model_id, "images": [f"load/images/img_{i:06d}.png" for i in range(items)],
+            "params": {"num_samples": 64}}  # fmt: skip
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with httpx.Client(base_url=stack.api_url, headers=headers, timeout=120) as http:
+        start = time.perf_counter()
+        answer = http.post("/v1/explanations", json=body)
+        seconds = time.perf_counter() - start
+    if answer.status_code != 202:
+        raise RuntimeError(f"the batch was refused: {answer.status_code} {answer.text[:500]}")
+    job = answer.json()
+    if job["progress"]["total"] != items:
+        raise RuntimeError(f"the job holds {job['progress']['total']} items, not {items}")
+    return str(job["id"]), seconds
+
+
+async def _poller(
+    http: httpx.AsyncClient, path: str, until: float, interval: float, stats: PollStats
+) -> None:
+    while time.perf_counter() < until:
+        start = time.perf_counter()
+        try:
+            answer = await http.get(path)
+            if answer.status_code != 200:
+                stats.errors.append(f"{answer.status_code} {answer.text[:200]}")
+        except httpx.HTTPError as exc:
+            stats.errors.append(f"{type(exc).__name__}: {exc}")
+        elapsed = time.perf_counter() - start
+        stats.latencies_ms.append(elapsed * 1000)
+        await asyncio.sleep(max(0.0, interval - elapsed))
+
+
+async def poll(
+    api_url: str, api_key: str, job_id: str, pollers: int, seconds: float, interval: float
+) -> PollStats:
+    """`pollers` concurrent clients on one connection pool, staggered over one interval."""
+    stats = PollStats()
+    limits = httpx.Limits(max_connections=pollers, max_keepalive_connections=pollers)
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(base_url=api_url, headers=headers, limits=limits,
+                                 timeout=30) as http:  # fmt: skip
+        until = time.perf_counter() + seconds
+
+        async def staggered(index: int) -> None:
+            await asyncio.sleep(interval * index / pollers)
+            await _poller(http, f"/v1/jobs/{job_id}", until, interval, stats)
+
+        await asyncio.gather(*(staggered(i) for i in range(pollers)))
+    return stats
+
+
+def run_load(
+    stack: Stack, *, items: int, pollers: int, seconds: float, interval: float
+) -> dict[str, Any]:
+    api_key = create_api_key(stack, "load")
+    model_id = prepare_model(stack, api_key)
+    job_id, accept_seconds = accept_batch(stack, api_key, model_id, items)
+    stats = asyncio.run(poll(stack.api_url, api_key, job_id, pollers, seconds, interval))
+    latencies = np.asarray(stats.latencies_ms) if stats.latencies_ms else np.zeros(1)
+    return {
+        "accept_10k_s": round(accept_seconds, 3),
+        "items": items,
+        "pollers": pollers,
+        "seconds": seconds,
+        "interval_s": interval,
+        "requests": len(stats.latencies_ms),
+        "errors": len(stats.errors),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 1),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 1),
+        "max_ms": round(float(latencies.max()), 1),
+        "first_errors": stats.errors[:3],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--pollers", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    parser.add_argument("--items", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = start_stack(Path(tmp) / "stack", workers=0, beat=False, extra_env=LOAD_ENV,
+                            echo=lambda _: None)  # fmt: skip
+        with stack:
+            result = run_load(stack, items=args.items, pollers=args.pollers,
+                              seconds=args.seconds, interval=args.interval)  # fmt: skip
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
