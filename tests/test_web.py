@@ -372,6 +372,8 @@ def test_filters_by_state_and_label(web_client: TestClient, gallery: Gallery) ->
     shown = cards(web_client.get(f"/ui/jobs/{gallery.job_id}", params={"label": label}).text)
     assert shown == expected
     assert cards(web_client.get(f"/ui/jobs/{gallery.job_id}?label=no%25such_").text) == []
+    both = web_client.get(f"/ui/jobs/{gallery.job_id}", params={"label": label, "state": "failed"})
+    assert cards(both.text) == []
 
 
 def test_model_page_tree_curves_and_metrics(web_client: TestClient, gallery: Gallery) -> None:

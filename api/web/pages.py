@@ -21,9 +21,9 @@ from api.web.queries import items_with_label
 from api.web.render import bad_request, not_found, render
 from xmlx import repository as repo
 from xmlx.db import session_scope
-from xmlx.models import FINAL_JOB_STATES, ItemState, JobKind, JobState
+from xmlx.models import FINAL_JOB_STATES, Item, ItemState, JobKind, JobState
 from xmlx.report import TRUTH, hierarchy_units, item_card
-from xmlx.repository import InvalidCursorError
+from xmlx.repository import InvalidCursorError, Page
 
 router = APIRouter()
 PAGE_SIZE = 24
@@ -131,7 +131,9 @@ def _job_context(
         job = repo.get_job(session, tenant_id, job_id)
         if job is None:
             return None
-        if label is not None:
+        if label is not None and item_state not in (None, ItemState.SUCCEEDED):
+            page: Page[Item] | None = Page(rows=[], next_cursor=None)  # only successes have labels
+        elif label is not None:
             page = items_with_label(session, tenant_id, job_id, label, limit=limit, cursor=cursor)
         else:
             page = repo.list_items(
