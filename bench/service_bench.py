@@ -19,6 +19,8 @@ from datetime import datetime
 from typing import Any
 from unittest import mock
 
+import psutil
+
 from xmlx.client import Client, JobStatus
 from xmlx.demo_service import create_api_key
 from xmlx.settings import Settings
@@ -130,6 +132,43 @@ def run_job(
         _when(status.raw[k]) for k in ("created_at", "started_at", "finished_at")
     )
     return JobRun(status, wall, (ended - begun).total_seconds(), (begun - created).total_seconds())
+
+
+def stack_pids(stack: Stack) -> dict[str, int]:
+    """Process ids of the stack's parts by name (api, worker1, beat, s3, redis)."""
+    pids = {name: process.pid for name, process in stack.processes.items()}
+    for name, part in (("s3", stack.s3), ("redis", stack.redis)):
+        process = getattr(part, "process", None)
+        if process is not None:
+            pids[name] = process.pid
+    return pids
+
+
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each part of the stack, its child
+    processes included (a Celery worker computes in its pool child), and by this
+    process (``client``). Differences of two readings show where a run's CPU went,
+    which the other load on a shared machine disturbs far less than wall time."""
+    used = {"client": _cpu(psutil.Process())}
+    for name, pid in stack_pids(stack).items():
+        try:
+            root = psutil.Process(pid)
+            used[name] = sum(_cpu(p) for p in [root, *root.children(recursive=True)])
+        except psutil.Error:  # a part that has stopped
+            used[name] = 0.0
+    return used
+
+
+def _cpu(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.Error:  # the process ended between listing and reading
+        return 0.0
+    return float(times.user + times.system)
+
+
+def cpu_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    return {name: round(after[name] - before.get(name, 0.0), 3) for name in after}
 
 
 def _when(value: str) -> datetime:

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ from service_bench import (
     TARGET,
     JobRun,
     Prepared,
+    cpu_delta,
+    cpu_seconds,
     load_service_model,
     one_thread_env,
     prepare,
@@ -62,7 +65,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int, default=300, help="LIME samples")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--poll", type=float, default=0.1, help="client poll interval (s)")
+    parser.add_argument("--poll", type=float, default=0.25, help="client poll interval (s)")
     parser.add_argument("--one-thread", action="store_true",
                         help="TF/BLAS on one thread in this process and the worker")  # fmt: skip
     parser.add_argument("--root", type=Path, help="stack directory (default: a temp dir)")
@@ -117,39 +120,63 @@ def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     warm_service = run_job(prepared, warm, params, poll=args.poll)
     print(f"warm-up ({len(warm)} items): in-process {warm_in:.1f} s, "
           f"service {warm_service.wall_s:.1f} s (model load included)", flush=True)  # fmt: skip
-    inprocess: list[float] = []
-    service: list[JobRun] = []
-    for _ in range(args.repeats):
-        inprocess.append(run_inprocess(model, prepared, prepared.keys, settings, params))
-        service.append(run_job(prepared, prepared.keys, params, poll=args.poll))
+    runs = [timed_pair(stack, model, prepared, settings, params, args) for _ in range(args.repeats)]
     prepared.client.close()
-    print_table(inprocess, service)
-    best_in, best = min(inprocess), min(service, key=lambda r: r.wall_s)
+    print_table(runs)
+    best_in = min(runs, key=lambda r: r.inprocess_s)
+    best = min(runs, key=lambda r: r.service.wall_s)
     return {
-        "inprocess_s": round(best_in, 3),
-        "service_s": round(best.wall_s, 3),
-        "ratio": round(best.wall_s / best_in, 3),
+        "inprocess_s": round(best_in.inprocess_s, 3),
+        "service_s": round(best.service.wall_s, 3),
+        "ratio": round(best.service.wall_s / best_in.inprocess_s, 3),
         "items": len(prepared.keys),
-        "service_span_s": round(best.span_s, 3),
-        "service_queue_s": round(best.queue_s, 3),
-        "runs_inprocess_s": [round(s, 3) for s in inprocess],
-        "runs_service_s": [round(r.wall_s, 3) for r in service],
+        "service_span_s": round(best.service.span_s, 3),
+        "service_queue_s": round(best.service.queue_s, 3),
+        "inprocess_cpu_s": round(best_in.inprocess_cpu_s, 3),
+        "service_cpu_s": best.service_cpu,
+        "cpu_ratio": round(sum(best.service_cpu.values()) / best_in.inprocess_cpu_s, 3),
+        "runs_inprocess_s": [round(r.inprocess_s, 3) for r in runs],
+        "runs_service_s": [round(r.service.wall_s, 3) for r in runs],
         "num_samples": args.num_samples,
         "preset": args.preset,
         "image_size": args.image_size,
         "images_per_batch": settings.images_per_batch,
         "chunk_size": settings.chunk_size,
+        "poll_s": args.poll,
         "one_thread": bool(args.one_thread),
     }
 
 
-def print_table(inprocess: list[float], service: list[JobRun]) -> None:
+@dataclass(frozen=True)
+class Pair:
+    inprocess_s: float
+    inprocess_cpu_s: float  # CPU seconds of this process while it explained
+    service: JobRun
+    service_cpu: dict[str, float]  # CPU seconds of each part of the stack during the job
+
+
+def timed_pair(
+    stack: Stack, model: Any, prepared: Prepared, settings: Settings, params: dict,
+    args: argparse.Namespace,
+) -> Pair:  # fmt: skip
+    """One in-process run, then the same batch through the service."""
+    before = cpu_seconds(stack)
+    seconds = run_inprocess(model, prepared, prepared.keys, settings, params)
+    between = cpu_seconds(stack)
+    job = run_job(prepared, prepared.keys, params, poll=args.poll)
+    service_cpu = cpu_delta(between, cpu_seconds(stack))
+    return Pair(seconds, cpu_delta(before, between)["client"], job, service_cpu)
+
+
+def print_table(runs: list[Pair]) -> None:
     print(f"{'run':>3} | {'in-process s':>12} | {'service s':>9} | {'ratio':>5} | "
-          f"{'claimed->done s':>15} | {'submit->claimed s':>17}")  # fmt: skip
-    for i, (seconds, run) in enumerate(zip(inprocess, service, strict=True)):
-        ratio = run.wall_s / seconds
-        print(f"{i + 1:>3} | {seconds:>12.2f} | {run.wall_s:>9.2f} | {ratio:>5.2f} | "
-              f"{run.span_s:>15.2f} | {run.queue_s:>17.2f}")  # fmt: skip
+          f"{'claimed->done s':>15} | {'CPU s in-proc':>13} | CPU s per service part")  # fmt: skip
+    for i, run in enumerate(runs):
+        job = run.service
+        ratio = job.wall_s / run.inprocess_s
+        parts = ", ".join(f"{name} {cpu:.1f}" for name, cpu in run.service_cpu.items())
+        print(f"{i + 1:>3} | {run.inprocess_s:>12.2f} | {job.wall_s:>9.2f} | {ratio:>5.2f} | "
+              f"{job.span_s:>15.2f} | {run.inprocess_cpu_s:>13.1f} | {parts}")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
