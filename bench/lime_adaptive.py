@@ -4,8 +4,9 @@ For every image, the target is the model's highest output (its top label, for a
 trained two-step model). The reference answer is the top-5 superpixel SET of a
 5,000-sample run with a different seed (so it shares no masks with the runs scored).
 Scored: adaptive sampling (``AdaptiveSampling()`` defaults, capped at the default 1,000
-samples), fixed 1,000 samples (the default) and fixed samples at the adaptive run's mean
-budget. Goal: >= 90 % agreement with <= 40 % of the default 1,000 samples.
+samples; ``--criterion`` picks another rule), fixed 1,000 samples (the default) and
+fixed samples at the adaptive run's mean budget. Goal: >= 90 % agreement with <= 40 %
+of the default 1,000 samples.
 
 Model: a two-step model trained on ``generate_dishes`` when ``xmlcore.model`` can be
 imported (``--model trained``), else (or with ``--model random``) a small Keras CNN with
@@ -88,16 +89,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="12 images")
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--model", choices=("auto", "trained", "random"), default="auto")
+    parser.add_argument("--criterion", choices=("separation", "set", "ranking"), default=None)
     args = parser.parse_args()
-    n_images = args.images or (12 if args.quick else 40)
+    n_images = args.images or (12 if args.quick else 60)
     predict, latent_dim, model_name = choose_model(args.model, args.quick)
     images = generate_dishes("tiny", seed=0, n_images=n_images, image_size=SIZE).images
     outputs = np.asarray(predict(images))
     targets = [[latent_dim + int(np.argmax(row[latent_dim:]))] for row in outputs]
 
     reference, _, ref_s = top_sets(predict, images, targets, num_samples=5000, seed=12345)
+    rule = AdaptiveSampling(criterion=args.criterion) if args.criterion else AdaptiveSampling()
     adaptive, used, adaptive_s = top_sets(
-        predict, images, targets, num_samples=DEFAULT_SAMPLES, adaptive=AdaptiveSampling()
+        predict, images, targets, num_samples=DEFAULT_SAMPLES, adaptive=rule
     )
     fixed, _, fixed_s = top_sets(predict, images, targets, num_samples=DEFAULT_SAMPLES)
     budget = round(float(np.mean(used)))
@@ -119,7 +122,7 @@ def main() -> None:
                 "adaptive_s": round(adaptive_s, 2),
                 "fixed_1000_s": round(fixed_s, 2),
                 "reference_5000_s": round(ref_s, 2),
-                "rule": AdaptiveSampling().to_json(),
+                "rule": rule.to_json(),
                 "n_images": n_images,
                 "image_size": SIZE,
                 "model": model_name,

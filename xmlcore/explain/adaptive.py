@@ -25,17 +25,23 @@ class AdaptiveSampling:
        explainer's ``num_samples``).
     2. After each round the surrogate is refitted on all samples so far and, for every
        target of the image, its ``top_k`` segments by weight (descending) are taken:
-       as a set (``criterion="set"``, the default: what a reader of the highlighted
-       superpixels sees) or as an ordered list (``criterion="ranking"``, stricter).
+       as a set (``criterion="set"``: what a reader of the highlighted superpixels
+       sees) or as an ordered list (``criterion="ranking"``, stricter).
     3. If every target's set (or list) equals the one of the previous round, the
        image's stable count goes up by one; any change resets it to zero.
     4. The image stops when the stable count reaches ``patience`` or it has
        ``max_samples`` samples. With the defaults the earliest stop is 300 samples
        (rounds at 100, 200, 300 with two unchanged comparisons).
 
-    ``criterion="separation"`` replaces 3-4: the image stops once, for every target,
-    each top-``k`` weight exceeds each other weight by at least ``z`` standard errors
-    of the difference (``RidgeFit.separation``), or at ``max_samples``.
+    ``criterion="separation"`` (the default) replaces 3-4: the image stops once, for
+    every target, each top-``k`` weight exceeds each other weight by at least ``z``
+    standard errors of the difference (``RidgeFit.separation``), or at ``max_samples``.
+    Why the default: on a trained two-step model (60 held-out 64 px images, top
+    label; ``bench/lime_adaptive.py``) a set that stayed put for two rounds was often
+    still wrong (78 % agreement with 5,000 samples at 380 samples, worse than a fixed
+    400 samples at 85 %), while ``z=1.5`` matched fixed 1,000 samples (88 %) with 50 %
+    of them. Stability of a cumulative estimate is weak evidence; a margin in
+    standard errors is not fooled by near-ties.
 
     Images stop independently; the rounds of the images still running are packed into
     the same forward batches. ``Explanation.num_samples`` reports what each used.
@@ -46,8 +52,8 @@ class AdaptiveSampling:
     max_samples: int | None = None
     top_k: int = 5
     patience: int = 2
-    criterion: str = "set"
-    z: float = 2.0
+    criterion: str = "separation"
+    z: float = 1.5
 
     def __post_init__(self) -> None:
         bad = [
