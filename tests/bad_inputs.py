@@ -247,7 +247,7 @@ def image_cases() -> list[Case]:
             "image.too_many_pixels",
         ),
         _broken(
-            "png_over_byte_limit", "png", _png_padded(MAX_IMAGE_BYTES + 1024), "storage.too_large"
+            "png_over_byte_limit", "png", _png_padded(MAX_IMAGE_BYTES + 1024), "image.too_large"
         ),
         _broken("missing_object", "png", None, "image.missing"),
     ]

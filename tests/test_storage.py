@@ -178,6 +178,9 @@ def test_local_presigned_urls_verify_and_expire(tmp_path: Path) -> None:
             verify_local_url(secret, method, wrong_key, expires, signature)
         assert info.value.code == "storage.bad_signature"
     with pytest.raises(StorageError) as info:
+        verify_local_url(TEST_SIGNING_SECRET, "GET", key, expires, "é" * len(signature))
+    assert info.value.code == "storage.bad_signature"
+    with pytest.raises(StorageError) as info:
         verify_local_url(TEST_SIGNING_SECRET, "GET", key, expires, signature, now=expires + 1)
     assert info.value.code == "storage.url_expired"
 

@@ -183,13 +183,17 @@ def _fetch_images(
         except StorageError as exc:
             if exc.transient:
                 raise
-            code = "image.missing" if exc.code == "storage.not_found" else exc.code
+            code = _IMAGE_CODES.get(exc.code, exc.code)
             jobs.record_item_failure(ctx.sessions, job.id, key, code=code, message=exc.message)
             pending.remove(key)
         except XmlcoreError as exc:
             jobs.record_item_failure(ctx.sessions, job.id, key, code=exc.code, message=exc.message)
             pending.remove(key)
     return images, good
+
+
+# An item's image problem reads as an image problem, whatever layer noticed it.
+_IMAGE_CODES = {"storage.not_found": "image.missing", "storage.too_large": "image.too_large"}
 
 
 def _persist(

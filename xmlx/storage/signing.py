@@ -60,7 +60,8 @@ def verify_local_url(
     """Raise StorageError `storage.bad_signature` or `storage.url_expired`, else return."""
     check_key(key)
     expected = local_url_signature(secret, method, key, expires_at, content_type)
-    if not hmac.compare_digest(expected, signature):
+    # compare_digest raises TypeError on non-ASCII str: such a signature is simply wrong.
+    if not signature.isascii() or not hmac.compare_digest(expected, signature):
         raise StorageError("storage.bad_signature", "the URL signature does not match")
     if (time.time() if now is None else now) > expires_at:
         raise StorageError("storage.url_expired", "the URL has expired")
