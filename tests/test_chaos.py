@@ -11,6 +11,7 @@ job cancelled. Nothing outside the test's own processes is touched.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -133,6 +134,7 @@ def test_embedded_postgres_keeps_committed_rows_across_a_crash() -> None:
         engine.dispose()
     finally:
         server.kill()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
