@@ -67,6 +67,19 @@ def finished_chunks(stack: Stack, worker: str) -> int:
     )
 
 
+def wait_ready(stack: Stack, worker: str, timeout: float = 300.0) -> None:
+    """Until Celery logs that ``worker`` consumes its queues."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        path = stack.log_path(worker)
+        if path.exists() and " ready." in path.read_text(errors="replace"):
+            return
+        if stack.processes[worker].poll() is not None:
+            raise RuntimeError(f"{worker} exited; see {path}")
+        time.sleep(0.5)
+    raise RuntimeError(f"{worker} not ready after {timeout:.0f} s")
+
+
 def warm_up(stack: Stack, prepared: Prepared, workers: list[str], args: argparse.Namespace) -> int:
     """Run explanation jobs of one chunk per worker until every worker has finished one
     since now; returns how many jobs that took."""
@@ -80,10 +93,7 @@ def warm_up(stack: Stack, prepared: Prepared, workers: list[str], args: argparse
     raise RuntimeError(f"some of {workers} took no warm-up chunk in 5 jobs")
 
 
-def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
-    prepared = prepare(stack, preset=args.preset, image_size=args.image_size,
-                       n_items=args.items, epochs=args.epochs)  # fmt: skip
-    print(f"trained through the service in {prepared.train_seconds:.1f} s", flush=True)
+def measure(stack: Stack, args: argparse.Namespace, prepared: Prepared) -> dict[str, Any]:
     params = {"num_samples": args.num_samples}
     counts = list(range(1, args.max_workers + 1))
     runs: list[JobRun] = []
@@ -92,6 +102,8 @@ def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         workers = [f"worker{i}" for i in range(1, n + 1)]
         if n > 1:
             stack.start_worker(workers[-1])
+        for worker in workers:
+            wait_ready(stack, worker)
         started = time.perf_counter()
         jobs = warm_up(stack, prepared, workers, args)
         print(f"{n} worker(s) warm after {jobs} job(s), "
@@ -99,7 +111,6 @@ def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         before = [finished_chunks(stack, w) for w in workers]
         runs.append(run_job(prepared, prepared.keys, params, poll=args.poll))
         shares.append([finished_chunks(stack, w) - b for w, b in zip(workers, before, strict=True)])
-    prepared.client.close()
     return summarise(args, counts, runs, shares, len(prepared.keys))
 
 
@@ -152,7 +163,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         root = args.root or Path(scratch)
         env = service_env(args)
         with start_stack(root / "stack", workers=1, extra_env=env, echo=lambda _: None) as stack:
-            result = measure(stack, args)
+            prepared = prepare(stack, preset=args.preset, image_size=args.image_size,
+                               n_items=args.items, epochs=args.epochs)  # fmt: skip
+            print(f"trained through the service in {prepared.train_seconds:.1f} s", flush=True)
+            with prepared.client:
+                result = measure(stack, args, prepared)
     print(json.dumps(result))
     return result
 

@@ -107,11 +107,8 @@ def run_inprocess(
     return time.perf_counter() - started
 
 
-def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+def measure(stack: Stack, args: argparse.Namespace, prepared: Prepared) -> dict[str, Any]:
     """Prepare the stack's data and model, then time both sides; the JSON summary."""
-    prepared = prepare(stack, preset=args.preset, image_size=args.image_size,
-                       n_items=args.items, epochs=args.epochs)  # fmt: skip
-    print(f"trained through the service in {prepared.train_seconds:.1f} s", flush=True)
     settings = service_settings(stack)
     model = load_service_model(stack, prepared.model_id)
     params = {"num_samples": args.num_samples}
@@ -121,7 +118,6 @@ def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     print(f"warm-up ({len(warm)} items): in-process {warm_in:.1f} s, "
           f"service {warm_service.wall_s:.1f} s (model load included)", flush=True)  # fmt: skip
     runs = [timed_pair(stack, model, prepared, settings, params, args) for _ in range(args.repeats)]
-    prepared.client.close()
     print_table(runs)
     best_in = min(runs, key=lambda r: r.inprocess_s)
     best = min(runs, key=lambda r: r.service.wall_s)
@@ -186,7 +182,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="xmlx-bench-") as scratch:
         root = args.root or Path(scratch)
         with start_stack(root / "stack", workers=1, echo=lambda _: None) as stack:
-            result = measure(stack, args)
+            prepared = prepare(stack, preset=args.preset, image_size=args.image_size,
+                               n_items=args.items, epochs=args.epochs)  # fmt: skip
+            print(f"trained through the service in {prepared.train_seconds:.1f} s", flush=True)
+            with prepared.client:
+                result = measure(stack, args, prepared)
     print(json.dumps(result))
     return result
 
