@@ -55,9 +55,16 @@ class ServiceCollector(Collector):
             items = CounterMetricFamily(
                 "xmlx_items_finished", "Items finished, over all jobs", labels=["state"]
             )
+            duplicates = CounterMetricFamily(
+                "xmlx_duplicate_deliveries",
+                "Redundant chunk deliveries and item writes that changed nothing "
+                "(at-least-once delivery at work; results stay exactly once)",
+            )
+            duplicates.add_metric([], finished.pop("duplicates"))
             for state, count in finished.items():
                 items.add_metric([state], count)
             yield items
+            yield duplicates
         try:
             depths = self.queue_depths()
         except Exception as exc:

@@ -29,11 +29,16 @@ def jobs_by_state(session: Session) -> dict[tuple[str, str], int]:
 
 
 def items_finished(session: Session) -> dict[str, int]:
-    """Items finished so far over every job: {"succeeded": n, "failed": m}."""
-    done, failed = session.execute(
-        select(func.coalesce(func.sum(Job.done), 0), func.coalesce(func.sum(Job.failed), 0))
+    """Items finished so far over every job: {"succeeded": n, "failed": m, "duplicates": d}
+    (duplicates: redundant deliveries and result writes that changed nothing)."""
+    done, failed, duplicates = session.execute(
+        select(
+            func.coalesce(func.sum(Job.done), 0),
+            func.coalesce(func.sum(Job.failed), 0),
+            func.coalesce(func.sum(Job.duplicates), 0),
+        )
     ).one()
-    return {"succeeded": int(done), "failed": int(failed)}
+    return {"succeeded": int(done), "failed": int(failed), "duplicates": int(duplicates)}
 
 
 def training_job_id(session: Session, tenant_id: str, model_id: str) -> str | None:

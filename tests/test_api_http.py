@@ -212,3 +212,21 @@ def test_model_creation_enqueues_one_message_after_commit(
     prefix = f"tenants/{api_user.tenant_id}/uploads/dishes/images/"
     assert stored.params["dataset"]["image_prefix"] == prefix
     assert stored.params["dataset"]["manifest_key"].endswith(f"{dataset['id']}/manifest.csv")
+
+
+def test_metrics_count_duplicate_writes(
+    client: TestClient, api_user: ApiUser, session_factory: SessionFactory
+) -> None:
+    from xmlx import jobs
+
+    def duplicates(text: str) -> float:
+        line = next(x for x in text.splitlines() if x.startswith("xmlx_duplicate_deliveries_total"))
+        return float(line.split()[-1])
+
+    before = duplicates(client.get("/metrics").text)
+    job = jobs.create_job(
+        session_factory, tenant_id=api_user.tenant_id, kind="predict", item_keys=["a.png"]
+    ).job
+    for _ in range(3):  # at-least-once delivery: the same result arrives three times
+        jobs.record_item_success(session_factory, job.id, "a.png", result={"top_labels": []})
+    assert duplicates(client.get("/metrics").text) == before + 2
