@@ -9,15 +9,18 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.test_web import FAILED, N_ITEMS, Gallery, make_gallery, make_user
+from xmlcore.hierarchy import LabelHierarchy
 from xmlx.db import SessionFactory
 from xmlx.jobs import JobError
 from xmlx.keys import item_artifact_key
-from xmlx.report import write_report
+from xmlx.models import Item
+from xmlx.report import hierarchy_units, item_card, write_report
 from xmlx.settings import Settings
 from xmlx.storage import ObjectStore, make_object_store
 
@@ -116,3 +119,30 @@ def test_other_tenants_job_is_not_found(
         write_report(session_factory, store, stranger.tenant_id, gallery.job_id, tmp_path / "x")
     assert caught.value.code == "job.not_found"
     assert not (tmp_path / "x").exists()
+
+
+def test_card_of_a_latent_target_shows_its_own_path() -> None:
+    rng = np.random.default_rng(1)
+    vocab = ["garlic", "onion", "chicken stock", "rice", "basil", "salt"]
+    hierarchy = LabelHierarchy.from_weights([rng.random((6, 4)), rng.random((4, 2))], vocab)
+    explained = hierarchy.path(1)
+    target = {
+        "kind": "latent",
+        "index": 1,
+        "name": "latent 1",
+        "hierarchy_path": explained.to_json(),
+    }
+    result = {
+        "top_labels": [{"label": "garlic", "score": 0.9}, {"label": "rice", "score": 0.4}],
+        "latent": [5.0, 0.1],
+        "explanations": [{"target": target}],
+    }
+    item = Item(item_key="a.png", state="succeeded", result=result, artifacts={})
+    truth = {"a.png": frozenset({"garlic", "salt"})}
+    card = item_card(
+        item, "p/", lambda key: f"url:{key}", hierarchy_units(hierarchy.to_json()), truth
+    )
+    assert card.path == explained.to_text().splitlines()[0]  # not the most active unit 0
+    assert card.path_note == "explained latent unit" and card.target == "latent 1"
+    assert [(s.label, s.true) for s in card.labels] == [("garlic", True), ("rice", False)]
+    assert card.missed == ["salt"] and card.image == "url:p/a.png" and card.heatmap is None
