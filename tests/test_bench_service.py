@@ -31,6 +31,7 @@ def _load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
 
@@ -78,7 +79,7 @@ def test_the_in_process_side_uses_the_workers_batches(overhead: ModuleType) -> N
 def test_scale_runs_one_then_two_workers(
     stack: Stack, prepared: object, scale: ModuleType, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = scale.parse_args([*TINY, "--chunk-size", "2"])
+    args = scale.parse_args([*TINY, "--chunk-size", "2", "--repeats", "1"])
     result = scale.measure(stack, args, prepared)
     assert result["workers"] == [1, 2] and len(result["items_per_s"]) == 2
     assert all(v > 0 for v in result["items_per_s"]) and "efficiency_2" in result
