@@ -5,11 +5,13 @@ Checks what only a browser can: sign-in through the form and the cookie, that th
 heatmap overlays and masks actually load and are pictures (not blank), the filters,
 the 2-second progress poll, and the screenshots kept in docs/img/ for the README.
 Skips when /usr/bin/chromium is absent (`apt-get install chromium`; Playwright's own
-browser download is not used).
+browser download is not used). `XMLX_UPDATE_SCREENSHOTS=1` refreshes docs/img/*.png.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -17,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
+from PIL import Image
 
 from api.app import create_app
 from tests.test_web import FAILED, Gallery, finish_items, make_gallery, with_web
@@ -34,6 +38,9 @@ pytest_plugins = ["tests.api_fixtures"]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
+# Screenshots go to the test's temporary folder; with this variable set to 1 they also
+# replace the ones in docs/img (commit those), so a plain test run leaves the tree clean.
+UPDATE_SCREENSHOTS = os.environ.get("XMLX_UPDATE_SCREENSHOTS") == "1"
 IMAGE_SIZE = 96
 
 pytestmark = [
@@ -115,11 +122,22 @@ def page(browser: Any, served: tuple[str, Settings], gallery: Gallery) -> Iterat
     context.close()
 
 
+def screenshot(page: Any, folder: Path, name: str, **options: Any) -> None:
+    """Save a screenshot of `page` and check it shows something (not one flat colour)."""
+    path = folder / name
+    page.screenshot(path=str(path), **options)
+    with Image.open(path) as shot:
+        assert np.asarray(shot.convert("RGB")).std() > 10
+    if UPDATE_SCREENSHOTS:
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOCS_IMG / name)
+
+
 def wait_for_images(page: Any) -> None:
     page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=15_000)
 
 
-def test_cards_show_real_overlays(page: Any, gallery: Gallery) -> None:
+def test_cards_show_real_overlays(page: Any, gallery: Gallery, tmp_path: Path) -> None:
     cards = page.locator("article.card")
     assert cards.count() == 24
     wait_for_images(page)
@@ -134,9 +152,8 @@ def test_cards_show_real_overlays(page: Any, gallery: Gallery) -> None:
     assert all(width == IMAGE_SIZE for width in widths)
     assert "✓" in first.locator("ol.labels").inner_text()
     assert "latent" in first.locator(".path").inner_text()
-    DOCS_IMG.mkdir(parents=True, exist_ok=True)
     page.set_viewport_size({"width": 1280, "height": 900})
-    page.screenshot(path=str(DOCS_IMG / "job-page.png"))
+    screenshot(page, tmp_path, "job-page.png")
 
 
 def test_filters_narrow_the_cards(page: Any, gallery: Gallery) -> None:
@@ -175,7 +192,7 @@ def test_progress_bar_follows_a_running_job(
     assert row.locator(".state").inner_text() == "partially_succeeded"  # dish_00004 failed
 
 
-def test_model_page(page: Any, gallery: Gallery) -> None:
+def test_model_page(page: Any, gallery: Gallery, tmp_path: Path) -> None:
     page.goto(f"/ui/models/{gallery.model_id}")
     assert page.locator("svg.curve polyline").count() == 4
     assert page.locator("table.metrics tbody tr").count() == 3
@@ -187,4 +204,4 @@ def test_model_page(page: Any, gallery: Gallery) -> None:
     inner.first.locator("summary").first.click()
     assert inner.first.locator("ul.members li").first.is_visible()
     page.set_viewport_size({"width": 1280, "height": 1100})
-    page.screenshot(path=str(DOCS_IMG / "model-page.png"), full_page=True)
+    screenshot(page, tmp_path, "model-page.png", full_page=True)
