@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api import web
 from api.broker import Broker, make_redis
 from api.deps import ApiState
 from api.idempotency import ReplayStore
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestTimer, metrics=lambda: _metrics_of(app))
     for module in (health, uploads, files, datasets, models, explanations, jobs):
         app.include_router(module.router)
+    app.include_router(web.router)
     return app
 
 

@@ -25,15 +25,13 @@ import uvicorn
 from PIL import Image
 
 from api.app import create_app
-from tests.test_web import FAILED, Gallery, finish_items, make_gallery, with_web
+from tests.test_web import FAILED, Gallery, finish_items, make_gallery
 from xmlcore.datasets import generate_dishes
 from xmlx import jobs
 from xmlx.db import SessionFactory
 from xmlx.embedded_redis import free_port
 from xmlx.settings import Settings
 from xmlx.storage import make_object_store
-
-pytest_plugins = ["tests.api_fixtures"]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -73,7 +71,7 @@ def served(make_api_settings: Any) -> Iterator[tuple[str, Settings]]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     settings: Settings = make_api_settings(public_base_url=base)
-    config = uvicorn.Config(with_web(create_app(settings)), host="127.0.0.1", port=port,
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                             log_level="warning", lifespan="on")  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -24,8 +24,6 @@ from xmlx.report import hierarchy_units, item_card, write_report
 from xmlx.settings import Settings
 from xmlx.storage import ObjectStore, make_object_store
 
-pytest_plugins = ["tests.api_fixtures"]
-
 
 class References(HTMLParser):
     """Every src/href of a page, and the number of report cards."""

@@ -15,11 +15,9 @@ from typing import Any, cast
 import httpx
 import numpy as np
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from skimage.segmentation import slic
 
-from api import web
 from api.app import create_app
 from api.inputs import dataset_images_prefix
 from api.web.queries import items_with_label
@@ -36,8 +34,6 @@ from xmlx.report import hierarchy_path, hierarchy_units, path_text
 from xmlx.settings import Settings
 from xmlx.storage import ObjectStore, make_object_store
 
-pytest_plugins = ["tests.api_fixtures"]
-
 N_ITEMS = 30
 FAILED = ("dish_00004.png", "dish_00011.png")
 
@@ -52,13 +48,6 @@ class Gallery:
     predicted: dict[str, list[str]]  # item key -> predicted labels, best first
     truth: dict[str, set[str]]
     vocabulary: tuple[str, ...]
-
-
-def with_web(app: FastAPI) -> FastAPI:
-    """The app with the gallery, unless `create_app` already mounts it."""
-    if not any(getattr(route, "path", "") == "/ui/jobs" for route in app.routes):
-        app.include_router(web.router)
-    return app
 
 
 def make_user(sessions: SessionFactory) -> ApiUser:
@@ -251,7 +240,7 @@ def web_settings(make_api_settings: Any) -> Settings:
 
 @pytest.fixture(scope="module")
 def web_client(web_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(with_web(create_app(web_settings))) as client:
+    with TestClient(create_app(web_settings)) as client:
         yield client
 
 
