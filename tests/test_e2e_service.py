@@ -28,7 +28,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def test_train_explain_and_fetch_a_heatmap(stack: Stack, tmp_path: Path) -> None:
-    config = DemoConfig(preset="tiny", epochs=2, n_explained=20, num_samples=64, image_size=32)
+    config = DemoConfig(
+        preset="tiny", epochs=2, n_explained=20, num_samples=64, image_size=32, wait_timeout=300
+    )
     outcome = drive_demo(stack, tmp_path, config, Console(file=io.StringIO()))
 
     assert outcome.train_job.state == "succeeded"

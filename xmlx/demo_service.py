@@ -32,6 +32,7 @@ class DemoConfig:
     num_samples: int = 300
     image_size: int = 64
     keep_running: bool = False
+    wait_timeout: float = 1800.0
 
 
 @dataclass
@@ -83,7 +84,7 @@ def drive_demo(stack: Stack, out: Path, config: DemoConfig, console: Console) ->
             dataset["id"], "dishes-demo", epochs=config.epochs, seed=config.seed,
             image_size=[config.image_size, config.image_size],
         )  # fmt: skip
-        train_job = client.wait(created["job"]["id"], progress=True, timeout=1800)
+        train_job = client.wait(created["job"]["id"], progress=True, timeout=config.wait_timeout)
         model = client.model(created["model"]["id"])
         if train_job.state != "succeeded":
             raise RuntimeError(f"training ended {train_job.state}: {train_job.raw}")
@@ -93,7 +94,7 @@ def drive_demo(stack: Stack, out: Path, config: DemoConfig, console: Console) ->
             model["id"], test_keys[: config.n_explained], dataset_id=dataset["id"],
             target={"kind": "top_k", "k": 1}, params={"num_samples": config.num_samples},
         )  # fmt: skip
-        explain_job = client.wait(job.id, progress=True, timeout=1800)
+        explain_job = client.wait(job.id, progress=True, timeout=config.wait_timeout)
         results = list(client.iter_results(job.id))
         _print_predictions(results[:5], console)
         artifacts = client.download_artifacts(job.id, out / "heatmaps")
