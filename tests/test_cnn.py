@@ -228,18 +228,23 @@ def test_predict_before_fit_is_a_model_error() -> None:
 
 
 def test_label_loss_trains_through_a_frozen_decoder_and_saves_the_plain_regressor() -> None:
+    """Label loss and the auxiliary head (lower-layer codes) are training-only."""
     images, targets = make_colour_images(64, seed=5)
     decoder = np.array([[1.0, 0.5, 0.0], [0.0, 0.2, 0.1]], dtype="float32")
     labels = (targets @ decoder > np.median(targets @ decoder, axis=0)).astype("float32")
     reg = LatentLabelRegressor(
         image_size=SIZE, epochs=6, batch_size=16, head_units=(32,), dropout=0.0,
         learning_rate=3e-3, patience=6, label_loss="propensity_mse", label_weight=0.5,
+        aux_weight=0.5,
     )  # fmt: skip
-    reg.fit(images, targets, decoder=decoder, labels=labels)
+    blue = images[..., 2].mean(axis=(1, 2))[:, None] / 255.0
+    aux = np.concatenate([targets, blue], axis=1)  # a 3-unit "lower-layer code"
+    reg.fit(images, targets, decoder=decoder, labels=labels, aux_targets=aux)
     assert reg.history_["loss"][-1] < reg.history_["loss"][0]
     assert reg.model_.output.shape[-1] == 2 and reg.predict(images[:5]).shape == (5, 2)
     assert not any(layer.name.startswith("train_") for layer in reg.model_.layers)
     assert not hasattr(reg, "_decoder") and reg.get_params()["label_loss"] == "propensity_mse"
+    assert not hasattr(reg, "_features") and reg.get_params()["aux_weight"] == 0.5
     pred = reg.predict(images)
     assert np.corrcoef(pred[:, 1], targets[:, 1])[0, 1] > 0.5  # the latent stays anchored
     clone = LatentLabelRegressor.from_keras(reg.model_, reg.get_params())
@@ -251,7 +256,12 @@ def test_label_loss_settings_are_checked() -> None:
     with pytest.raises(ConfigError) as err:
         LatentLabelRegressor(image_size=SIZE, label_loss="mse").fit(images, targets)
     assert err.value.code == "config.decoder"
-    for params in ({"label_loss": "hinge"}, {"label_loss": "mse", "label_weight": -1.0}):
+    with pytest.raises(ConfigError) as err:
+        reg = LatentLabelRegressor(image_size=SIZE, aux_weight=1.0)
+        reg.fit(images, targets, aux_targets=np.zeros((7, 2)))
+    assert err.value.code == "config.targets"
+    for params in ({"label_loss": "hinge"}, {"label_loss": "mse", "label_weight": -1.0},
+                   {"aux_weight": -1.0}):  # fmt: skip
         with pytest.raises(ConfigError) as err:
             LatentLabelRegressor(image_size=SIZE, **params).fit(images, targets)
         assert err.value.code == "config.label_loss"

@@ -30,6 +30,27 @@ def test_loss_is_latent_mse_plus_normalised_weighted_label_mse() -> None:
                                rtol=1e-5)  # fmt: skip
 
 
+def test_auxiliary_codes_add_their_weighted_mse_and_labels_may_be_absent() -> None:
+    rng = np.random.default_rng(1)
+    d, a, p, n = 2, 3, 4, 5
+    labels = (rng.random((n, p)) < 0.5).astype("float32")
+    weights = np.ones(p, dtype="float32")
+    y_true = np.concatenate([rng.normal(size=(n, d + a)), labels], axis=1).astype("float32")
+    y_pred = rng.normal(size=(n, d + a + p)).astype("float32")
+    loss = label_space_loss(d, weights, labels, label_weight=1.0, aux_dim=a, aux_weight=0.5)
+    got = np.asarray(ops.convert_to_numpy(loss(y_true, y_pred)))
+    sq = (y_true - y_pred) ** 2
+    label = np.mean(sq[:, d + a :], axis=1) / np.mean(labels**2)
+    expected = np.mean(sq[:, :d], axis=1) + 0.5 * np.mean(sq[:, d : d + a], axis=1) + label
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # no label columns (the paper's latent MSE) with the auxiliary codes only
+    bare = label_space_loss(d, np.ones(0, "float32"), np.zeros((n, 0), "float32"), 1.0, a, 2.0)
+    got = np.asarray(ops.convert_to_numpy(bare(y_true[:, : d + a], y_pred[:, : d + a])))
+    np.testing.assert_allclose(
+        got, np.mean(sq[:, :d], axis=1) + 2.0 * np.mean(sq[:, d : d + a], axis=1), rtol=1e-5
+    )
+
+
 def test_propensity_weights_favour_rare_labels_with_mean_one() -> None:
     labels = np.zeros((50, 4), dtype="float32")
     labels[:, 0] = 1

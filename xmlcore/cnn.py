@@ -152,6 +152,7 @@ class ImageNetwork:
             verbose=self.verbose,
         )
         self.model_ = self._finish(head_in, head_out)
+        self.__dict__.pop("_features", None)  # a training-graph tensor
         self.history_ = {k: [float(v) for v in vs] for k, vs in history.history.items()}
         self.output_dim_ = int(y.shape[1])
         self.image_size_ = size
@@ -199,6 +200,7 @@ class ImageNetwork:
             x = layers.Dense(units, activation="relu", name=f"head_dense{i}")(x)
             if self.dropout > 0:
                 x = layers.Dropout(self.dropout, seed=self.seed, name=f"head_dropout{i}")(x)
+        self._features = x  # training-only: auxiliary heads branch off here
         out = layers.Dense(output_dim, activation=self.activation, name="head_output")(x)
         return backbone.input, out
 
@@ -307,6 +309,7 @@ class LatentLabelRegressor(ImageNetwork):
         label_loss: str = "none",
         label_weight: float = 1.0,
         tail_power: float = 1.0,
+        aux_weight: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -314,9 +317,10 @@ class LatentLabelRegressor(ImageNetwork):
         self.label_loss = label_loss
         self.label_weight = label_weight
         self.tail_power = tail_power
+        self.aux_weight = aux_weight
 
     def get_params(self) -> dict[str, Any]:
-        extra = ("target_scaling", "label_loss", "label_weight", "tail_power")
+        extra = ("target_scaling", "label_loss", "label_weight", "tail_power", "aux_weight")
         return {**super().get_params(), **{name: getattr(self, name) for name in extra}}
 
     def fit(
@@ -327,13 +331,16 @@ class LatentLabelRegressor(ImageNetwork):
         on_epoch: EpochCallback | None = None,
         decoder: np.ndarray | None = None,
         labels: Any = None,
+        aux_targets: np.ndarray | None = None,
     ) -> LatentLabelRegressor:
-        """As ``ImageNetwork.fit``; ``decoder``/``labels`` feed the label loss (if any)."""
+        """As ``ImageNetwork.fit``; ``decoder``/``labels`` feed the label loss (if any),
+        ``aux_targets (n, a)`` the auxiliary head (used when ``aux_weight > 0``)."""
         self._decoder_inputs = (decoder, labels)
+        self._aux_inputs = aux_targets
         try:
             super().fit(images, targets, on_epoch=on_epoch)
         finally:
-            for name in ("_decoder_inputs", "_decoder", "_labels"):  # training-only arrays
+            for name in _TRAINING_ONLY:
                 self.__dict__.pop(name, None)
         return self
 
@@ -343,45 +350,72 @@ class LatentLabelRegressor(ImageNetwork):
             raise ConfigError("config.target_scaling", "target_scaling must be 'std' or 'none'")
         if self.label_loss not in LABEL_LOSSES:
             raise ConfigError("config.label_loss", f"label_loss must be one of {LABEL_LOSSES}")
-        if not (self.label_weight >= 0 and self.tail_power >= 0):
-            raise ConfigError("config.label_loss", "label_weight and tail_power must be >= 0")
+        if not (self.label_weight >= 0 and self.tail_power >= 0 and self.aux_weight >= 0):
+            raise ConfigError(
+                "config.label_loss", "label_weight, tail_power and aux_weight must be >= 0"
+            )
 
     def _prepare_targets(self, y: np.ndarray) -> np.ndarray:
-        if self.target_scaling == "none":
-            self.target_offset_ = np.zeros(y.shape[1], dtype="float32")
-            self.target_scale_ = np.ones(y.shape[1], dtype="float32")
-        else:
-            std = y.std(axis=0)
-            # a (nearly) constant unit keeps scale 1 rather than blowing up its noise
-            floor = max(1e-8, 1e-3 * float(std.max()))
-            self.target_offset_ = y.mean(axis=0).astype("float32")
-            self.target_scale_ = np.where(std > floor, std, 1.0).astype("float32")
-        standardised = (y - self.target_offset_) / self.target_scale_
-        if self.label_loss == "none":
-            return standardised
-        self._decoder, self._labels = check_decoder_inputs(
-            *self._decoder_inputs, latent_dim=y.shape[1], n_rows=len(y)
-        )
-        return np.concatenate([standardised, self._labels], axis=1)
+        self.target_offset_, self.target_scale_ = _scaling(y, self.target_scaling)
+        parts = [(y - self.target_offset_) / self.target_scale_]
+        self._n_aux = 0
+        if self.aux_weight > 0 and self._aux_inputs is not None:
+            aux = _check_aux(self._aux_inputs, len(y))
+            offset, scale = _scaling(aux, self.target_scaling)
+            parts.append((aux - offset) / scale)
+            self._n_aux = aux.shape[1]
+        self._decoder, self._labels = None, np.zeros((len(y), 0), dtype="float32")
+        if self.label_loss != "none":
+            self._decoder, self._labels = check_decoder_inputs(
+                *self._decoder_inputs, latent_dim=y.shape[1], n_rows=len(y)
+            )
+            parts.append(self._labels)
+        return np.concatenate(parts, axis=1)
 
     def _latent(self, head_out: Any, name: str) -> Any:
         affine = FixedAffine(self.target_scale_.tolist(), self.target_offset_.tolist(), name=name)
         return affine(head_out)
 
     def _training_output(self, head_out: Any) -> Any:
-        if self.label_loss == "none":
+        if self.label_loss == "none" and not self._n_aux:
             return head_out
-        return trainer_outputs(head_out, self._latent(head_out, "train_latent"), self._decoder)
+        aux = None
+        if self._n_aux:
+            aux = layers.Dense(self._n_aux, name="train_aux_output")(self._features)
+        latent = self._latent(head_out, "train_latent")
+        return trainer_outputs(head_out, latent, self._decoder, aux)
 
     def _training_loss(self) -> Any:
-        if self.label_loss == "none":
+        if self.label_loss == "none" and not self._n_aux:
             return self.loss
         weights = label_weights(self._labels, self.label_loss, self.tail_power)
-        d = self._decoder.shape[0]
-        return label_space_loss(d, weights, self._labels, self.label_weight)
+        return label_space_loss(
+            len(self.target_scale_), weights, self._labels, self.label_weight,
+            aux_dim=self._n_aux, aux_weight=self.aux_weight,
+        )  # fmt: skip
 
     def _finish(self, head_in: Any, head_out: Any) -> keras.Model:
         return keras.Model(head_in, self._latent(head_out, "latent"), name="latent_label_regressor")
+
+
+_TRAINING_ONLY = ("_decoder_inputs", "_decoder", "_labels", "_aux_inputs", "_n_aux", "_features")
+
+
+def _scaling(y: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-unit ``(offset, scale)``: mean and std for ``"std"``, identity for ``"none"``."""
+    if kind == "none":
+        return np.zeros(y.shape[1], dtype="float32"), np.ones(y.shape[1], dtype="float32")
+    std = y.std(axis=0)
+    # a (nearly) constant unit keeps scale 1 rather than blowing up its noise
+    floor = max(1e-8, 1e-3 * float(std.max()))
+    return y.mean(axis=0).astype("float32"), np.where(std > floor, std, 1.0).astype("float32")
+
+
+def _check_aux(aux: Any, n_rows: int) -> np.ndarray:
+    arr = np.asarray(aux, dtype="float32")
+    if arr.ndim != 2 or len(arr) != n_rows or not np.isfinite(arr).all():
+        raise ConfigError("config.targets", f"aux_targets must be finite ({n_rows}, a)")
+    return arr
 
 
 def _predict_padded(model: keras.Model, pixels: np.ndarray) -> np.ndarray:

@@ -74,24 +74,43 @@ def decoded_scores(latent: Any, decoder: np.ndarray) -> Any:
 
 
 def label_space_loss(
-    latent_dim: int, weights: np.ndarray, labels: np.ndarray, label_weight: float
+    latent_dim: int,
+    weights: np.ndarray,
+    labels: np.ndarray,
+    label_weight: float,
+    aux_dim: int = 0,
+    aux_weight: float = 0.0,
 ) -> Any:
-    """Loss on ``y = [standardised latent | labels]`` vs ``[head output | scores]``."""
+    """Loss on ``y = [standardised latent | standardised aux codes | labels]``.
+
+    ``aux_dim`` columns of lower-layer codes (``W_1..W_{L-1}``, standardised) follow the
+    latent ones and cost ``aux_weight`` times their MSE; ``labels`` may have 0 columns
+    (no label term).
+    """
     w = ops.convert_to_tensor(weights.reshape(1, -1), dtype="float32")
-    baseline = max(float(np.mean(weights[None, :] * labels**2)), 1e-12)
+    n_labels = labels.shape[1]
+    baseline = max(float(np.mean(weights[None, :] * labels**2)) if n_labels else 0.0, 1e-12)
     scale = float(label_weight) / baseline
+    d, a = latent_dim, latent_dim + aux_dim
 
     def loss(y_true: Any, y_pred: Any) -> Any:
-        d = latent_dim
-        latent = ops.mean(ops.square(y_true[:, :d] - y_pred[:, :d]), axis=-1)
-        label = ops.mean(w * ops.square(y_true[:, d:] - y_pred[:, d:]), axis=-1)
-        return latent + scale * label
+        total = ops.mean(ops.square(y_true[:, :d] - y_pred[:, :d]), axis=-1)
+        if aux_dim:
+            aux = ops.mean(ops.square(y_true[:, d:a] - y_pred[:, d:a]), axis=-1)
+            total = total + float(aux_weight) * aux
+        if n_labels:
+            label = ops.mean(w * ops.square(y_true[:, a:] - y_pred[:, a:]), axis=-1)
+            total = total + scale * label
+        return total
 
     return loss
 
 
-def trainer_outputs(head_out: Any, latent: Any, decoder: np.ndarray) -> Any:
-    """``[head output | decoded scores]`` in one tensor (one target array, one loss)."""
-    return keras.layers.Concatenate(name="train_outputs")(
-        [head_out, decoded_scores(latent, decoder)]
-    )
+def trainer_outputs(
+    head_out: Any, latent: Any, decoder: np.ndarray | None, aux_out: Any = None
+) -> Any:
+    """``[head output | aux codes | decoded scores]`` in one tensor (one target, one loss)."""
+    parts = [head_out] if aux_out is None else [head_out, aux_out]
+    if decoder is not None:
+        parts.append(decoded_scores(latent, decoder))
+    return keras.layers.Concatenate(name="train_outputs")(parts)

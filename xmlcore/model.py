@@ -229,7 +229,13 @@ def train_two_step(
         **{**DEFAULT_REGRESSOR_PARAMS, **(regressor_params or {})},
     )
     stage_cb = None if on_epoch is None else (lambda e, logs: on_epoch("regressor", e, logs))
-    decoder = {"decoder": autoencoder.decoder_matrix(), "labels": label_space.matrix}
+    codes = autoencoder.codes(label_space.matrix)
+    decoder = {
+        "decoder": autoencoder.decoder_matrix(),
+        "labels": label_space.matrix,
+        # the lower layers' codes: an auxiliary target when regressor aux_weight > 0
+        "aux_targets": np.concatenate(codes[:-1], axis=1) if len(codes) > 1 else None,
+    }
     if hasattr(images, "with_targets"):
         regressor.fit(images.with_targets(latent), on_epoch=stage_cb, **decoder)
     else:
