@@ -7,8 +7,10 @@ preset's 20%; ``--quick`` tests on 1,000 images). Five models are trained on the
 images with the SAME CNN settings (base, image size, head, epochs, learning rate, seed):
 
 - ``two_step``: deep non-negative autoencoder (paper's MSE loss) + latent regressor with
-  ``train_two_step``'s defaults (the decoder-aware label loss, ``xmlcore.label_loss``);
-- ``two_step_paper``: the paper's pure step 2 (latent MSE only, ``label_loss="none"``);
+  ``train_two_step``'s defaults (the decoder-aware label loss, ``xmlcore.label_loss``, and
+  an auxiliary head regressing the lower-layer code W_1, ``aux_weight=1``);
+- ``two_step_paper``: the paper's pure step 2 (latent MSE only, ``label_loss="none"``,
+  ``aux_weight=0``);
 - ``two_step_tail``: the tail-aware variant: propensity-weighted label loss
   (``label_loss="propensity_mse"``), then propensity re-ranking of the scores,
   ``score_j * propensity_j ** -alpha``, with alpha picked on the VALIDATION images (the
@@ -17,6 +19,9 @@ images with the SAME CNN settings (base, image size, head, epochs, learning rate
 - ``binary_relevance``: a sigmoid per label on the same CNN body;
 - ``nmf``: sklearn NMF with the autoencoder's last-layer k + the same latent regressor
   (same regressor settings, label loss through the NMF components included).
+
+The autoencoder's sizes are the library's ``default_layer_sizes(p)`` (what a user of
+``train_two_step`` gets) unless ``--layers`` is given.
 
 Test-set figures: P@k, PSP@k (propensities from the TRAIN label counts, Jain et al.
 A=0.55, B=1.5) and coverage@k (share of labels that reach any top-k). ``hierarchy_nmi``
@@ -41,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from xmlcore.autoencoder import default_layer_sizes
 from xmlcore.baselines import BinaryRelevanceModel, NMFTwoStepModel
 from xmlcore.datasets import PRESETS, generate_dishes
 from xmlcore.metrics import (
@@ -73,7 +79,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--head-units", type=int, nargs="+", default=[128])
-    parser.add_argument("--layers", type=int, nargs="+", default=None, help="autoencoder sizes")
+    parser.add_argument(
+        "--layers", type=int, nargs="+", default=None,
+        help="autoencoder sizes (default: xmlcore.autoencoder.default_layer_sizes, as users get)",
+    )  # fmt: skip
     parser.add_argument("--ae-epochs", type=int, default=300)
     parser.add_argument("--tail-power", type=float, default=1.0, help="label-loss weights")
     args = parser.parse_args(argv)
@@ -82,14 +91,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             if parser.get_default(key) == getattr(args, key):
                 setattr(args, key, value)
     return args
-
-
-def default_layers(n_labels: int, n_groups: int) -> tuple[int, int]:
-    """Paper's (64, 16) when the vocabulary allows; else two layer-1 units per label group."""
-    if n_labels > 128:
-        return (64, 16)
-    first = max(4, min(n_labels // 2, n_groups * 2))
-    return (first, max(2, first // 2))
 
 
 def split_sizes(args: argparse.Namespace) -> tuple[int, int, int]:
@@ -124,8 +125,10 @@ def network_params(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 def model_fitters(args: argparse.Namespace, seed: int) -> dict[str, Callable[..., Any]]:
     """name -> fit(images, label_space) for every compared model."""
     net = network_params(args, seed)
-    head = {"head_units": tuple(args.head_units)}
+    head: dict[str, Any] = {"head_units": tuple(args.head_units)}
     tail = {"label_loss": "propensity_mse", "tail_power": args.tail_power}
+    # NMF has no lower layers (no auxiliary codes): it takes the same label loss
+    nmf_params = {**head, "label_loss": DEFAULT_REGRESSOR_PARAMS["label_loss"]}
 
     def two_step(extra: dict[str, Any]) -> Callable[..., Any]:
         return lambda images, labels: train_two_step(
@@ -135,11 +138,11 @@ def model_fitters(args: argparse.Namespace, seed: int) -> dict[str, Callable[...
 
     return {
         "two_step": two_step({}),
-        "two_step_paper": two_step({"label_loss": "none"}),
+        "two_step_paper": two_step({"label_loss": "none", "aux_weight": 0.0}),
         "two_step_tail": two_step(tail),
         "binary_relevance": lambda im, lab: BinaryRelevanceModel(**net, **head).fit(im, lab),
         "nmf": lambda im, lab: NMFTwoStepModel(
-            n_components=args.layers[-1], **net, **{**DEFAULT_REGRESSOR_PARAMS, **head}
+            n_components=args.layers[-1], **net, **nmf_params
         ).fit(im, lab),
     }
 
@@ -231,9 +234,8 @@ def target_checks(result: dict[str, Any]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every seed, aggregated; returns the JSON-ready result."""
-    if args.layers is None:
-        config = PRESETS[args.preset]
-        args.layers = default_layers(config.n_labels, config.n_dish_types + 1)
+    if args.layers is None:  # what a user gets: the library's default for the vocabulary
+        args.layers = default_layer_sizes(PRESETS[args.preset].n_labels)
     runs = [run_seed(args, seed) for seed in args.seeds]
     result = aggregate(runs)
     result["targets"] = target_checks(result)

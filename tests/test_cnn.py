@@ -191,7 +191,9 @@ def test_predict_accepts_floats_and_any_batch_size(fitted) -> None:
 def test_regressor_fits_from_encoded_bytes() -> None:
     images, targets = make_colour_images(24, seed=3)
     data = ImageBatches([encode_png(im) for im in images], targets, image_size=SIZE, batch_size=8)
-    reg = LatentLabelRegressor(image_size=SIZE, epochs=1, head_units=(8,)).fit(data)
+    reg = LatentLabelRegressor(
+        image_size=SIZE, epochs=1, head_units=(8,), validation_split=0.0, lr_schedule="cosine"
+    ).fit(data)
     assert reg.predict(data).shape == (24, 2)
     np.testing.assert_allclose(reg.predict(data), reg.predict(images), rtol=1e-4, atol=1e-4)
 
@@ -209,6 +211,8 @@ def test_regressor_fits_from_encoded_bytes() -> None:
          "config.image_size"),
         ({"target_scaling": "max"}, np.zeros((4, 32, 32, 3), np.uint8), np.zeros((4, 2)),
          "config.target_scaling"),
+        ({"lr_schedule": "step"}, np.zeros((4, 32, 32, 3), np.uint8), np.zeros((4, 2)),
+         "config.lr_schedule"),
     ],
 )  # fmt: skip
 def test_bad_inputs_are_config_errors(kwargs, images, targets, code) -> None:
@@ -235,7 +239,7 @@ def test_label_loss_trains_through_a_frozen_decoder_and_saves_the_plain_regresso
     reg = LatentLabelRegressor(
         image_size=SIZE, epochs=6, batch_size=16, head_units=(32,), dropout=0.0,
         learning_rate=3e-3, patience=6, label_loss="propensity_mse", label_weight=0.5,
-        aux_weight=0.5,
+        aux_weight=0.5, validation_split=0.0,
     )  # fmt: skip
     blue = images[..., 2].mean(axis=(1, 2))[:, None] / 255.0
     aux = np.concatenate([targets, blue], axis=1)  # a 3-unit "lower-layer code"

@@ -34,7 +34,7 @@ from xmlcore.artifacts import (
     unzip_artifact,
     zip_directory,
 )
-from xmlcore.autoencoder import DeepNonNegativeAutoencoder
+from xmlcore.autoencoder import DeepNonNegativeAutoencoder, default_layer_sizes
 from xmlcore.backbones import BACKBONES
 from xmlcore.cnn import LatentLabelRegressor
 from xmlcore.errors import ConfigError, ModelError, XmlcoreError
@@ -181,14 +181,16 @@ def _check_consistent(model: TwoStepModel) -> None:
 
 EpochCallback = Callable[[str, int, dict[str, float]], None]
 
-DEFAULT_REGRESSOR_PARAMS: dict[str, Any] = {"label_loss": "mse"}
+# decoder-aware label loss (xmlcore.label_loss) and an auxiliary head that also regresses
+# the lower layers' codes W_1..W_{L-1} (training-only; measured in docs/BENCHMARKS.md)
+DEFAULT_REGRESSOR_PARAMS: dict[str, Any] = {"label_loss": "mse", "aux_weight": 1.0}
 
 
 def train_two_step(
     images: Any,
     label_space: Any,
     *,
-    layer_sizes: tuple[int, ...] = (64, 16),
+    layer_sizes: tuple[int, ...] | None = None,
     ae_loss: str = "mse",
     ae_params: dict[str, Any] | None = None,
     base: str = "small",
@@ -206,17 +208,21 @@ def train_two_step(
     """Fit the autoencoder on ``label_space.matrix`` then the CNN on (images, W_L).
 
     ``images``: uint8 ``(n, H, W, 3)`` in ``label_space.image_keys`` order, or an
-    ``ImageBatches`` over them (its targets are replaced by W_L). ``ae_params`` go to
-    ``DeepNonNegativeAutoencoder`` (epochs, learning_rate, tail_power, ...),
+    ``ImageBatches`` over them (its targets are replaced by W_L). ``layer_sizes``
+    defaults to ``default_layer_sizes(p)`` (the paper's (64, 16) from 128 labels up).
+    ``ae_params`` go to ``DeepNonNegativeAutoencoder`` (epochs, learning_rate, ...),
     ``regressor_params`` to ``LatentLabelRegressor`` (head_units, patience, augment, ...).
     ``on_epoch(stage, epoch, logs)`` reports progress, stage ``"autoencoder"`` or
     ``"regressor"``. Both stages' per-epoch history lands in ``metadata.history``.
     """
+    if layer_sizes is None:
+        layer_sizes = default_layer_sizes(int(label_space.matrix.shape[1]))
     autoencoder = DeepNonNegativeAutoencoder(
         layer_sizes=layer_sizes, loss=ae_loss, seed=seed, **(ae_params or {})
     )
     autoencoder.fit(label_space.matrix, callbacks=_stage_callbacks("autoencoder", on_epoch))
-    latent = autoencoder.transform(label_space.matrix)
+    codes = autoencoder.codes(label_space.matrix)
+    latent = codes[-1]
     regressor = LatentLabelRegressor(
         base=base,
         weights=weights,
@@ -229,7 +235,6 @@ def train_two_step(
         **{**DEFAULT_REGRESSOR_PARAMS, **(regressor_params or {})},
     )
     stage_cb = None if on_epoch is None else (lambda e, logs: on_epoch("regressor", e, logs))
-    codes = autoencoder.codes(label_space.matrix)
     decoder = {
         "decoder": autoencoder.decoder_matrix(),
         "labels": label_space.matrix,
