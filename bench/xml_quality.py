@@ -7,10 +7,8 @@ preset's 20%; ``--quick`` tests on 1,000 images). Five models are trained on the
 images with the SAME CNN settings (base, image size, head, epochs, learning rate, seed):
 
 - ``two_step``: deep non-negative autoencoder (paper's MSE loss) + latent regressor with
-  ``train_two_step``'s defaults (the decoder-aware label loss, ``xmlcore.label_loss``, and
-  an auxiliary head regressing the lower-layer code W_1, ``aux_weight=1``);
-- ``two_step_paper``: the paper's pure step 2 (latent MSE only, ``label_loss="none"``,
-  ``aux_weight=0``);
+  ``train_two_step``'s defaults (the decoder-aware label loss, ``xmlcore.label_loss``);
+- ``two_step_paper``: the paper's pure step 2 (latent MSE only, ``label_loss="none"``);
 - ``two_step_tail``: the tail-aware variant: propensity-weighted label loss
   (``label_loss="propensity_mse"``), then propensity re-ranking of the scores,
   ``score_j * propensity_j ** -alpha``, with alpha picked on the VALIDATION images (the
@@ -127,7 +125,7 @@ def model_fitters(args: argparse.Namespace, seed: int) -> dict[str, Callable[...
     net = network_params(args, seed)
     head: dict[str, Any] = {"head_units": tuple(args.head_units)}
     tail = {"label_loss": "propensity_mse", "tail_power": args.tail_power}
-    # NMF has no lower layers (no auxiliary codes): it takes the same label loss
+    # the same label loss (NMF has no lower-layer codes for an auxiliary head)
     nmf_params = {**head, "label_loss": DEFAULT_REGRESSOR_PARAMS["label_loss"]}
 
     def two_step(extra: dict[str, Any]) -> Callable[..., Any]:
@@ -138,7 +136,7 @@ def model_fitters(args: argparse.Namespace, seed: int) -> dict[str, Callable[...
 
     return {
         "two_step": two_step({}),
-        "two_step_paper": two_step({"label_loss": "none", "aux_weight": 0.0}),
+        "two_step_paper": two_step({"label_loss": "none"}),
         "two_step_tail": two_step(tail),
         "binary_relevance": lambda im, lab: BinaryRelevanceModel(**net, **head).fit(im, lab),
         "nmf": lambda im, lab: NMFTwoStepModel(

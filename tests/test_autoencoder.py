@@ -208,7 +208,8 @@ def test_propensity_loss_trains_a_non_negative_model(planted):
 def test_default_layer_sizes_fit_every_vocabulary() -> None:
     from xmlcore.autoencoder import default_layer_sizes
 
-    assert default_layer_sizes(708) == (64, 16)
+    assert default_layer_sizes(708) == default_layer_sizes(128) == (64, 16)
+    assert default_layer_sizes(60) == (30, 15)  # half, then half: a wide code (BENCHMARKS)
     for p in (3, 8, 24, 60, 128):
         first, second = default_layer_sizes(p)
         assert p > first > second >= 1

@@ -77,10 +77,10 @@ def default_layer_sizes(n_labels: int) -> tuple[int, ...]:
 
     A vocabulary of p labels needs a first layer smaller than p (the code must
     compress) and a second smaller than the first. From p = 128 up this is the paper's
-    (64, 16). Below, a wide code pays: on the 60-label ``small`` preset (30, 15) gave
-    the CNN's predicted codes about 0.03 more P@5 than the earlier (p/4, p/8) = (15, 7),
-    and 16 top units did better than 9 at both 18 and 32 first-layer units
-    (``bench/xml_quality.py``, docs/BENCHMARKS.md).
+    (64, 16). Below, a wide code pays: on the 60-label ``small`` preset the two-step
+    model's P@5 from images was 0.547 at (p/4, p/8) = (15, 7), 0.560 at (18, 9) and
+    0.576-0.598 at (24..32, 15..16) (2 seeds each, ``bench/xml_quality.py``,
+    docs/BENCHMARKS.md); NMF with the same k gained as much.
     """
     first = min(PAPER_LAYER_SIZES[0], max(2, n_labels // 2))
     return (first, min(PAPER_LAYER_SIZES[1], max(1, first // 2)))

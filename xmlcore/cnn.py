@@ -92,7 +92,6 @@ class ImageNetwork:
         augment: bool = False,
         verbose: int = 0,
         alpha: float = 1.0,
-        lr_schedule: str = "constant",
     ) -> None:
         self.base = base
         self.weights = weights
@@ -109,7 +108,6 @@ class ImageNetwork:
         self.augment = augment
         self.verbose = verbose
         self.alpha = alpha
-        self.lr_schedule = lr_schedule
 
     def get_params(self) -> dict[str, Any]:
         """Hyper-parameters as plain JSON values (round-trips through ``__init__``)."""
@@ -143,12 +141,11 @@ class ImageNetwork:
         pre = self._prepare_targets(y)
         head_in, head_out = self._build(size, y.shape[1])
         trainer = keras.Model(head_in, self._training_output(head_out), name="trainer")
-        batches = self._batches(data, train, pre, shuffle=True)
         trainer.compile(
-            optimizer=keras.optimizers.Adam(self._rate(len(batches))), loss=self._training_loss()
+            optimizer=keras.optimizers.Adam(self.learning_rate), loss=self._training_loss()
         )
         history = trainer.fit(
-            batches,
+            self._batches(data, train, pre, shuffle=True),
             validation_data=None if val is None else self._batches(data, val, pre, shuffle=False),
             epochs=self.epochs,
             callbacks=self._callbacks(val is not None, on_epoch),
@@ -194,13 +191,6 @@ class ImageNetwork:
         return keras.Model(head_in, head_out, name=type(self).__name__)
 
     # -- internals ------------------------------------------------------------------
-
-    def _rate(self, steps_per_epoch: int) -> Any:
-        """The learning rate: constant, or cosine-decayed to 0 over the planned epochs."""
-        if self.lr_schedule == "constant":
-            return self.learning_rate
-        steps = max(1, self.epochs * steps_per_epoch)
-        return keras.optimizers.schedules.CosineDecay(self.learning_rate, steps)
 
     def _build(self, size: tuple[int, int], output_dim: int) -> tuple[Any, Any]:
         backbone = build_backbone(self.base, self.weights, (*size, 3), alpha=self.alpha)
@@ -293,7 +283,6 @@ class ImageNetwork:
             "config.dropout": 0 <= self.dropout < 1,
             "config.head_units": all(u >= 1 for u in self.head_units),
             "config.fine_tune_layers": self.fine_tune_layers >= -1,
-            "config.lr_schedule": self.lr_schedule in ("constant", "cosine"),
         }
         for code, ok in checks.items():
             if not ok:
