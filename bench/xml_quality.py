@@ -28,7 +28,7 @@ weight in H_1 of ``two_step``) with the generator's true dish-type groups. With 
 ``--seeds`` every figure is the mean over seeds and ``<figure>_std`` its spread.
 
 Run: ``.venv/bin/python bench/xml_quality.py --quick`` (small preset, small base, a few
-epochs, one seed: about 3 minutes on 2 CPU cores), ``--quick --seeds 0 1 2``, or
+epochs, one seed: about 1.5 minutes of CPU time on 2 cores), ``--quick --seeds 0 1 2``, or
 ``--preset paper --image-size 48 ...``. The LAST line printed is one JSON object.
 """
 
@@ -248,12 +248,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"{'model':<18}" + "".join(f"{key:>12}" for key in REPORTED))
+    print(f"{'model':<18}" + "".join(f"{key:>16}" for key in REPORTED))
     for name in MODELS:
         row = result[name]
         cells = [f"{row[k]:.4f}" + (f"±{row[k + '_std']:.3f}" if k + "_std" in row else "")
                  for k in REPORTED]  # fmt: skip
-        print(f"{name:<18}" + "".join(f"{cell:>12}" for cell in cells))
+        print(f"{name:<18}" + "".join(f"{cell:>16}" for cell in cells))
     print(f"hierarchy NMI (H_1 vs true groups): {result['hierarchy_nmi']:.4f}")
     print("tail re-ranking curve (test): " + ", ".join(
         f"alpha {a}: P@5 {f['p@5']:.4f} PSP@5 {f['psp@5']:.4f}"

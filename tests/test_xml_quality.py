@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xmlcore.autoencoder import default_layer_sizes
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "xml_quality.py"
 MODELS = ("two_step", "two_step_paper", "two_step_tail", "binary_relevance", "nmf")
 
@@ -35,6 +37,7 @@ def test_bench_prints_every_figure_as_json(capsys) -> None:
     assert set(result["targets"]) >= {"two_step_p@5_minus_nmf", "tail_psp@5_relative_gain"}
     setup = result["setup"]
     assert setup["preset"] == "tiny" and setup["n_labels"] == 24
+    assert setup["layers"] == list(default_layer_sizes(24))  # what users get by default
     assert (setup["n_train"], setup["n_val"], setup["n_test"]) == (48, 20, 30)
 
 
@@ -44,7 +47,6 @@ def test_quick_flag_only_fills_unset_options() -> None:
     assert quick.preset == "small" and quick.epochs == bench.QUICK["epochs"]
     assert quick.n_test == 1000 and quick.seeds == [0]
     assert bench.parse_args(["--quick", "--epochs", "2"]).epochs == 2
-    assert bench.default_layers(1000, 40) == (64, 16) and bench.default_layers(60, 9) == (18, 9)
 
 
 def test_splits_are_disjoint_and_seeded() -> None:
