@@ -139,8 +139,23 @@ def run_phase(
           f"{time.perf_counter() - started:.1f} s", flush=True)  # fmt: skip
     before = [finished_chunks(stack, w) for w in workers]
     run = run_job(prepared, prepared.keys, {"num_samples": args.num_samples}, poll=args.poll)
-    chunks = [finished_chunks(stack, w) - b for w, b in zip(workers, before, strict=True)]
+    expected = -(-len(prepared.keys) // args.chunk_size)
+    chunks = logged_chunks(stack, workers, before, expected)
     return Phase(len(workers), repeat, run, chunks)
+
+
+def logged_chunks(
+    stack: Stack, workers: list[str], before: list[int], expected: int, timeout: float = 15.0
+) -> list[int]:
+    """Chunks each worker finished since ``before``. Celery logs a task's success just
+    after its last item is recorded, so the job can look final a moment before the
+    logs account for every chunk: wait (briefly) for them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        chunks = [finished_chunks(stack, w) - b for w, b in zip(workers, before, strict=True)]
+        if sum(chunks) >= expected or time.monotonic() > deadline:
+            return chunks
+        time.sleep(0.1)
 
 
 def summarise(args: argparse.Namespace, phases: list[Phase], items: int) -> dict[str, Any]:

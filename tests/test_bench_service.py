@@ -65,7 +65,8 @@ def test_service_overhead_compares_both_sides(
     result = overhead.measure(stack, overhead.parse_args([*TINY, "--repeats", "1"]), prepared)
     assert {"inprocess_s", "service_s", "ratio", "items"} <= set(result)
     assert result["items"] == 4 and result["inprocess_s"] > 0 and result["service_s"] > 0
-    assert result["ratio"] == pytest.approx(result["service_s"] / result["inprocess_s"], 1e-2)
+    # The JSON rounds each figure, so the ratio of the rounded times is only close.
+    assert result["ratio"] == pytest.approx(result["service_s"] / result["inprocess_s"], rel=0.05)
     assert set(result["service_cpu_s"]) >= {"client", "api", "worker1", "s3"}
     assert "in-process s" in capsys.readouterr().out
 
