@@ -50,7 +50,7 @@ import sqlalchemy as sa  # noqa: E402
 
 from xmlx.client import ApiError, Client  # noqa: E402
 from xmlx.db import UTCDateTime  # noqa: E402
-from xmlx.embedded_postgres import EmbeddedPostgres, postgres_bin_dir  # noqa: E402
+from xmlx.embedded_postgres import EmbeddedPostgres, postgres_bin_dir, session_members  # noqa: E402
 from xmlx.embedded_redis import EmbeddedRedis  # noqa: E402
 from xmlx.embedded_s3 import start_seaweedfs  # noqa: E402
 from xmlx.stack import BUCKET, Stack, start_stack  # noqa: E402
@@ -141,7 +141,7 @@ class Chaos:
     def worker_owners(self, name: str) -> set[str]:
         """Lease owner names (`host:pid`) the worker's processes use."""
         host = os.uname().nodename
-        return {f"{host}:{pid}" for pid in _session_members(self.stack.processes[name].pid)}
+        return {f"{host}:{pid}" for pid in session_members(self.stack.processes[name].pid)}
 
     def holds_lease(self, name: str) -> bool:
         owners = self.worker_owners(name)
@@ -156,18 +156,6 @@ def _is_final(body: dict[str, Any]) -> bool:
     return body.get("state") in {
         "succeeded", "partially_succeeded", "failed", "cancelled"
     }  # fmt: skip
-
-
-def _session_members(session_id: int) -> list[int]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session_id and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
 
 
 def audit(chaos: Chaos, job_id: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -202,11 +202,12 @@ def _wait_session_gone(session_id: int, timeout: float) -> None:
     """Wait until no process of the server's session is left: backends outlive a killed
     postmaster for a moment, and a new one refuses to start while they hold its memory."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _session_members(session_id):
+    while time.monotonic() < deadline and session_members(session_id):
         time.sleep(0.1)
 
 
-def _session_members(session_id: int) -> list[int]:
+def session_members(session_id: int) -> list[int]:
+    """Live (non-zombie) processes of a Unix session, read from /proc."""
     members = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -219,4 +220,4 @@ def _session_members(session_id: int) -> list[int]:
     return members
 
 
-__all__ = ["EmbeddedPostgres", "EmbeddedPostgresError", "postgres_bin_dir"]
+__all__ = ["EmbeddedPostgres", "EmbeddedPostgresError", "postgres_bin_dir", "session_members"]
