@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -122,6 +123,25 @@ def test_s3_large_object_goes_multipart(s3_store: S3ObjectStore) -> None:
     etag = s3_store.client.head_object(Bucket=s3_store.bucket, Key="big/model.keras")["ETag"]
     assert etag.strip('"').endswith("-3")  # three parts of at most 5 MiB
     assert s3_store.get_bytes("big/model.keras") == data
+
+
+def test_s3_small_object_is_one_put_with_its_content_type(s3_store: S3ObjectStore) -> None:
+    data = b"heatmap" * 1000
+    s3_store.put_bytes("small/heatmap.png", data, "image/png")
+    head = s3_store.client.head_object(Bucket=s3_store.bucket, Key="small/heatmap.png")
+    assert head["ETag"].strip('"') == hashlib.md5(data).hexdigest()  # not multipart
+    assert head["ContentType"] == "image/png"
+    assert s3_store.get_bytes("small/heatmap.png", max_bytes=len(data)) == data
+
+
+def test_s3_oversized_get_is_refused_before_the_body(s3_store: S3ObjectStore) -> None:
+    s3_store.put_bytes("small/big.bin", b"y" * 4096)
+    with pytest.raises(StorageError) as info:
+        s3_store.get_bytes("small/big.bin", max_bytes=4095)
+    assert info.value.code == "storage.too_large" and "4096 bytes" in info.value.message
+    with pytest.raises(StorageError) as missing:
+        s3_store.get_bytes("small/none.bin", max_bytes=10)
+    assert missing.value.code == "storage.not_found"
 
 
 def test_s3_unreachable_endpoint_is_transient() -> None:

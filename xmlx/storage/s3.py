@@ -85,7 +85,15 @@ class S3ObjectStore:
                     raise
 
     def put_bytes(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
-        self._upload(key, lambda: io.BytesIO(data), content_type)
+        if len(data) >= self.transfer_config.multipart_threshold:
+            self._upload(key, lambda: io.BytesIO(data), content_type)
+            return
+        # One PUT: the transfer manager's thread pool and futures cost more CPU than
+        # the request itself for the small heatmaps and masks workers write by the
+        # thousand (docs/BENCHMARKS.md, service overhead).
+        check_key(key)
+        with _translated(key):
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
 
     def put_file(
         self, key: str, path: Path | str, content_type: str = DEFAULT_CONTENT_TYPE
@@ -105,21 +113,21 @@ class S3ObjectStore:
             )
 
     def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
-        if max_bytes is not None:
-            size = self.head(key)
-            if size is None:
-                raise StorageError("storage.not_found", f"no object {key}")
-            if size > max_bytes:
-                raise too_large(key, size, max_bytes)
         check_key(key)
         with _translated(key):
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            body = response["Body"]
             try:
+                # the size comes with the GET's headers: no HEAD round trip, and an
+                # oversized object is refused before its body is read
+                size = int(response.get("ContentLength", 0) or 0)
+                if max_bytes is not None and size > max_bytes:
+                    raise too_large(key, size, max_bytes)
                 data = body.read() if max_bytes is None else body.read(max_bytes + 1)
             finally:
                 body.close()
         if max_bytes is not None and len(data) > max_bytes:
-            raise too_large(key, len(data), max_bytes)  # replaced since the HEAD
+            raise too_large(key, len(data), max_bytes)  # no or a wrong Content-Length
         return data
 
     def head(self, key: str) -> int | None:
