@@ -7,7 +7,6 @@ is stored, and all the bad keys of a request are reported at once.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -24,8 +23,6 @@ _SEGMENT = r"(?!\.\.?(?:/|$))[ !-.0-\[\]-~]+"
 _PLAIN_KEY = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")
 MAX_REPORTED_ERRORS = 20
 LIST_PAGE = 1000
-# Where a dataset remembers its images folder until the table has a column for it.
-DATASET_INFO_NAME = "dataset.json"
 
 
 def check_user_keys(user_keys: Sequence[str], base_prefix: str = "") -> None:
@@ -97,26 +94,3 @@ def read_manifest_bytes(store: ObjectStore, key: str) -> bytes:
         if exc.code == "storage.not_found":
             raise ProblemError(422, "manifest.not_found", "no object at manifest_key") from exc
         raise
-
-
-def dataset_info_key(dataset_prefix: str) -> str:
-    return dataset_prefix + DATASET_INFO_NAME
-
-
-def write_dataset_info(store: ObjectStore, dataset_prefix: str, info: dict[str, Any]) -> None:
-    data = json.dumps(info, sort_keys=True).encode()
-    store.put_bytes(dataset_info_key(dataset_prefix), data, "application/json")
-
-
-def dataset_images_prefix(store: ObjectStore, dataset_prefix: str) -> str:
-    """The resolved storage prefix of a dataset's images (server-built at creation)."""
-    info = json.loads(store.get_bytes(dataset_info_key(dataset_prefix), max_bytes=1 << 20))
-    return str(info["image_prefix"])
-
-
-def dataset_user_prefix(store: ObjectStore, dataset_prefix: str) -> str | None:
-    try:
-        info = json.loads(store.get_bytes(dataset_info_key(dataset_prefix), max_bytes=1 << 20))
-    except StorageError:
-        return None
-    return str(info.get("images_prefix", ""))

@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import queries
+from xmlx import repository as repo
 from xmlx.db import SessionFactory, session_scope
 
 log = logging.getLogger("xmlx.api")
@@ -41,8 +41,8 @@ class ServiceCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         try:
             with session_scope(self.sessions) as session:
-                by_state = queries.jobs_by_state(session)
-                finished = queries.items_finished(session)
+                by_state = repo.jobs_by_state(session)
+                finished = repo.items_finished(session)
         except Exception:
             log.exception("metrics: database query failed")
         else:

@@ -13,7 +13,6 @@ from typing import Any
 
 from fastapi import Response
 
-from api import queries
 from api.deps import ApiState
 from api.idempotency import conflict
 from api.problems import ProblemError
@@ -77,7 +76,7 @@ def render_job(state: ApiState, job: Job) -> JobOut:
     errors: dict[str, int] = {}
     if job.failed:
         with session_scope(state.sessions) as session:
-            errors = queries.error_counts(session, job.id)
+            errors = repo.error_counts(session, job.id)
     return job_out(job, errors, utcnow())
 
 

@@ -7,10 +7,10 @@ from collections.abc import Callable
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import Engine, inspect, text
 
 from xmlx import migrate
-from xmlx.db import Base, create_engine
+from xmlx.db import Base, create_engine, utcnow
 
 
 def test_upgrade_downgrade_upgrade(make_database_url: Callable[[], str]) -> None:
@@ -27,6 +27,50 @@ def test_upgrade_downgrade_upgrade(make_database_url: Callable[[], str]) -> None
         migrate.ensure_migrated(engine)
     finally:
         engine.dispose()
+
+
+def test_0002_adds_the_dataset_images_columns_and_downgrade_drops_them(
+    make_database_url: Callable[[], str],
+) -> None:
+    url = make_database_url()
+    engine = create_engine(url)
+    try:
+        migrate.upgrade(url, "0001")
+        with engine.begin() as connection:  # a dataset written by the 0001 code
+            now = {"now": utcnow()}
+            connection.execute(text("INSERT INTO tenants VALUES ('t1', 't', :now)"), now)
+            connection.execute(text(_OLD_DATASET), now)
+        migrate.upgrade(url, "0002")
+        assert {"image_prefix", "images_prefix"} <= _columns(engine, "datasets")
+        assert "ix_items_job_id_id" in _indexes(engine, "items")
+        with engine.connect() as connection:  # old rows keep NULL: the dataset.json fallback
+            row = connection.execute(text("SELECT image_prefix, images_prefix FROM datasets"))
+            assert row.one() == (None, None)
+        migrate.downgrade(url, "0001")
+        assert migrate.current_revision(engine) == "0001"
+        assert not {"image_prefix", "images_prefix"} & _columns(engine, "datasets")
+        assert "ix_items_job_id_id" not in _indexes(engine, "items")
+        with engine.connect() as connection:
+            assert connection.scalar(text("SELECT id FROM datasets")) == "ds1"
+        migrate.upgrade(url)
+        migrate.ensure_migrated(engine)
+    finally:
+        engine.dispose()
+
+
+_OLD_DATASET = (
+    "INSERT INTO datasets (id, tenant_id, name, storage_prefix, manifest_key, n_images,"
+    " n_labels, empty_rows, label_counts, created_at) VALUES ('ds1', 't1', 'old',"
+    " 'tenants/t1/datasets/ds1/', 'tenants/t1/datasets/ds1/manifest.csv', 1, 1, 0, '{}', :now)"
+)
+
+
+def _columns(engine: Engine, table: str) -> set[str]:
+    return {column["name"] for column in inspect(engine).get_columns(table)}
+
+
+def _indexes(engine: Engine, table: str) -> set[str | None]:
+    return {index["name"] for index in inspect(engine).get_indexes(table)}
 
 
 def test_models_and_migrations_do_not_drift(database_url: str) -> None:

@@ -19,8 +19,6 @@ from fastapi.testclient import TestClient
 from skimage.segmentation import slic
 
 from api.app import create_app
-from api.inputs import dataset_images_prefix
-from api.web.queries import items_with_label
 from tests.api_fixtures import API_TEST_PEPPER, ApiUser, upload_files
 from xmlcore.datasets import generate_dishes, write_dataset
 from xmlcore.hierarchy import LabelHierarchy
@@ -31,6 +29,7 @@ from xmlx.db import SessionFactory, session_scope
 from xmlx.keys import item_artifact_key
 from xmlx.models import ModelState
 from xmlx.report import hierarchy_path, hierarchy_units, path_text
+from xmlx.repository import items_with_label
 from xmlx.settings import Settings
 from xmlx.storage import ObjectStore, make_object_store
 
@@ -176,8 +175,8 @@ def make_gallery(
     model_id = make_ready_model(sessions, user.tenant_id, dataset_id, vocab)
     with session_scope(sessions) as session:
         row = repo.get_dataset(session, user.tenant_id, dataset_id)
-        assert row is not None
-        prefix = dataset_images_prefix(store, row.storage_prefix)
+        assert row is not None and row.image_prefix is not None
+        prefix = row.image_prefix
     keys = list(ds.image_keys[:N_ITEMS])
     params = {
         "image_prefix": prefix,

@@ -106,6 +106,12 @@ class Dataset(Base):
     n_labels: Mapped[int] = mapped_column(Integer, default=0)
     empty_rows: Mapped[int] = mapped_column(Integer, default=0)
     label_counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The images folder: `image_prefix` is the server-built storage prefix the manifest's
+    # keys are relative to, `images_prefix` the folder as the client named it under its
+    # uploads. NULL on rows created before migration 0002, which kept both in a
+    # `dataset.json` next to the manifest copy (`xmlx.dataset_images` reads either).
+    image_prefix: Mapped[str | None] = mapped_column(String(MAX_KEY_LENGTH))
+    images_prefix: Mapped[str | None] = mapped_column(String(MAX_KEY_LENGTH))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (Index(None, "tenant_id", "created_at", "id"),)
@@ -204,4 +210,7 @@ class Item(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "item_key"),
         Index(None, "job_id", "state", "id"),
+        # A job's items in id order without a state filter (the unfiltered pages, the
+        # report): (job_id, state, id) would need a sort of the whole job.
+        Index(None, "job_id", "id"),
     )

@@ -27,14 +27,12 @@ from sqlalchemy.orm import Session
 from xmlcore.errors import XmlcoreError
 from xmlcore.labels import read_manifest
 from xmlx import repository as repo
+from xmlx.dataset_images import images_storage_prefix
 from xmlx.db import SessionFactory, session_scope
 from xmlx.jobs import JobError
 from xmlx.models import Item, ItemState, Job
 from xmlx.storage import ObjectStore, StorageError
 
-# The API keeps a dataset's images folder in this file next to its manifest copy
-# (api.inputs.DATASET_INFO_NAME); the kernel reads it without importing the API.
-DATASET_INFO_NAME = "dataset.json"
 MAX_INLINE_BYTES = 8 * 1024 * 1024
 MAX_MANIFEST_BYTES = 50 * 1024 * 1024
 _MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"GIF8", "image/gif"))
@@ -225,12 +223,12 @@ class TruthCache:
         if dataset is None:
             return None
         try:
-            info = json.loads(store.get_bytes(dataset.storage_prefix + DATASET_INFO_NAME, 1 << 20))
+            image_prefix = images_storage_prefix(store, dataset)
             space = read_manifest(store.get_bytes(dataset.manifest_key, MAX_MANIFEST_BYTES))
         except (StorageError, XmlcoreError, ValueError):
-            return None  # no readable manifest: the cards show predictions only
+            return None  # images folder or manifest unreadable: predictions only
         truth = {key: frozenset(space.labels_of(row)) for row, key in enumerate(space.image_keys)}
-        entry = (str(info.get("image_prefix", "")), truth)
+        entry = (image_prefix, truth)
         with self._lock:
             self._entries[dataset_id] = entry
             while len(self._entries) > self.max_datasets:

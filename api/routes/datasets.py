@@ -3,8 +3,10 @@
 Creating one reads the manifest from the tenant's uploads (at most 50 MiB), validates
 it with `xmlcore.labels.read_manifest` (a bad one is 422 with the manifest error's code
 and line), copies it into the dataset's own storage prefix, and records the counts.
-The images stay where they were uploaded; the server-built images prefix is kept in
-`dataset.json` next to the manifest copy (the datasets table has no column for it yet).
+The images stay where they were uploaded; the row records their folder twice: the
+server-built storage prefix (`image_prefix`, what training and batches read from) and
+the folder as the client named it (`images_prefix`, what the API shows back). Rows made
+before those columns existed are read through `xmlx.dataset_images`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from api.submit import mark_replayed
 from api.views import DatasetDetail, DatasetOut, Page, dataset_detail, dataset_out
 from xmlcore.labels import read_manifest
 from xmlx import repository as repo
+from xmlx.dataset_images import images_user_prefix
 from xmlx.db import session_scope
 from xmlx.models import Dataset
 
@@ -77,6 +80,7 @@ def _create(state: State, tenant_id: str, body: DatasetRequest) -> DatasetDetail
     inputs.check_user_keys(space.image_keys, image_prefix)
     suffix = "jsonl" if data.lstrip(_BLANKS).startswith(b"{") else "csv"
     counts = space.label_counts()
+    user_prefix = inputs.folder(body.images_prefix)
     with session_scope(state.sessions) as session:
         dataset = repo.create_dataset(
             session,
@@ -87,23 +91,18 @@ def _create(state: State, tenant_id: str, body: DatasetRequest) -> DatasetDetail
             n_labels=space.n_labels,
             empty_rows=space.empty_rows,
             label_counts={label: int(n) for label, n in zip(space.vocabulary, counts, strict=True)},
+            image_prefix=image_prefix,
+            images_prefix=user_prefix,
         )
-        # Written before the commit: a dataset row never exists without its files.
+        # Written before the commit: a dataset row never exists without its manifest.
         state.store.put_bytes(dataset.manifest_key, data, f"text/{suffix}")
-        user_prefix = inputs.folder(body.images_prefix)
-        inputs.write_dataset_info(
-            state.store,
-            dataset.storage_prefix,
-            {"image_prefix": image_prefix, "images_prefix": user_prefix,
-             "manifest_source": body.manifest_key},
-        )  # fmt: skip
     return dataset_detail(dataset, user_prefix)
 
 
 def _detail(state: State, tenant_id: str, dataset_id: str) -> DatasetDetail:
     with session_scope(state.sessions) as session:
         dataset = find_dataset(session, tenant_id, dataset_id)
-    return dataset_detail(dataset, inputs.dataset_user_prefix(state.store, dataset.storage_prefix))
+    return dataset_detail(dataset, images_user_prefix(state.store, dataset))
 
 
 @router.get(

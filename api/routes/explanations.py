@@ -28,6 +28,7 @@ from api.schemas import (
 )
 from api.submit import create_and_enqueue, find_model, mark_replayed, render_job, replayed_job
 from api.views import JobOut
+from xmlx.dataset_images import images_storage_prefix
 from xmlx.db import session_scope
 from xmlx.models import JobKind, Model
 
@@ -119,7 +120,7 @@ def _image_base(
         source = find_dataset(session, tenant_id, dataset_id) if dataset_id else None
     if source is None:
         return inputs.uploads_folder(tenant_id, ""), trained_on.label_counts
-    return inputs.dataset_images_prefix(state.store, source.storage_prefix), trained_on.label_counts
+    return images_storage_prefix(state.store, source), trained_on.label_counts
 
 
 def _check_target(body: ExplanationRequest, model: Model, label_counts: dict[str, Any]) -> None:

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
-from api import inputs, queries
 from api.deps import ApiState, Caller, DbSession, IdempotencyKey, State
 from api.idempotency import fingerprint
 from api.problems import ProblemError, problem_responses
@@ -22,6 +21,7 @@ from api.schemas import ModelRequest
 from api.submit import create_and_enqueue, find_model, mark_replayed, render_job, replayed_job
 from api.views import ModelCreated, ModelOut, Page, model_out
 from xmlx import repository as repo
+from xmlx.dataset_images import images_storage_prefix
 from xmlx.db import session_scope
 from xmlx.models import Job, JobKind, Model, ModelState
 
@@ -53,7 +53,7 @@ def create_model(
     with session_scope(state.sessions) as session:
         dataset = find_dataset(session, tenant_id, body.dataset_id)
         _check_layer_sizes(training.get("layer_sizes"), dataset.n_labels)
-        image_prefix = inputs.dataset_images_prefix(state.store, dataset.storage_prefix)
+        image_prefix = images_storage_prefix(state.store, dataset)
         model = repo.create_model(session, tenant_id, dataset.id, name=body.name, params=training)
     params: dict[str, Any] = {
         "dataset": {"manifest_key": dataset.manifest_key, "image_prefix": image_prefix},
@@ -107,7 +107,7 @@ def _created(state: ApiState, tenant_id: str, job: Job) -> ModelCreated:
 )
 def get_model(model_id: str, caller: Caller, state: State, session: DbSession) -> ModelOut:
     model = find_model(state, caller.tenant_id, model_id, ready=False)
-    return model_out(model, queries.training_job_id(session, caller.tenant_id, model_id))
+    return model_out(model, repo.training_job_id(session, caller.tenant_id, model_id))
 
 
 @router.get(

@@ -13,11 +13,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from api import queries as api_queries
 from api.deps import ApiState, get_state
 from api.web import model_view
 from api.web.auth import current_user, login_redirect
-from api.web.queries import items_with_label
 from api.web.render import bad_request, not_found, render
 from xmlx import repository as repo
 from xmlx.db import session_scope
@@ -134,13 +132,15 @@ def _job_context(
         if label is not None and item_state not in (None, ItemState.SUCCEEDED):
             page: Page[Item] | None = Page(rows=[], next_cursor=None)  # only successes have labels
         elif label is not None:
-            page = items_with_label(session, tenant_id, job_id, label, limit=limit, cursor=cursor)
+            page = repo.items_with_label(
+                session, tenant_id, job_id, label, limit=limit, cursor=cursor
+            )
         else:
             page = repo.list_items(
                 session, tenant_id, job_id, state=item_state, limit=limit, cursor=cursor
             )
         model = repo.get_model(session, tenant_id, job.model_id) if job.model_id else None
-        errors = api_queries.error_counts(session, job.id) if job.failed else {}
+        errors = repo.error_counts(session, job.id) if job.failed else {}
         truth = TRUTH.for_job(session, app.store, job) if job.kind != JobKind.TRAIN else None
     assert page is not None
     expiry = app.settings.presign_expiry_seconds
@@ -183,9 +183,7 @@ def model_page(request: Request, model_id: str) -> Response:
         return login_redirect(request)
     with session_scope(get_state(request).sessions) as session:
         model = repo.get_model(session, user.tenant_id, model_id)
-        training_job = (
-            api_queries.training_job_id(session, user.tenant_id, model_id) if model else None
-        )
+        training_job = repo.training_job_id(session, user.tenant_id, model_id) if model else None
     if model is None:
         return not_found(request, f"You have no model {model_id}.")
     header, rows, other_metrics = model_view.metrics_table(model.metrics or {})

@@ -39,8 +39,11 @@ from xmlx.repository.jobs import (
     list_items,
     list_jobs,
     pending_items,
+    training_job_id,
 )
+from xmlx.repository.label_search import items_with_label
 from xmlx.repository.pagination import InvalidCursorError, Page
+from xmlx.repository.stats import error_counts, items_finished, jobs_by_state
 
 __all__ = [
     "InvalidCursorError",
@@ -51,6 +54,7 @@ __all__ = [
     "create_dataset",
     "create_model",
     "create_tenant",
+    "error_counts",
     "expired_chunks",
     "get_chunk",
     "get_dataset",
@@ -64,6 +68,9 @@ __all__ = [
     "get_tenant_by_name",
     "has_live_lease",
     "is_cancel_requested",
+    "items_finished",
+    "items_with_label",
+    "jobs_by_state",
     "list_api_keys",
     "list_chunks",
     "list_datasets",
@@ -72,6 +79,7 @@ __all__ = [
     "list_models",
     "pending_items",
     "revoke_api_key",
+    "training_job_id",
     "transition_model",
     "verify_api_key",
 ]

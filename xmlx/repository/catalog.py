@@ -25,8 +25,14 @@ def create_dataset(
     n_labels: int = 0,
     empty_rows: int = 0,
     label_counts: dict[str, Any] | None = None,
+    image_prefix: str | None = None,
+    images_prefix: str | None = None,
 ) -> Dataset:
-    """A dataset row; its storage prefix and manifest key are built here, never given."""
+    """A dataset row; its storage prefix and manifest key are built here, never given.
+
+    `image_prefix` is the resolved storage prefix of its images (the caller builds it
+    with `xmlx.keys`), `images_prefix` the folder as the client named it.
+    """
     dataset_id = new_id("ds")
     dataset = Dataset(
         id=dataset_id,
@@ -38,6 +44,8 @@ def create_dataset(
         n_labels=n_labels,
         empty_rows=empty_rows,
         label_counts=label_counts or {},
+        image_prefix=image_prefix,
+        images_prefix=images_prefix,
         created_at=utcnow(),
     )
     session.add(dataset)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from xmlx.models import Chunk, ChunkState, Item, Job, JobState
+from xmlx.models import Chunk, ChunkState, Item, Job, JobKind, JobState
 from xmlx.repository.pagination import (
     Page,
     check_limit,
@@ -33,6 +33,17 @@ def get_job_unscoped(session: Session, job_id: str) -> Job | None:
 def get_job_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | None:
     stmt = select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
     return session.scalars(stmt).one_or_none()
+
+
+def training_job_id(session: Session, tenant_id: str, model_id: str) -> str | None:
+    """The newest training job of a model."""
+    stmt = (
+        select(Job.id)
+        .where(Job.tenant_id == tenant_id, Job.model_id == model_id, Job.kind == JobKind.TRAIN)
+        .order_by(Job.created_at.desc())
+        .limit(1)
+    )
+    return session.scalars(stmt).first()
 
 
 def list_jobs(

@@ -1,4 +1,4 @@
-"""The one item query the gallery needs that `xmlx.repository` lacks: items by label.
+"""Items by predicted label, for the gallery's label filter.
 
 Items whose top labels contain a label, in submission order, a keyset page at a time,
 each request scanning a bounded window of the job. The result column holds the JSON
@@ -15,10 +15,9 @@ import json
 from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import Session
 
-from xmlx import repository as repo
 from xmlx.models import Item, ItemState
-from xmlx.repository import Page
-from xmlx.repository.pagination import check_limit, decode_int_cursor, encode_cursor
+from xmlx.repository.jobs import get_job
+from xmlx.repository.pagination import Page, check_limit, decode_int_cursor, encode_cursor
 
 # Items looked at per request when filtering by label: bounds the cost of a rare or
 # absent label on a huge job (measured with bench/web_latency.py).
@@ -52,7 +51,7 @@ def items_with_label(
     next cursor: the scan goes on from there. None when the tenant has no such job.
     """
     check_limit(limit)
-    if repo.get_job(session, tenant_id, job_id) is None:
+    if get_job(session, tenant_id, job_id) is None:
         return None
     after = decode_int_cursor(cursor) if cursor is not None else None
     scope = select(Item.id).where(Item.job_id == job_id, Item.state == ItemState.SUCCEEDED)

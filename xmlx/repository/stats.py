@@ -1,7 +1,7 @@
-"""The few read queries the API needs that `xmlx.repository` does not have (yet).
+"""Aggregates over jobs and items: per-state job counts, finished items, error codes.
 
-Aggregates for job status and metrics. Kept together so they can move into the
-repository as they are; each is one indexed statement.
+Each is one statement on an index (or a small table scan of `jobs`), cheap enough for
+the metrics endpoint and the status pages to run per request.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from xmlx.models import Item, ItemState, Job, JobKind
+from xmlx.models import Item, ItemState, Job
 
 
 def error_counts(session: Session, job_id: str) -> dict[str, int]:
@@ -39,14 +39,3 @@ def items_finished(session: Session) -> dict[str, int]:
         )
     ).one()
     return {"succeeded": int(done), "failed": int(failed), "duplicates": int(duplicates)}
-
-
-def training_job_id(session: Session, tenant_id: str, model_id: str) -> str | None:
-    """The newest training job of a model."""
-    stmt = (
-        select(Job.id)
-        .where(Job.tenant_id == tenant_id, Job.model_id == model_id, Job.kind == JobKind.TRAIN)
-        .order_by(Job.created_at.desc())
-        .limit(1)
-    )
-    return session.scalars(stmt).first()
