@@ -85,7 +85,7 @@ class TrainingParams(Strict):
     layer_sizes: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(
         default=None, min_length=1, max_length=6
     )
-    ae_loss: Literal["mse", "propensity_mse"] = "mse"
+    ae_loss: Literal["mse", "propensity_mse", "bce"] = "mse"
     base: Literal["small", "vgg16", "mobilenet_v2", "efficientnet_b0"] = "small"
     # Never a path: a request must not make the server open a file of its choosing.
     weights: Literal["none", "imagenet"] = "none"

@@ -36,7 +36,8 @@ class StepMinRecorder(keras.callbacks.Callback):
         self.mins: list[float] = []
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        weights = [keras.ops.convert_to_numpy(w) for w in self.model.weights]
+        # the H matrices only: the logistic loss adds a label bias of any sign
+        weights = [keras.ops.convert_to_numpy(w) for w in self.model.get_layer("tied_nonneg").H]
         self.mins.append(min(float(w.min()) for w in weights))
 
 
@@ -213,3 +214,75 @@ def test_default_layer_sizes_fit_every_vocabulary() -> None:
     for p in (3, 8, 24, 60, 128):
         first, second = default_layer_sizes(p)
         assert p > first > second >= 1
+
+
+@pytest.fixture(scope="module")
+def logistic(planted: np.ndarray) -> DeepNonNegativeAutoencoder:
+    return DeepNonNegativeAutoencoder(
+        layer_sizes=(8, 3), loss="bce", epochs=60, learning_rate=0.03, seed=1
+    ).fit(planted)
+
+
+def test_logistic_loss_keeps_h_non_negative_after_every_step(planted):
+    recorder = StepMinRecorder()
+    ae = DeepNonNegativeAutoencoder(
+        layer_sizes=(8, 3), loss="bce", init="random", learning_rate=0.05, epochs=8,
+        batch_size=64,
+    )  # fmt: skip
+    ae.fit(planted, callbacks=[recorder])
+    assert len(recorder.mins) >= 8 * 4 and min(recorder.mins) >= 0.0
+    assert ae.label_bias_ is not None and ae.label_bias_.shape == (24,)
+
+
+def test_logistic_decoder_is_tied_with_a_label_bias_and_a_sigmoid(logistic, planted):
+    W = logistic.transform(planted)
+    H1, H2 = logistic.H_
+    bias = logistic.label_bias_
+    assert logistic.output_activation == "sigmoid" and bias.min() < 0  # rare labels: < 50%
+    expected = 1.0 / (1.0 + np.exp(-(W @ H2.T @ H1.T + bias)))
+    recon = logistic.inverse_transform(W)
+    np.testing.assert_allclose(recon, expected, rtol=1e-5, atol=1e-6)
+    assert recon.min() > 0 and recon.max() < 1
+    np.testing.assert_array_equal(logistic.decoder_bias(), bias)
+    keras_recon = logistic.keras_model().predict(planted, verbose=0)
+    np.testing.assert_allclose(keras_recon, recon, rtol=1e-4, atol=1e-5)
+
+
+def test_logistic_training_lowers_the_cross_entropy_and_ranks_the_true_labels(logistic, planted):
+    loss = logistic.history_["loss"]
+    assert loss[-1] < 0.7 * loss[0]
+    recon = logistic.inverse_transform(logistic.transform(planted))
+    # every row's true labels outscore its absent ones (ROC AUC per row, averaged)
+    aucs = [
+        np.mean(row[truth > 0][:, None] > row[truth == 0][None, :])
+        for row, truth in zip(recon, planted, strict=True)
+        if 0 < truth.sum() < len(truth)
+    ]
+    assert np.mean(aucs) > 0.95
+
+
+def test_logistic_state_round_trips_its_bias(logistic, planted, tmp_path):
+    from xmlcore.artifacts import load_autoencoder_state, save_autoencoder_state
+
+    save_autoencoder_state(tmp_path / "ae.npz", logistic.get_state())
+    restored = DeepNonNegativeAutoencoder.from_state(load_autoencoder_state(tmp_path / "ae.npz"))
+    np.testing.assert_array_equal(restored.label_bias_, logistic.label_bias_)
+    W = logistic.transform(planted)
+    np.testing.assert_array_equal(restored.inverse_transform(W), logistic.inverse_transform(W))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda s: s.update(label_bias=None),
+        lambda s: s.update(label_bias=np.zeros(5, dtype=np.float32)),
+        lambda s: s.update(label_bias=np.full(24, np.nan, dtype=np.float32)),
+        lambda s: s["config"].update(loss="mse"),
+    ],
+)
+def test_from_state_rejects_a_bias_that_does_not_fit(logistic, mutate):
+    state = logistic.get_state()
+    mutate(state)
+    with pytest.raises(ModelError) as err:
+        DeepNonNegativeAutoencoder.from_state(state)
+    assert err.value.code == "autoencoder.bad_state"

@@ -67,8 +67,8 @@ def test_propensity_weights_favour_rare_labels_with_mean_one() -> None:
 
 
 def test_decoder_inputs_are_checked() -> None:
-    D, V = check_decoder_inputs(np.ones((2, 3)), np.zeros((4, 3)), latent_dim=2, n_rows=4)
-    assert D.dtype == V.dtype == np.float32
+    D, V, bias = check_decoder_inputs(np.ones((2, 3)), np.zeros((4, 3)), latent_dim=2, n_rows=4)
+    assert D.dtype == V.dtype == np.float32 and bias is None
     bad = [
         (None, np.zeros((4, 3))),
         (np.ones((2, 3)), None),
@@ -79,4 +79,34 @@ def test_decoder_inputs_are_checked() -> None:
     for decoder, labels in bad:
         with pytest.raises(ConfigError) as err:
             check_decoder_inputs(decoder, labels, latent_dim=2, n_rows=4)
+        assert err.value.code == "config.decoder"
+
+
+def test_logistic_decoder_label_term_is_cross_entropy_normalised_at_the_bias() -> None:
+    rng = np.random.default_rng(2)
+    d, p, n = 2, 4, 6
+    labels = (rng.random((n, p)) < 0.5).astype("float32")
+    weights = np.array([1.0, 0.5, 2.0, 0.5], dtype="float32")
+    bias = np.array([-1.0, 0.5, -2.0, 0.0], dtype="float32")
+    y_true = np.concatenate([rng.normal(size=(n, d)), labels], axis=1).astype("float32")
+    y_pred = rng.normal(size=(n, d + p)).astype("float32")
+    loss = label_space_loss(d, weights, labels, label_weight=1.5, bias=bias)
+    got = np.asarray(ops.convert_to_numpy(loss(y_true, y_pred)))
+
+    def bce(y, logits):
+        return np.log1p(np.exp(logits)) - y * logits
+
+    baseline = np.mean(weights * bce(labels, bias[None, :]))
+    latent = np.mean((y_true[:, :d] - y_pred[:, :d]) ** 2, axis=1)
+    label = np.mean(weights * bce(y_true[:, d:], y_pred[:, d:]), axis=1)
+    np.testing.assert_allclose(got, latent + 1.5 * label / baseline, rtol=1e-4)
+
+
+def test_decoder_bias_is_checked() -> None:
+    D, V = np.ones((2, 3)), np.zeros((4, 3))
+    _, _, bias = check_decoder_inputs(D, V, latent_dim=2, n_rows=4, bias=np.zeros(3))
+    assert bias is not None and bias.dtype == np.float32
+    for bad in (np.zeros(2), np.array([0.0, np.inf, 0.0])):
+        with pytest.raises(ConfigError) as err:
+            check_decoder_inputs(D, V, latent_dim=2, n_rows=4, bias=bad)
         assert err.value.code == "config.decoder"

@@ -196,3 +196,21 @@ def test_hierarchy_reads_the_autoencoder_weights(trained, data) -> None:
     column = model.autoencoder.H_[0][:, 0]
     best = [data.label_space.vocabulary[j] for j in np.argsort(-column, kind="stable")[:3]]
     assert [name for name, _ in unit.members][:3] == best
+
+
+def test_logistic_autoencoder_gives_probabilities_through_every_path(data, tmp_path) -> None:
+    model = train_two_step(
+        data.images, data.label_space, layer_sizes=(8, 4), ae_loss="bce",
+        ae_params={"epochs": 5}, epochs=1, batch_size=16, regressor_params={"head_units": (8,)},
+    )  # fmt: skip
+    images = data.images[:4]
+    scores = model.predict_scores(images)
+    ae = model.autoencoder
+    logits = model.predict_latent(images) @ ae.decoder_matrix() + ae.decoder_bias()
+    np.testing.assert_allclose(scores, 1 / (1 + np.exp(-logits)), rtol=1e-5, atol=1e-6)
+    assert scores.min() > 0 and scores.max() < 1
+    via_keras = np.asarray(model.keras_model().predict(images.astype("float32"), verbose=0))
+    np.testing.assert_allclose(via_keras, model.outputs_fn(images), rtol=1e-4, atol=1e-5)
+    loaded = TwoStepModel.load(model.save(tmp_path / "m"))
+    assert loaded.metadata.autoencoder_loss == "bce"
+    np.testing.assert_array_equal(loaded.predict_scores(images), scores)

@@ -82,9 +82,11 @@ class ModelMetadata:
 
 def save_autoencoder_state(path: Path, state: dict[str, Any]) -> None:
     """``get_state()`` of the autoencoder -> npz (arrays + one JSON string, no pickle)."""
-    header = {key: value for key, value in state.items() if key != "weights"}
+    header = {key: value for key, value in state.items() if key not in ("weights", "label_bias")}
     arrays: dict[str, Any] = {"header": np.array(json.dumps(header))}
     arrays.update({f"H_{i}": np.asarray(h) for i, h in enumerate(state["weights"])})
+    if state.get("label_bias") is not None:
+        arrays["label_bias"] = np.asarray(state["label_bias"])
     np.savez(path, **arrays)
 
 
@@ -95,9 +97,10 @@ def load_autoencoder_state(path: Path) -> dict[str, Any]:
             header = json.loads(str(npz["header"]))
             count = sum(1 for name in npz.files if name.startswith("H_"))
             weights = [npz[f"H_{i}"] for i in range(count)]
+            bias = npz["label_bias"] if "label_bias" in npz.files else None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise ModelError("model.corrupt_artifact", f"bad {AUTOENCODER_FILE}: {exc}") from exc
-    return {**header, "weights": weights}
+    return {**header, "weights": weights, "label_bias": bias}
 
 
 def check_artifact_directory(directory: Path) -> None:

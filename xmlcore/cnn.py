@@ -296,7 +296,8 @@ class LatentLabelRegressor(ImageNetwork):
     ``target_scaling``: ``"std"`` (default; see the module docstring) or ``"none"``.
     ``label_loss`` (``"none"``: the paper's pure latent MSE; ``"mse"``;
     ``"propensity_mse"``), ``label_weight`` and ``tail_power``: the decoder-aware term of
-    ``xmlcore.label_loss``; it needs ``fit(..., decoder=(d, p), labels=(n, p))``.
+    ``xmlcore.label_loss``; it needs ``fit(..., decoder=(d, p), labels=(n, p))``, plus
+    ``decoder_bias=(p,)`` for a logistic decoder (the autoencoder's ``"bce"``).
     """
 
     activation = "linear"
@@ -331,11 +332,13 @@ class LatentLabelRegressor(ImageNetwork):
         on_epoch: EpochCallback | None = None,
         decoder: np.ndarray | None = None,
         labels: Any = None,
+        decoder_bias: np.ndarray | None = None,
         aux_targets: np.ndarray | None = None,
     ) -> LatentLabelRegressor:
-        """As ``ImageNetwork.fit``; ``decoder``/``labels`` feed the label loss (if any),
-        ``aux_targets (n, a)`` the auxiliary head (used when ``aux_weight > 0``)."""
-        self._decoder_inputs = (decoder, labels)
+        """As ``ImageNetwork.fit``; ``decoder``/``labels`` (and ``decoder_bias`` for a
+        logistic decoder) feed the label loss (if any), ``aux_targets (n, a)`` the
+        auxiliary head (used when ``aux_weight > 0``)."""
+        self._decoder_inputs = (decoder, labels, decoder_bias)
         self._aux_inputs = aux_targets
         try:
             super().fit(images, targets, on_epoch=on_epoch)
@@ -365,9 +368,11 @@ class LatentLabelRegressor(ImageNetwork):
             parts.append((aux - offset) / scale)
             self._n_aux = aux.shape[1]
         self._decoder, self._labels = None, np.zeros((len(y), 0), dtype="float32")
+        self._decoder_bias = None
         if self.label_loss != "none":
-            self._decoder, self._labels = check_decoder_inputs(
-                *self._decoder_inputs, latent_dim=y.shape[1], n_rows=len(y)
+            decoder, labels, bias = self._decoder_inputs
+            self._decoder, self._labels, self._decoder_bias = check_decoder_inputs(
+                decoder, labels, latent_dim=y.shape[1], n_rows=len(y), bias=bias
             )
             parts.append(self._labels)
         return np.concatenate(parts, axis=1)
@@ -383,7 +388,7 @@ class LatentLabelRegressor(ImageNetwork):
         if self._n_aux:
             aux = layers.Dense(self._n_aux, name="train_aux_output")(self._features)
         latent = self._latent(head_out, "train_latent")
-        return trainer_outputs(head_out, latent, self._decoder, aux)
+        return trainer_outputs(head_out, latent, self._decoder, aux, self._decoder_bias)
 
     def _training_loss(self) -> Any:
         if self.label_loss == "none" and not self._n_aux:
@@ -391,14 +396,17 @@ class LatentLabelRegressor(ImageNetwork):
         weights = label_weights(self._labels, self.label_loss, self.tail_power)
         return label_space_loss(
             len(self.target_scale_), weights, self._labels, self.label_weight,
-            aux_dim=self._n_aux, aux_weight=self.aux_weight,
+            aux_dim=self._n_aux, aux_weight=self.aux_weight, bias=self._decoder_bias,
         )  # fmt: skip
 
     def _finish(self, head_in: Any, head_out: Any) -> keras.Model:
         return keras.Model(head_in, self._latent(head_out, "latent"), name="latent_label_regressor")
 
 
-_TRAINING_ONLY = ("_decoder_inputs", "_decoder", "_labels", "_aux_inputs", "_n_aux", "_features")
+_TRAINING_ONLY = (
+    "_decoder_inputs", "_decoder", "_decoder_bias", "_labels", "_aux_inputs", "_n_aux",
+    "_features",
+)  # fmt: skip
 
 
 def _scaling(y: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:

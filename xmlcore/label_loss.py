@@ -18,6 +18,11 @@ prediction, artifacts and explanations are unchanged.
 ``label_loss``: ``"none"`` (the paper's pure latent regression), ``"mse"`` (w_j = 1),
 ``"propensity_mse"`` (tail-aware: w_j = (1 / propensity_j) ** tail_power, mean 1, Jain
 et al. 2016 propensities of the training labels, so a miss on a rare label costs more).
+
+A logistic decoder (the autoencoder's ``"bce"`` loss: ``sigmoid(max(z, 0) @ D + b)``)
+is trained the way it was fitted: the label term is then the binary cross-entropy of
+the logits ``max(z, 0) @ D + b``, weighted the same way, and ``baseline`` is its value
+at the bias alone (every label at its training rate).
 """
 
 from __future__ import annotations
@@ -45,9 +50,10 @@ def label_weights(labels: np.ndarray, kind: str, tail_power: float) -> np.ndarra
 
 
 def check_decoder_inputs(
-    decoder: Any, labels: Any, latent_dim: int, n_rows: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``decoder (d, p)`` and ``labels (n, p)`` as float32, or ``config.decoder``."""
+    decoder: Any, labels: Any, latent_dim: int, n_rows: int, bias: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``decoder (d, p)``, ``labels (n, p)`` and the logistic decoder's ``bias (p,)``
+    (or None) as float32, or ``config.decoder``."""
     if decoder is None or labels is None:
         raise ConfigError("config.decoder", "a label loss needs the decoder and the labels")
     D = np.asarray(decoder, dtype=np.float32)
@@ -58,19 +64,35 @@ def check_decoder_inputs(
             f"decoder must be ({latent_dim}, p) and labels ({n_rows}, p); "
             f"got {D.shape} and {V.shape}",
         )
-    if not (np.isfinite(D).all() and np.isfinite(V).all()):
-        raise ConfigError("config.decoder", "decoder or labels hold NaN or infinity")
-    return D, V
+    b = None if bias is None else np.asarray(bias, dtype=np.float32)
+    if b is not None and b.shape != (D.shape[1],):
+        raise ConfigError("config.decoder", f"decoder bias must be ({D.shape[1]},), got {b.shape}")
+    if not all(np.isfinite(a).all() for a in (D, V, *([] if b is None else [b]))):
+        raise ConfigError("config.decoder", "decoder, bias or labels hold NaN or infinity")
+    return D, V, b
 
 
-def decoded_scores(latent: Any, decoder: np.ndarray) -> Any:
-    """Training-graph label scores ``max(latent, 0) @ decoder`` (decoder frozen)."""
+def decoded_scores(latent: Any, decoder: np.ndarray, bias: np.ndarray | None = None) -> Any:
+    """Training-graph label scores ``max(latent, 0) @ decoder`` (+ ``bias``: the logits
+    of a logistic decoder); the decoder is frozen."""
     dense = layers.Dense(
-        decoder.shape[1], use_bias=False, trainable=False, name="train_label_scores"
+        decoder.shape[1], use_bias=bias is not None, trainable=False, name="train_label_scores"
     )
     scores = dense(layers.ReLU(name="train_latent_clipped")(latent))
-    dense.set_weights([decoder])
+    dense.set_weights([decoder] if bias is None else [decoder, bias])
     return scores
+
+
+def _label_baseline(weights: np.ndarray, labels: np.ndarray, bias: np.ndarray | None) -> float:
+    """The label term of a trivial prediction: all zeros (squared error) or the bias
+    alone (cross-entropy). ``label_weight = 1`` then weighs both terms alike."""
+    if not labels.shape[1]:
+        return 1.0
+    if bias is None:
+        per_entry = labels**2
+    else:
+        per_entry = np.logaddexp(0.0, bias)[None, :] - labels * bias[None, :]
+    return max(float(np.mean(weights[None, :] * per_entry)), 1e-12)
 
 
 def label_space_loss(
@@ -80,17 +102,18 @@ def label_space_loss(
     label_weight: float,
     aux_dim: int = 0,
     aux_weight: float = 0.0,
+    bias: np.ndarray | None = None,
 ) -> Any:
     """Loss on ``y = [standardised latent | standardised aux codes | labels]``.
 
     ``aux_dim`` columns of lower-layer codes (``W_1..W_{L-1}``, standardised) follow the
     latent ones and cost ``aux_weight`` times their MSE; ``labels`` may have 0 columns
-    (no label term).
+    (no label term). With ``bias`` (a logistic decoder) the label columns of ``y_pred``
+    are logits and cost their binary cross-entropy.
     """
     w = ops.convert_to_tensor(weights.reshape(1, -1), dtype="float32")
     n_labels = labels.shape[1]
-    baseline = max(float(np.mean(weights[None, :] * labels**2)) if n_labels else 0.0, 1e-12)
-    scale = float(label_weight) / baseline
+    scale = float(label_weight) / _label_baseline(weights, labels, bias)
     d, a = latent_dim, latent_dim + aux_dim
 
     def loss(y_true: Any, y_pred: Any) -> Any:
@@ -99,18 +122,25 @@ def label_space_loss(
             aux = ops.mean(ops.square(y_true[:, d:a] - y_pred[:, d:a]), axis=-1)
             total = total + float(aux_weight) * aux
         if n_labels:
-            label = ops.mean(w * ops.square(y_true[:, a:] - y_pred[:, a:]), axis=-1)
-            total = total + scale * label
+            if bias is None:
+                error = ops.square(y_true[:, a:] - y_pred[:, a:])
+            else:
+                error = ops.binary_crossentropy(y_true[:, a:], y_pred[:, a:], from_logits=True)
+            total = total + scale * ops.mean(w * error, axis=-1)
         return total
 
     return loss
 
 
 def trainer_outputs(
-    head_out: Any, latent: Any, decoder: np.ndarray | None, aux_out: Any = None
+    head_out: Any,
+    latent: Any,
+    decoder: np.ndarray | None,
+    aux_out: Any = None,
+    bias: np.ndarray | None = None,
 ) -> Any:
     """``[head output | aux codes | decoded scores]`` in one tensor (one target, one loss)."""
     parts = [head_out] if aux_out is None else [head_out, aux_out]
     if decoder is not None:
-        parts.append(decoded_scores(latent, decoder))
+        parts.append(decoded_scores(latent, decoder, bias))
     return keras.layers.Concatenate(name="train_outputs")(parts)

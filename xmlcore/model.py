@@ -96,11 +96,18 @@ class TwoStepModel:
         if self._keras_model is None:
             base = self.regressor.model_
             latent = layers.ReLU(name="latent_clipped")(base.output)
+            ae = self.autoencoder
+            logistic = ae.output_activation == "sigmoid"
             decoder = layers.Dense(
-                self.n_labels, use_bias=False, trainable=False, name="label_scores"
+                self.n_labels,
+                use_bias=logistic,
+                activation=ae.output_activation,
+                trainable=False,
+                name="label_scores",
             )
             scores = decoder(latent)
-            decoder.set_weights([self.autoencoder.decoder_matrix().astype("float32")])
+            weights = [ae.decoder_matrix().astype("float32")]
+            decoder.set_weights([*weights, ae.decoder_bias()] if logistic else weights)
             outputs = layers.Concatenate(name="latent_and_scores")([latent, scores])
             self._keras_model = keras.Model(base.input, outputs, name="two_step")
         return self._keras_model
@@ -238,6 +245,7 @@ def train_two_step(
     stage_cb = None if on_epoch is None else (lambda e, logs: on_epoch("regressor", e, logs))
     decoder = {
         "decoder": autoencoder.decoder_matrix(),
+        "decoder_bias": getattr(autoencoder, "label_bias_", None),
         "labels": label_space.matrix,
         # the lower layers' codes: an auxiliary target when regressor aux_weight > 0
         "aux_targets": np.concatenate(codes[:-1], axis=1) if len(codes) > 1 else None,
