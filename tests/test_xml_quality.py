@@ -11,7 +11,9 @@ import numpy as np
 from xmlcore.autoencoder import default_layer_sizes
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "xml_quality.py"
-MODELS = ("two_step", "two_step_paper", "two_step_tail", "binary_relevance", "nmf")
+MODELS = (
+    "two_step", "two_step_paper", "two_step_tail", "two_step_bce", "binary_relevance", "nmf",
+)  # fmt: skip
 
 
 def _load_bench():
@@ -34,11 +36,30 @@ def test_bench_prints_every_figure_as_json(capsys) -> None:
     assert isinstance(result["hierarchy_nmi"], float)
     assert result["two_step_tail"]["alpha"][0] in bench.ALPHAS
     assert set(result["tail_curve"]) == {str(a) for a in bench.ALPHAS}
-    assert set(result["targets"]) >= {"two_step_p@5_minus_nmf", "tail_psp@5_relative_gain"}
+    targets = result["targets"]
+    assert set(targets) >= {
+        "two_step_p@5_minus_nmf",
+        "two_step_tail_psp@5_relative_gain",
+        "two_step_bce_psp@5_relative_gain",
+        "hierarchy_nmi_at_least_0.6",
+    }
+    assert len(targets["two_step_p@5_minus_nmf_per_seed"]) == 1
     setup = result["setup"]
     assert setup["preset"] == "tiny" and setup["n_labels"] == 24
     assert setup["layers"] == list(default_layer_sizes(24))  # what users get by default
     assert (setup["n_train"], setup["n_val"], setup["n_test"]) == (48, 20, 30)
+
+
+def test_a_subset_of_models_reports_only_their_figures(capsys) -> None:
+    bench = _load_bench()
+    argv = ["--preset", "tiny", "--epochs", "1", "--ae-epochs", "3", "--n-val", "10"]
+    result = bench.main([*argv, "--n-test", "20", "--models", "two_step", "nmf"])
+    assert set(MODELS) & set(result) == {"two_step", "nmf"}
+    assert "tail_curve" not in result and result["setup"]["models"] == ["two_step", "nmf"]
+    assert set(result["targets"]) == {
+        "hierarchy_nmi_at_least_0.6", "two_step_p@5_minus_nmf", "two_step_p@5_minus_nmf_per_seed"
+    }  # fmt: skip
+    assert "two_step_tail" not in capsys.readouterr().out
 
 
 def test_quick_flag_only_fills_unset_options() -> None:
