@@ -67,6 +67,8 @@ def test_quick_flag_only_fills_unset_options() -> None:
     quick = bench.parse_args(["--quick"])
     assert quick.preset == "small" and quick.epochs == bench.QUICK["epochs"]
     assert quick.n_test == 1000 and quick.seeds == [0]
+    assert quick.models == ["two_step", "two_step_tail", "binary_relevance", "nmf"]
+    assert bench.parse_args(["--quick", "--models", "nmf"]).models == ["nmf"]
     assert bench.parse_args(["--quick", "--epochs", "2"]).epochs == 2
 
 
