@@ -23,6 +23,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from xmlcore.allocator import MallocGuard
 from xmlcore.backbones import BACKBONES, build_backbone, set_fine_tuning
 from xmlcore.errors import ConfigError, ModelError
 from xmlcore.label_loss import (
@@ -209,7 +210,8 @@ class ImageNetwork:
         callbacks: list[Any] = [
             keras.callbacks.EarlyStopping(
                 monitor=monitor, patience=self.patience, restore_best_weights=True
-            )
+            ),
+            MallocGuard(),  # TensorFlow's malloc patch slows all later numpy work ~2x
         ]
         if on_epoch is not None:
             callbacks.append(
