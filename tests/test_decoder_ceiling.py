@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "decoder_ceiling.py"
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("decoder_ceiling", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench_scripts import load_bench_script
 
 
 def test_ceiling_scores_every_decoder_and_prints_json(capsys) -> None:
-    bench = _load_bench()
+    bench = load_bench_script("decoder_ceiling")
     result = bench.main(["--preset", "tiny", "--seeds", "0", "--n-test", "40", "--ae-epochs", "20"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     assert set(result) == {"ae_mse", "ae_propensity_mse", "ae_bce", "nmf", "setup"}
@@ -35,7 +25,7 @@ def test_ceiling_scores_every_decoder_and_prints_json(capsys) -> None:
 
 
 def test_label_matrices_split_the_generated_rows() -> None:
-    bench = _load_bench()
+    bench = load_bench_script("decoder_ceiling")
     args = bench.parse_args(["--preset", "tiny", "--n-test", "30"])
     train, test = bench.label_matrices(args, seed=1)
     assert train.shape == (48, 24) and test.shape == (30, 24)

@@ -8,35 +8,23 @@ and body. CI runs `CI_CASES`; `python bench/fuzz_api.py --cases 1000` the full c
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from api.app import create_app
+from tests.bench_scripts import load_bench_script
 from xmlx.embedded_redis import EmbeddedRedis
 
 pytestmark = pytest.mark.slow
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "fuzz_api.py"
 CI_CASES = 200
-
-
-def _load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fuzz_api", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fuzz_api"] = module  # dataclasses look their module up while defining
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_generated_requests_find_no_5xx_and_no_schema_violation(
     database_url: str, broker_redis: EmbeddedRedis, tmp_path: Path
 ) -> None:
-    bench = _load_bench()
+    bench = load_bench_script("fuzz_api")
     settings = bench.fuzz_settings(database_url, broker_redis.url, tmp_path)
     app = create_app(settings)
     report = bench.fuzz(app, settings, CI_CASES, seed=0)

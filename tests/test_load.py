@@ -9,35 +9,23 @@ shared for tight timing assertions, so here the acceptance only has a loose ceil
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.bench_scripts import load_bench_script
 from tests.service_fixtures import running_stack
 from xmlx.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ACCEPT_CEILING_S = 5.0
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "load.py"
-
-
-def _load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("load_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["load_bench"] = module  # dataclasses look their module up while defining
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    return _load_bench()
+    return load_bench_script("load")
 
 
 @pytest.fixture(scope="module")

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 
+from tests.bench_scripts import load_bench_script
 from xmlcore.autoencoder import default_layer_sizes
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "xml_quality.py"
 MODELS = (
     "two_step", "two_step_paper", "two_step_tail", "two_step_bce", "binary_relevance", "nmf",
 )  # fmt: skip
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("xml_quality", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bench_prints_every_figure_as_json(capsys) -> None:
-    bench = _load_bench()
+    bench = load_bench_script("xml_quality")
     argv = ["--preset", "tiny", "--epochs", "1", "--ae-epochs", "5", "--n-val", "20"]
     result = bench.main([*argv, "--n-test", "30"])
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
@@ -51,7 +41,7 @@ def test_bench_prints_every_figure_as_json(capsys) -> None:
 
 
 def test_a_subset_of_models_reports_only_their_figures(capsys) -> None:
-    bench = _load_bench()
+    bench = load_bench_script("xml_quality")
     argv = ["--preset", "tiny", "--epochs", "1", "--ae-epochs", "3", "--n-val", "10"]
     result = bench.main([*argv, "--n-test", "20", "--models", "two_step", "nmf"])
     assert set(MODELS) & set(result) == {"two_step", "nmf"}
@@ -63,7 +53,7 @@ def test_a_subset_of_models_reports_only_their_figures(capsys) -> None:
 
 
 def test_quick_flag_only_fills_unset_options() -> None:
-    bench = _load_bench()
+    bench = load_bench_script("xml_quality")
     quick = bench.parse_args(["--quick"])
     assert quick.preset == "small" and quick.epochs == bench.QUICK["epochs"]
     assert quick.n_test == 1000 and quick.seeds == [0]
@@ -73,7 +63,7 @@ def test_quick_flag_only_fills_unset_options() -> None:
 
 
 def test_splits_are_disjoint_and_seeded() -> None:
-    bench = _load_bench()
+    bench = load_bench_script("xml_quality")
     train, val, test = bench.split_rows((50, 10, 40), seed=3)
     assert len(np.unique(np.concatenate([train, val, test]))) == 100
     again = bench.split_rows((50, 10, 40), seed=3)
@@ -81,7 +71,7 @@ def test_splits_are_disjoint_and_seeded() -> None:
 
 
 def test_seed_spread_and_alpha_choice() -> None:
-    bench = _load_bench()
+    bench = load_bench_script("xml_quality")
     assert bench.mean_std([0.5], "p@5") == {"p@5": 0.5}
     assert bench.mean_std([0.4, 0.6], "p@5") == {"p@5": 0.5, "p@5_std": 0.1414}
     # a rare label that is right in every row: re-ranking toward it must be chosen
