@@ -6,11 +6,11 @@ TensorFlow 2.21 calls ``mallopt(M_TRIM_THRESHOLD, 128 KiB)`` ("Memory patch appl
 in its log). Setting any malloc threshold switches off glibc's dynamic mmap
 threshold, so from then on every allocation of 128 KiB or more -- each LIME
 perturbation batch, each image batch -- is a fresh ``mmap`` that page-faults on
-first touch and is unmapped on free. Measured on the 2-core CPU machine, explaining
-16 images with 300 LIME samples after a training in the same process: 5.37 s wall,
-3.05 s system time, 934,000 minor page faults; after ``restore_malloc_thresholds``:
-2.82 s, 0.06 s, 3,700. Workers train and explain in one process, so the service
-paid this on every explanation after a training (about 1.9x, bench/service_overhead.py).
+first touch and is unmapped on free. ``bench/malloc_patch.py`` explains 16 images
+with 300 LIME samples both ways in one process: 750,191 minor page faults and 1.9 s of
+system time patched, 386 faults and 0.08 s restored (docs/BENCHMARKS.md). Workers
+train and explain in one process, so the service paid this on every explanation after
+a training (service overhead 1.91 -> 1.12, bench/service_overhead.py).
 
 ``restore_malloc_thresholds`` sets the values glibc's own dynamic rule converges to
 for large repeated allocations (mmap threshold at its 64-bit maximum of 32 MiB, trim
