@@ -137,13 +137,18 @@ def predict_outputs(
     predict_fn: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, columns: np.ndarray | None
 ) -> np.ndarray:
     """Call the model on one batch; returns float64 ``(n, m)`` (or only ``columns``)."""
-    out = np.asarray(predict_fn(batch))
+    return checked_outputs(predict_fn(batch), len(batch), columns)
+
+
+def checked_outputs(outputs: Any, n: int, columns: np.ndarray | None) -> np.ndarray:
+    """A model's answer for ``n`` images as float64 ``(n, m)`` (or only ``columns``)."""
+    out = np.asarray(outputs)
     if out.ndim == 1:
         out = out[:, None]
-    if out.ndim != 2 or out.shape[0] != len(batch):
+    if out.ndim != 2 or out.shape[0] != n:
         raise ExplainError(
             "explain.bad_predict_fn",
-            f"predict_fn returned shape {out.shape} for a batch of {len(batch)} images",
+            f"predict_fn returned shape {out.shape} for a batch of {n} images",
         )
     if columns is not None:
         out = out[:, columns]
@@ -167,6 +172,9 @@ def run_requests(
     consumed in the builder thread, so the work of making each request overlaps the
     model's work too (pass ``image_shape`` then, else the first request is made first).
     """
+    if hasattr(predict_fn, "predict_perturbed"):
+        _run_on_device(predict_fn, requests, batch_size, columns)
+        return
     if image_shape is None:
         pending = iter(requests)
         first = next(pending, None)
@@ -203,3 +211,66 @@ def _packed_batches(
                 turn, pos, chunks = 1 - turn, 0, []
     if pos:
         yield buffers[turn][:pos], chunks
+
+
+def _run_on_device(
+    predictor: Any,
+    requests: Iterable[SampleRequest],
+    batch_size: int,
+    columns: np.ndarray | None,
+) -> None:
+    """``run_requests`` for a predictor that builds the perturbed images itself
+    (``device_sampling.PerturbingPredictor``): batches carry masks, not pixels. The
+    requests are still made (segmented) in a helper thread while the device works."""
+    with ThreadPoolExecutor(max_workers=1) as builder:
+        batches = _mask_batches(requests, batch_size)
+        upcoming = builder.submit(next, batches, None)
+        while (batch := upcoming.result()) is not None:
+            upcoming = builder.submit(next, batches, None)
+            group, masks, rows, chunks = batch
+            out = predictor.predict_perturbed(
+                np.stack([req.image for req in group]),
+                np.stack([req.fill for req in group]),
+                np.stack([req.segments for req in group]),
+                masks,
+                rows,
+            )
+            out = checked_outputs(out, len(masks), columns)
+            for req, start, take in chunks:
+                req.outputs.append(out[start : start + take])
+
+
+def _mask_batches(
+    requests: Iterable[SampleRequest], batch_size: int
+) -> Iterator[tuple[list[SampleRequest], np.ndarray, np.ndarray, list[Chunk]]]:
+    """Like ``_packed_batches``, as (distinct requests, masks, row -> request, chunks)."""
+    group: list[SampleRequest] = []
+    parts: list[tuple[np.ndarray, int]] = []
+    chunks: list[Chunk] = []
+    pos = 0
+
+    def flush() -> tuple[list[SampleRequest], np.ndarray, np.ndarray, list[Chunk]]:
+        width = max(m.shape[1] for m, _ in parts)
+        masks = np.zeros((pos, width), np.uint8)
+        rows = np.empty(pos, np.int32)
+        start = 0
+        for m, g in parts:
+            masks[start : start + len(m), : m.shape[1]] = m
+            rows[start : start + len(m)] = g
+            start += len(m)
+        return group, masks, rows, chunks
+
+    for req in requests:
+        row = 0
+        while row < len(req.masks):
+            if not group or group[-1] is not req:
+                group.append(req)
+            take = min(batch_size - pos, len(req.masks) - row)
+            parts.append((req.masks[row : row + take], len(group) - 1))
+            chunks.append((req, pos, take))
+            pos, row = pos + take, row + take
+            if pos == batch_size:
+                yield flush()
+                group, parts, chunks, pos = [], [], [], 0
+    if pos:
+        yield flush()
