@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -116,16 +116,45 @@ def api(
 @app.command()
 def worker(
     queues: Annotated[str, typer.Option(help="comma-separated queues")] = "gpu,default",
-    concurrency: Annotated[int, typer.Option(help="one per GPU; TF is not fork-safe")] = 1,
+    concurrency: Annotated[int, typer.Option(help="pool processes (CPU worker only)")] = 1,
     name: Annotated[str, typer.Option(help="node name")] = "",
+    gpus: Annotated[
+        str | None,
+        typer.Option(help="one worker process per GPU: all, a count N, or ids (0,1 / 3,)"),
+    ] = None,
 ) -> None:
-    """Run a Celery worker (one process per GPU)."""
+    """Run a Celery worker; with --gpus, one worker process per GPU, supervised."""
+    if gpus is None:
+        _exec(_celery_worker_args(queues, concurrency, name))
+    from xmlx.gpus import GpuSelectionError, gpu_worker_env, select_gpus, visible_gpus
+    from xmlx.supervisor import ChildSpec, Supervisor
+
+    try:
+        devices = select_gpus(gpus, visible_gpus(os.environ))
+    except GpuSelectionError as exc:
+        console.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from exc
+    prefix = name.split("@")[0] if name else "gpu"
+    specs = [
+        ChildSpec(
+            f"{prefix}{i}",
+            _celery_worker_args(queues, 1, f"{prefix}{i}@%h"),
+            gpu_worker_env(os.environ, device),
+        )
+        for i, device in enumerate(devices)
+    ]
+    console.print(f"{len(specs)} GPU worker(s) on device(s) {', '.join(devices)}")
+    raise typer.Exit(Supervisor(specs, echo=console.print).run())
+
+
+def _celery_worker_args(queues: str, concurrency: int, name: str) -> list[str]:
+    # prefork with a framework-free parent: the pool child imports Keras and initialises
+    # CUDA after the fork, and a replacement child is forked from the same clean parent.
+    # Unlike the solo and threads pools, prefork enforces the hard time limit.
     args = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-            "-Q", queues, "--concurrency", str(concurrency), "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle"]  # fmt: skip
-    if name:
-        args += ["-n", name]
-    _exec(args)
+            "-Q", queues, "--pool", "prefork", "--concurrency", str(concurrency),
+            "--loglevel", "INFO", "--without-gossip", "--without-mingle"]  # fmt: skip
+    return args + ["-n", name] if name else args
 
 
 @app.command()
@@ -174,7 +203,7 @@ def demo(
     run_service_demo(out, console=console, config=DemoConfig(epochs=epochs, keep_running=keep))
 
 
-def _exec(args: list[str]) -> None:
+def _exec(args: list[str]) -> NoReturn:
     # Replace this process so signals (SIGTERM for a warm shutdown) reach the program
     # itself; a wrapper in between would die first and leave a chunk half done.
     os.execv(args[0], args)
