@@ -4,6 +4,7 @@ worker dies). No GPU is needed: `--gpus 0,1` only sets each child's environment.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -139,10 +140,8 @@ def wait_until_ready(
 
 def kill_leftovers(processes: list[psutil.Process]) -> None:
     for proc in processes:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def test_one_worker_per_gpu_each_sees_its_own_device_and_stops_warm(

@@ -154,7 +154,7 @@ def _celery_worker_args(queues: str, concurrency: int, name: str) -> list[str]:
     args = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
             "-Q", queues, "--pool", "prefork", "--concurrency", str(concurrency),
             "--loglevel", "INFO", "--without-gossip", "--without-mingle"]  # fmt: skip
-    return args + ["-n", name] if name else args
+    return [*args, "-n", name] if name else args
 
 
 @app.command()

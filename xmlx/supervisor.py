@@ -59,7 +59,7 @@ class Supervisor:
             for spec in self.specs:
                 if self._stop_signals:
                     break  # stopped while starting: do not start the rest
-                self.children[spec.name] = subprocess.Popen(  # noqa: S603 - our own argv
+                self.children[spec.name] = subprocess.Popen(
                     spec.args, env=spec.env, start_new_session=True, preexec_fn=_die_with_parent
                 )
                 self.echo(f"started {spec.name} (pid {self.children[spec.name].pid})")
