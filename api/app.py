@@ -22,7 +22,16 @@ from api.idempotency import ReplayStore
 from api.metrics import Metrics, RequestTimer
 from api.problems import install_handlers
 from api.ratelimit import RateLimiter
-from api.routes import datasets, explanations, files, health, jobs, models, uploads
+from api.routes import (
+    capabilities,
+    datasets,
+    explanations,
+    files,
+    health,
+    jobs,
+    models,
+    uploads,
+)
 from xmlx.db import engine_from_settings, make_session_factory
 from xmlx.migrate import ensure_migrated
 from xmlx.settings import Settings, get_settings
@@ -88,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_handlers(app)
     app.add_middleware(RequestTimer, metrics=lambda: _metrics_of(app))
-    for module in (health, uploads, files, datasets, models, explanations, jobs):
+    for module in (health, capabilities, uploads, files, datasets, models, explanations, jobs):
         app.include_router(module.router)
     app.include_router(web.router)
     return app

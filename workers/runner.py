@@ -38,6 +38,8 @@ STORAGE_BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0)
 # Object-store round trips of a batch (image fetches, artifact puts) run this many at a
 # time: one after another they were ~20 % of a batch's time (bench/service_overhead.py).
 IO_THREADS = 8
+# Methods whose batches are forward passes only: gradients need several times the memory.
+FORWARD_ONLY_METHODS = frozenset({"lime", "occlusion"})
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ def _run_batch(ctx: WorkerContext, job: Job, model: Any, pending: list[str]) -> 
     images, good_keys = _fetch_images(ctx, job, model.image_size, pending)
     if not good_keys:
         return
-    compute = _compute_fn(job, model)
+    compute = _compute_fn(job, model, ctx.forward_batch_size(model))
     try:
         reports = compute(np.stack(images))
         pairs = list(zip(good_keys, reports, strict=True))
@@ -140,18 +142,24 @@ def _run_batch(ctx: WorkerContext, job: Job, model: Any, pending: list[str]) -> 
     _persist(ctx, job, pairs, {"seconds": round(seconds, 4)}, pending)
 
 
-def _compute_fn(job: Job, model: Any) -> Callable[[np.ndarray], list[ImageReport]]:
+def _compute_fn(
+    job: Job, model: Any, gpu_batch: int | None
+) -> Callable[[np.ndarray], list[ImageReport]]:
     params = job.params
     k = int(params.get("k", 5))
     if job.kind == JobKind.PREDICT:
         return lambda images: predict_images(model, images, k=k)
     target = parse_target(params.get("target"))
+    method_params = dict(params.get("params") or {})
+    if gpu_batch is not None and params.get("method", "lime") in FORWARD_ONLY_METHODS:
+        # On a GPU, the batch that fits its free memory, unless the request chose one.
+        method_params.setdefault("batch_size", gpu_batch)
     return lambda images: explain_images(
         model,
         images,
         method=str(params.get("method", "lime")),
         target=target,
-        params=params.get("params") or {},
+        params=method_params,
         k=k,
         model_id=job.model_id,
     )

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.exc import OperationalError
 
-from workers.context import WorkerContext
+from workers.context import WorkerContext, configure_accelerator
 from xmlcore.autoencoder import default_layer_sizes
 from xmlcore.errors import XmlcoreError
 from xmlcore.images import decode_image
@@ -28,6 +28,7 @@ from xmlx.db import session_scope
 from xmlx.keys import model_artifact_key
 from xmlx.models import Job, ModelState
 from xmlx.storage import StorageError
+from xmlx.weights import WeightsError, cached_weights_file, weights_record
 
 TRAIN_ITEM_KEY = "model"
 HOLDOUT_FRACTION = 0.1
@@ -104,7 +105,7 @@ def run_training(ctx: WorkerContext, chunk_id: str) -> str:
         jobs.release_chunk(ctx.sessions, chunk_id, ctx.owner)
         _set_model_state(ctx, model_id, ModelState.FAILED, error_code="job.cancelled")
         return "cancelled"
-    except (XmlcoreError, StorageError) as exc:
+    except (XmlcoreError, StorageError, WeightsError) as exc:
         if getattr(exc, "transient", False):
             raise
         _set_model_state(
@@ -149,13 +150,32 @@ def _train(
     kwargs = _training_kwargs(train_params)
     if kwargs.get("layer_sizes") is None:
         kwargs["layer_sizes"] = default_layer_sizes(space.n_labels)
+    configure_accelerator(ctx.settings)
+    weights_sha256 = _use_imported_weights(ctx, kwargs)
     model = train_two_step(
         images[train_rows], space.subset(train_rows), model_id=job.model_id,
         on_epoch=on_epoch, **kwargs,
     )  # fmt: skip
     metrics = _evaluate(model, images[test_rows], space, train_rows, test_rows)
     metrics["images_unreadable"] = n_listed - len(kept)
+    if weights_sha256 is not None:
+        # The model records what it started from, not this worker's cache path.
+        model.metadata.weights = model.metadata.regressor_params["weights"] = "imagenet"
+        metrics["imagenet_weights_sha256"] = weights_sha256
     return model, metrics
+
+
+def _use_imported_weights(ctx: WorkerContext, kwargs: dict[str, Any]) -> str | None:
+    """``weights="imagenet"``: the file imported with ``xmlx weights import``, copied into
+    this worker's cache on first use; its SHA-256, or None (no import: xmlcore then looks
+    in the Keras cache, e.g. weights baked into the image)."""
+    if kwargs.get("weights") != "imagenet":
+        return None
+    record = weights_record(ctx.store, str(kwargs.get("base", "small")))
+    if record is None:
+        return None
+    kwargs["weights"] = str(cached_weights_file(ctx.store, record, ctx.settings.weights_cache_dir))
+    return record.sha256
 
 
 def _training_kwargs(params: dict[str, Any]) -> dict[str, Any]:

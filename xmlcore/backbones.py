@@ -184,6 +184,14 @@ def build_backbone(
     return backbone
 
 
+def check_weights_file(base: str, path: str | Path, *, alpha: float = 1.0) -> int:
+    """Load the file at ``path`` into ``base``'s architecture, or raise
+    ``model.weights_mismatch``; returns the number of weight values loaded. The base is
+    built at a small input size: convolution weights do not depend on it."""
+    size = max(_spec(base).min_size, 32)
+    return int(build_backbone(base, str(path), (size, size, 3), alpha=alpha).count_params())
+
+
 def conv_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """The model's convolution layers, input to output."""
     return [layer for layer in model.layers if isinstance(layer, _CONV_TYPES)]

@@ -25,6 +25,7 @@ from keras import layers
 
 from xmlcore.allocator import MallocGuard
 from xmlcore.backbones import BACKBONES, build_backbone, set_fine_tuning
+from xmlcore.device import jit_compile
 from xmlcore.errors import ConfigError, ModelError
 from xmlcore.label_loss import (
     LABEL_LOSSES,
@@ -143,7 +144,9 @@ class ImageNetwork:
         head_in, head_out = self._build(size, y.shape[1])
         trainer = keras.Model(head_in, self._training_output(head_out), name="trainer")
         trainer.compile(
-            optimizer=keras.optimizers.Adam(self.learning_rate), loss=self._training_loss()
+            optimizer=keras.optimizers.Adam(self.learning_rate),
+            loss=self._training_loss(),
+            jit_compile=jit_compile(),
         )
         history = trainer.fit(
             self._batches(data, train, pre, shuffle=True),
@@ -202,7 +205,11 @@ class ImageNetwork:
             if self.dropout > 0:
                 x = layers.Dropout(self.dropout, seed=self.seed, name=f"head_dropout{i}")(x)
         self._features = x  # training-only: auxiliary heads branch off here
-        out = layers.Dense(output_dim, activation=self.activation, name="head_output")(x)
+        # float32 output whatever the policy: the regression targets and the losses need
+        # more precision than bfloat16's 8 bits of mantissa (mixed precision on a GPU).
+        out = layers.Dense(
+            output_dim, activation=self.activation, dtype="float32", name="head_output"
+        )(x)
         return backbone.input, out
 
     def _callbacks(self, has_val: bool, on_epoch: EpochCallback | None) -> list[Any]:

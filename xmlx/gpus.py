@@ -119,3 +119,20 @@ def gpu_worker_env(base: Mapping[str, str], device: str) -> dict[str, str]:
     env = {**GPU_MEMORY_ENV, **base}
     env["CUDA_VISIBLE_DEVICES"] = device
     return env
+
+
+def nvidia_smi_free_bytes(env: Mapping[str, str], nvidia_smi: str = "nvidia-smi") -> int | None:
+    """Free memory of this process's first visible GPU per ``nvidia-smi``, or None.
+    (TensorFlow reports only its own use, so a TensorFlow worker asks the driver.)"""
+    devices = visible_gpus(env, nvidia_smi)
+    binary = shutil.which(nvidia_smi, path=env.get("PATH"))
+    if not devices or binary is None:
+        return None
+    query = [binary, "--query-gpu=memory.free", "--format=csv,noheader,nounits", "-i", devices[0]]
+    try:
+        out = subprocess.run(
+            query, capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_SECONDS, check=True
+        ).stdout.split()
+        return int(out[0]) * 1024 * 1024 if out else None  # MiB
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None

@@ -34,6 +34,10 @@ def _default_storage_root(data: dict[str, Any]) -> Path:
     return Path(data.get("data_dir") or ".xmlx") / "storage"
 
 
+def _default_weights_cache(data: dict[str, Any]) -> Path:
+    return Path(data.get("data_dir") or ".xmlx") / "weights-cache"
+
+
 class Settings(BaseSettings):
     """Every knob of the service; each field is `XMLX_<FIELD NAME>` in the environment."""
 
@@ -81,6 +85,12 @@ class Settings(BaseSettings):
     # A worker child above this resident size is replaced after its task (Celery, KiB);
     # None: no limit.
     worker_max_memory_kib: int | None = Field(default=None, ge=1)
+    # Imported backbone weights (`xmlx weights import`), copied here on first use.
+    weights_cache_dir: Path = Field(default_factory=_default_weights_cache)
+    # When the worker has a GPU: mixed precision (bfloat16 compute, float32 weights) and
+    # XLA compilation for training and inference. Ignored on a CPU.
+    gpu_mixed_precision: bool = True
+    gpu_xla: bool = True
 
     # API.
     api_key_pepper: SecretStr = SecretStr(DEV_API_KEY_PEPPER)

@@ -24,6 +24,7 @@ from xmlx import repository as repo
 from xmlx.dataset_images import images_storage_prefix
 from xmlx.db import session_scope
 from xmlx.models import Job, JobKind, Model, ModelState
+from xmlx.weights import PRETRAINED_BASES, weights_record
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 TRAIN_ITEM_KEY = "model"  # the one item of a training job (workers.training reads it)
@@ -50,6 +51,7 @@ def create_model(
         mark_replayed(response)
         return _created(state, tenant_id, replay)
     training = body.training.model_dump(mode="json")
+    _check_weights(state, training["base"], training["weights"])
     with session_scope(state.sessions) as session:
         dataset = find_dataset(session, tenant_id, body.dataset_id)
         _check_layer_sizes(training.get("layer_sizes"), dataset.n_labels)
@@ -85,6 +87,26 @@ def _check_layer_sizes(sizes: list[int] | None, n_labels: int) -> None:
             f"layer_sizes {sizes} must start below the dataset's {n_labels} labels "
             "(leave it out to get a size that fits)",
         )
+
+
+def _check_weights(state: ApiState, base: str, weights: str) -> None:
+    """ImageNet weights are imported by the operator (`xmlx weights import`); without
+    them the training would fail on the worker, so refuse it now."""
+    if weights != "imagenet":
+        return
+    if base not in PRETRAINED_BASES:
+        raise ProblemError(
+            422, "config.weights_unavailable",
+            f"base {base!r} is trained from scratch and has no ImageNet weights; "
+            f"use weights 'none' or one of {list(PRETRAINED_BASES)}",
+        )  # fmt: skip
+    if weights_record(state.store, base) is None:
+        raise ProblemError(
+            422, "config.weights_unavailable",
+            f"no ImageNet weights were imported for {base!r} on this deployment "
+            "(GET /v1/capabilities lists them; an operator adds them with "
+            "`xmlx weights import FILE --base ...`); use weights 'none' meanwhile",
+        )  # fmt: skip
 
 
 def _delete_model(state: ApiState, model_id: str) -> None:
