@@ -387,7 +387,9 @@ class LatentLabelRegressor(ImageNetwork):
         return np.concatenate(parts, axis=1)
 
     def _latent(self, head_out: Any, name: str) -> Any:
-        affine = FixedAffine(self.target_scale_.tolist(), self.target_offset_.tolist(), name=name)
+        affine = FixedAffine(
+            self.target_scale_.tolist(), self.target_offset_.tolist(), dtype="float32", name=name
+        )
         return affine(head_out)
 
     def _training_output(self, head_out: Any) -> Any:
@@ -395,7 +397,9 @@ class LatentLabelRegressor(ImageNetwork):
             return head_out
         aux = None
         if self._n_aux:
-            aux = layers.Dense(self._n_aux, name="train_aux_output")(self._features)
+            aux = layers.Dense(self._n_aux, dtype="float32", name="train_aux_output")(
+                self._features
+            )
         latent = self._latent(head_out, "train_latent")
         return trainer_outputs(head_out, latent, self._decoder, aux, self._decoder_bias)
 

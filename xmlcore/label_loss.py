@@ -75,10 +75,12 @@ def check_decoder_inputs(
 def decoded_scores(latent: Any, decoder: np.ndarray, bias: np.ndarray | None = None) -> Any:
     """Training-graph label scores ``max(latent, 0) @ decoder`` (+ ``bias``: the logits
     of a logistic decoder); the decoder is frozen."""
+    # float32 under any policy: the label loss needs more than bfloat16's precision.
     dense = layers.Dense(
-        decoder.shape[1], use_bias=bias is not None, trainable=False, name="train_label_scores"
-    )
-    scores = dense(layers.ReLU(name="train_latent_clipped")(latent))
+        decoder.shape[1], use_bias=bias is not None, trainable=False, dtype="float32",
+        name="train_label_scores",
+    )  # fmt: skip
+    scores = dense(layers.ReLU(dtype="float32", name="train_latent_clipped")(latent))
     dense.set_weights([decoder] if bias is None else [decoder, bias])
     return scores
 
@@ -143,4 +145,4 @@ def trainer_outputs(
     parts = [head_out] if aux_out is None else [head_out, aux_out]
     if decoder is not None:
         parts.append(decoded_scores(latent, decoder, bias))
-    return keras.layers.Concatenate(name="train_outputs")(parts)
+    return keras.layers.Concatenate(dtype="float32", name="train_outputs")(parts)
