@@ -42,7 +42,11 @@ K8S_VERSION = "1.30"  # oldest Kubernetes minor we support
 PLACEHOLDER = "change-me"
 XMLX_SERVICES = ("migrate", "api", "worker", "worker-default", "beat")
 # Variables an xmlx container may set besides Settings fields (read by TensorFlow / CUDA).
-NON_SETTINGS_ENV = {"TF_FORCE_GPU_ALLOW_GROWTH", "CUDA_VISIBLE_DEVICES"}
+NON_SETTINGS_ENV = {
+    "TF_FORCE_GPU_ALLOW_GROWTH",
+    "XLA_PYTHON_CLIENT_PREALLOCATE",
+    "CUDA_VISIBLE_DEVICES",
+}
 VENDORED = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda-scaledobject.subset.schema.json",
     ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda-triggerauthentication.subset.schema.json",
@@ -406,7 +410,10 @@ def test_gpu_worker_scheduling() -> None:
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
     assert spec["nodeSelector"]
-    assert k8s_container_env(container)["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    env = k8s_container_env(container)
+    assert env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
     for where, other in xmlx_containers():
         if where != "Deployment/xmlx-worker":
             assert "nvidia.com/gpu" not in str(other.get("resources")), where
