@@ -75,6 +75,15 @@ def test_outputs_fn_and_keras_model_agree(trained, data) -> None:
     np.testing.assert_allclose(via_keras, outputs, rtol=1e-4, atol=1e-5)
 
 
+def test_device_predictor_gives_outputs_fn_from_uint8(trained, data) -> None:
+    """The perturbation explainers' predict_fn (decoder in the graph) is outputs_fn."""
+    model, _ = trained
+    images = data.images[:5]
+    predictor = model.device_predictor()
+    assert predictor is model.device_predictor()
+    np.testing.assert_allclose(predictor(images), model.outputs_fn(images), rtol=1e-4, atol=1e-5)
+
+
 def test_keras_model_label_gradients_go_through_the_decoder(trained, data) -> None:
     """d score_j / d x == sum_i D[i, j] d latent_i / d x: the decoder is in the graph."""
     model, _ = trained

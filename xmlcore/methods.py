@@ -84,7 +84,7 @@ def make_explainer(method: str, model: TwoStepModel, params: Mapping[str, Any]) 
         if method == "lime":
             return _lime(model, options)
         if method == "occlusion":
-            return OcclusionExplainer(model.outputs_fn, **options)
+            return OcclusionExplainer(model.device_predictor(), **options)
         keras_model = model.keras_model()
         gradient_methods: dict[str, Callable[..., Explainer]] = {
             "integrated_gradients": IntegratedGradients,
@@ -110,7 +110,7 @@ def _lime(model: TwoStepModel, options: dict[str, Any]) -> LimeExplainer:
     if isinstance(options.get("fill"), list):
         options["fill"] = tuple(options["fill"])
     return LimeExplainer(
-        model.outputs_fn,
+        model.device_predictor(),
         segmenter=_SEGMENTERS[segmenter_name](**segmenter_args),
         adaptive=AdaptiveSampling() if adaptive else None,
         **options,

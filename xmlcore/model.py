@@ -38,6 +38,7 @@ from xmlcore.autoencoder import DeepNonNegativeAutoencoder, default_layer_sizes
 from xmlcore.backbones import BACKBONES
 from xmlcore.cnn import LatentLabelRegressor
 from xmlcore.errors import ConfigError, ModelError, XmlcoreError
+from xmlcore.explain.device_sampling import PerturbingPredictor
 
 if TYPE_CHECKING:
     from xmlcore.hierarchy import LabelHierarchy
@@ -60,6 +61,7 @@ class TwoStepModel:
         self.vocabulary = tuple(vocabulary)
         self.metadata = metadata
         self._keras_model: keras.Model | None = None
+        self._device_predictor: PerturbingPredictor | None = None
         _check_consistent(self)
 
     @property
@@ -90,6 +92,17 @@ class TwoStepModel:
         """``(N, d + p)``: latent units then label scores, from one forward pass."""
         latent = self.predict_latent(images)
         return np.concatenate([latent, self.autoencoder.inverse_transform(latent)], axis=1)
+
+    def device_predictor(self) -> PerturbingPredictor:
+        """``outputs_fn`` for perturbation explainers, perturbing on the device (cached).
+
+        Same outputs as ``outputs_fn`` (decoded in the graph: equal to float32
+        rounding); images travel as uint8 and LIME's samples as masks, which is what
+        keeps a GPU busy (see ``xmlcore.explain.device_sampling``).
+        """
+        if self._device_predictor is None:
+            self._device_predictor = PerturbingPredictor(self.keras_model())
+        return self._device_predictor
 
     def keras_model(self) -> keras.Model:
         """Raw float32 pixels -> ``(N, d + p)`` like ``outputs_fn``, differentiable (cached)."""
