@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from xmlcore.datasets import generate_dishes
+from xmlcore.errors import ExplainError
 from xmlcore.explain import (
     AdaptiveSampling,
     FelzenszwalbSegmenter,
@@ -98,5 +99,5 @@ def test_occlusion_through_the_predictor_equals_the_host_path(model, images) -> 
 def test_a_model_without_image_input_is_refused() -> None:
     inputs = keras.Input((7,))
     flat = keras.Model(inputs, keras.layers.Dense(2)(inputs))
-    with pytest.raises(Exception, match="explain.bad_model|model input"):
+    with pytest.raises(ExplainError, match="model input"):
         PerturbingPredictor(flat)
