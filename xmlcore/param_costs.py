@@ -14,6 +14,7 @@ import math
 from xmlcore.errors import ConfigError
 from xmlcore.params import (
     GRADIENT_METHODS,
+    MAX_BATCH_SIZE,
     MAX_MASK_CELLS,
     AdaptiveParams,
     GradientParams,
@@ -40,9 +41,7 @@ def check_image_fit(method: str, params: MethodParams, image_size: tuple[int, in
     """``ConfigError`` (``config.bad_parameter``) when ``params`` cannot run on
     images of ``image_size`` (height, width) within the memory bounds above."""
     height, width = image_size
-    values = height * width * 3
-    budget = MAX_GRADIENT_BATCH_VALUES if method in GRADIENT_METHODS else MAX_FORWARD_BATCH_VALUES
-    largest = max(1, budget // values)
+    largest = max_batch_size(method, image_size)
     if params.batch_size > largest:
         why = f"batch_size {params.batch_size} is over {largest} for {height}x{width} images"
         _refuse(method, why)
@@ -61,6 +60,13 @@ def check_image_fit(method: str, params: MethodParams, image_size: tuple[int, in
                 f"num_samples x segments (up to {segments} with {params.segmenter} at "
                 f"{height}x{width}) is over {MAX_MASK_CELLS:,}; lower num_samples",
             )
+
+
+def max_batch_size(method: str, image_size: tuple[int, int]) -> int:
+    """The largest ``batch_size`` ``method`` may use on images of ``image_size``."""
+    values = image_size[0] * image_size[1] * 3
+    budget = MAX_GRADIENT_BATCH_VALUES if method in GRADIENT_METHODS else MAX_FORWARD_BATCH_VALUES
+    return max(1, min(MAX_BATCH_SIZE, budget // values))
 
 
 def forward_passes_per_item(
