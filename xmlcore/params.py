@@ -193,7 +193,7 @@ def describe_errors(method: str, errors: Sequence[Mapping[str, Any]]) -> str:
     for error in errors:
         loc = [str(p) for p in error.get("loc", ()) if not _is_union_tag(p)]
         name = loc[0] if loc else ""
-        if error.get("type") == "extra_forbidden":
+        if error.get("type") == "extra_forbidden" and len(loc) == 1:
             by_name[name] = [([], "extra")]
             continue
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
