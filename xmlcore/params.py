@@ -118,6 +118,14 @@ class OcclusionParams(MethodParams):
     stride: int = Field(strict=True, default=4, ge=1, le=1024, description="window step in pixels")
     fill: Fill = Field(default="mean", description='"mean", a grey level or [r, g, b]')
 
+    @model_validator(mode="after")
+    def _covering(self) -> OcclusionParams:
+        # A stride over the patch leaves pixels no window covers: their heatmap is 0/0
+        # (found by tests/test_params_property.py).
+        if self.stride > self.patch:
+            raise ValueError(f"stride ({self.stride}) must be <= patch ({self.patch})")
+        return self
+
 
 class GradientParams(MethodParams):
     batch_size: BatchSize = Field(default=64, description="images per gradient batch")
