@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xmlcore.errors import XmlcoreError
+from xmlcore.params import PARAMS_MODELS, describe_errors
 from xmlx.errors import XmlxError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -150,11 +151,27 @@ async def _on_kernel_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_validation(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    errors = _validation_errors(exc)
+    detail = _parameter_detail(exc.errors())
+    if detail is not None:
+        return problem_response(ProblemError(422, "config.bad_parameter", detail, errors=errors))
     problem = ProblemError(
-        422, "request.invalid", "the request does not match the schema",
-        errors=_validation_errors(exc),
-    )  # fmt: skip
+        422, "request.invalid", "the request does not match the schema", errors=errors
+    )
     return problem_response(problem)
+
+
+def _parameter_detail(errors: Sequence[Any]) -> str | None:
+    """For errors in a method's `params` (loc `body, <method>, params, ...`): sentences
+    naming each parameter and its limits, from the schema itself; else None."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        if len(loc) >= 3 and loc[0] == "body" and loc[2] == "params" and loc[1] in PARAMS_MODELS:
+            by_method.setdefault(str(loc[1]), []).append({**error, "loc": loc[3:]})
+    if not by_method:
+        return None
+    return "; ".join(describe_errors(method, found) for method, found in by_method.items())
 
 
 async def _on_http(_request: Request, exc: Exception) -> JSONResponse:

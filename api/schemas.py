@@ -1,10 +1,10 @@
 """Request bodies: what a client may send, checked before anything is stored.
 
-The API never imports TensorFlow, and `xmlcore.methods` does (through the explainers),
-so the cheap part of its validation -- method names, their parameter names, target
-shapes -- is repeated here. `tests/test_api_schemas.py` asserts `METHOD_PARAMS` equals
-`xmlcore.methods.METHOD_PARAMS`, so the two tables cannot drift apart silently.
-Response shapes are in `api.views`.
+Each explanation method's `params` are validated with the method's own model from
+`xmlcore.params` (the same models the workers build explainers from: one table, no
+copy), chosen by `method`, so OpenAPI shows every method's parameters with their
+bounds and a value the API accepts is one a worker can run. `xmlcore.params` is pure
+pydantic: the API still never imports TensorFlow. Response shapes are in `api.views`.
 """
 
 from __future__ import annotations
@@ -12,25 +12,19 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from api.problems import ProblemError
-
-# Parameters each method accepts (copy of xmlcore.methods.METHOD_PARAMS; see module doc).
-_LIME_PARAMS = (
-    "num_samples batch_size kernel_width fill top_k seed engine segmenter n_segments adaptive"
+from xmlcore.params import (
+    PARAMS_MODELS,
+    GradCAMParams,
+    InputXGradientParams,
+    IntegratedGradientsParams,
+    LimeParams,
+    MethodParams,
+    OcclusionParams,
+    SmoothGradParams,
 )
-METHOD_PARAMS: dict[str, frozenset[str]] = {
-    "lime": frozenset(_LIME_PARAMS.split()),
-    "occlusion": frozenset({"patch", "stride", "fill", "batch_size"}),
-    "integrated_gradients": frozenset({"baseline", "steps", "batch_size"}),
-    "smoothgrad": frozenset({"noise_scale", "n", "aggregate", "seed", "batch_size"}),
-    "input_x_gradient": frozenset({"batch_size"}),
-    "gradcam": frozenset({"layer", "batch_size"}),
-}
-Method = Literal[
-    "lime", "occlusion", "integrated_gradients", "smoothgrad", "input_x_gradient", "gradcam"
-]
+
 MAX_TOP_K_TARGET = 50
 MAX_UPLOAD_KEYS = 1000
 
@@ -134,18 +128,62 @@ class PredictionRequest(BatchRequest):
     """Top labels of each image (no explanation)."""
 
 
-class ExplanationRequest(BatchRequest):
-    method: Method = "lime"
+class ExplanationRequestBase(BatchRequest):
     target: Target = Field(default_factory=lambda: TopKTarget(kind="top_k", k=1))
-    params: dict[str, Any] = Field(default_factory=dict)
 
-    def check_params(self) -> None:
-        """Raise `config.bad_parameter` for a parameter the method does not take."""
-        unknown = sorted(set(self.params) - METHOD_PARAMS[self.method])
-        if unknown:
-            raise ProblemError(
-                422,
-                "config.bad_parameter",
-                f"{self.method} does not take {unknown}; "
-                f"it takes {sorted(METHOD_PARAMS[self.method])}",
-            )
+    method: str
+    params: MethodParams
+
+
+class LimeExplanation(ExplanationRequestBase):
+    method: Literal["lime"] = "lime"
+    params: LimeParams = Field(default_factory=LimeParams)
+
+
+class OcclusionExplanation(ExplanationRequestBase):
+    method: Literal["occlusion"]
+    params: OcclusionParams = Field(default_factory=OcclusionParams)
+
+
+class IntegratedGradientsExplanation(ExplanationRequestBase):
+    method: Literal["integrated_gradients"]
+    params: IntegratedGradientsParams = Field(default_factory=IntegratedGradientsParams)
+
+
+class SmoothGradExplanation(ExplanationRequestBase):
+    method: Literal["smoothgrad"]
+    params: SmoothGradParams = Field(default_factory=SmoothGradParams)
+
+
+class InputXGradientExplanation(ExplanationRequestBase):
+    method: Literal["input_x_gradient"]
+    params: InputXGradientParams = Field(default_factory=InputXGradientParams)
+
+
+class GradCAMExplanation(ExplanationRequestBase):
+    method: Literal["gradcam"]
+    params: GradCAMParams = Field(default_factory=GradCAMParams)
+
+
+def _method_of(body: Any) -> str | None:
+    """The union member to validate against: `method`, "lime" when absent (the
+    request shape predates the union)."""
+    method = body.get("method", "lime") if isinstance(body, dict) else getattr(body, "method", None)
+    return method if isinstance(method, str) and method in PARAMS_MODELS else None
+
+
+ExplanationRequest = Annotated[
+    Annotated[LimeExplanation, Tag("lime")]
+    | Annotated[OcclusionExplanation, Tag("occlusion")]
+    | Annotated[IntegratedGradientsExplanation, Tag("integrated_gradients")]
+    | Annotated[SmoothGradExplanation, Tag("smoothgrad")]
+    | Annotated[InputXGradientExplanation, Tag("input_x_gradient")]
+    | Annotated[GradCAMExplanation, Tag("gradcam")],
+    Discriminator(
+        _method_of,
+        custom_error_type="method_unknown",
+        custom_error_message=f"method must be one of {list(PARAMS_MODELS)}",
+    ),
+]
+"""An explanation request: `{"method": ..., "params": {...}}` validated against the
+method's own parameter model (default method: lime)."""

@@ -16,6 +16,7 @@ wrong with.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,17 +24,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from celery.exceptions import SoftTimeLimitExceeded
 
 from workers.context import WorkerContext
 from xmlcore.batch import ImageReport, explain_images, predict_images
 from xmlcore.errors import XmlcoreError
 from xmlcore.images import decode_image
 from xmlcore.methods import parse_target
+from xmlcore.param_costs import check_image_fit, max_batch_size
+from xmlcore.params import parse_params
 from xmlx import jobs
 from xmlx.keys import item_artifact_key
 from xmlx.models import Job, JobKind
 from xmlx.storage import StorageError
 
+log = logging.getLogger("xmlx.worker")
 STORAGE_BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0)
 # Object-store round trips of a batch (image fetches, artifact puts) run this many at a
 # time: one after another they were ~20 % of a batch's time (bench/service_overhead.py).
@@ -68,6 +73,10 @@ def run_chunk(ctx: WorkerContext, chunk_id: str) -> ChunkOutcome:
             raise
         jobs.fail_job(ctx.sessions, job.id, exc.code, exc.message)
         return ChunkOutcome("model_failed")
+    problem = _bad_parameters(job, model)
+    if problem is not None:  # no image could run: fail the job, not each item
+        jobs.fail_job(ctx.sessions, job.id, "job.bad_parameters", problem)
+        return ChunkOutcome("bad_parameters")
     recorded = 0
     batch_size = max(1, settings.images_per_batch)
     for start in range(0, len(claim.items), batch_size):
@@ -131,15 +140,50 @@ def _run_batch(ctx: WorkerContext, job: Job, model: Any, pending: list[str]) -> 
     try:
         reports = compute(np.stack(images))
         pairs = list(zip(good_keys, reports, strict=True))
-    except XmlcoreError as exc:
-        # The request itself is wrong for these images (e.g. an unknown label): each
-        # item fails with the same code; nothing is retried.
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as exc:  # any deterministic failure: see _explain_failure
+        code, message = _explain_failure(exc)
+        # The same images with the same parameters would fail the same way again: each
+        # item fails with the code; nothing is retried.
         for key in good_keys:
-            jobs.record_item_failure(ctx.sessions, job.id, key, code=exc.code, message=exc.message)
+            jobs.record_item_failure(ctx.sessions, job.id, key, code=code, message=message)
             pending.remove(key)
         return
     seconds = (time.perf_counter() - started) / max(len(good_keys), 1)
     _persist(ctx, job, pairs, {"seconds": round(seconds, 4)}, pending)
+
+
+def _explain_failure(exc: Exception) -> tuple[str, str]:
+    """The item code of an exception raised by the explain call. Not only
+    ``XmlcoreError``: a ``ValueError``, ``TypeError`` or ``MemoryError`` from deep in
+    numpy or Keras is as deterministic, and re-raising it made Celery redeliver the
+    chunk until ``chunk.max_attempts``, holding a GPU worker all that time. Storage
+    and database errors cannot come from here (the call is pure xmlcore)."""
+    if isinstance(exc, XmlcoreError):
+        return exc.code, exc.message
+    log.exception("explain call failed", exc_info=exc)
+    if isinstance(exc, MemoryError):
+        return "explain.out_of_memory", "the explanation ran out of memory; lower batch_size"
+    return "explain.failed", f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _bad_parameters(job: Job, model: Any) -> str | None:
+    """Why this job's method, parameters or target cannot run on ``model``, or None.
+
+    The API checks the same schema at submit; this catches what it could not (a job
+    submitted before a bound was added, a model whose image size differs)."""
+    if job.kind != JobKind.EXPLAIN:
+        return None
+    params = job.params
+    try:
+        method = str(params.get("method", "lime"))
+        typed = parse_params(method, params.get("params") or {})
+        check_image_fit(method, typed, model.image_size)
+        parse_target(params.get("target"))
+    except XmlcoreError as exc:
+        return exc.message
+    return None
 
 
 def _compute_fn(
@@ -152,8 +196,10 @@ def _compute_fn(
     target = parse_target(params.get("target"))
     method_params = dict(params.get("params") or {})
     if gpu_batch is not None and params.get("method", "lime") in FORWARD_ONLY_METHODS:
-        # On a GPU, the batch that fits its free memory, unless the request chose one.
-        method_params.setdefault("batch_size", gpu_batch)
+        # On a GPU, the batch that fits its free memory, unless the request chose one;
+        # never over the schema's bound for this image size (xmlcore.param_costs).
+        largest = max_batch_size(str(params.get("method", "lime")), model.image_size)
+        method_params.setdefault("batch_size", min(gpu_batch, largest))
     return lambda images: explain_images(
         model,
         images,

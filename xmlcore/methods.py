@@ -3,13 +3,16 @@
 A batch request names a method and parameters as JSON (the service stores and replays
 them), so this module turns ``("lime", {"num_samples": 500})`` into an explainer and
 ``{"kind": "label", "name": "garlic"}`` into a target, refusing unknown names and
-parameters with a stable error code instead of passing them on blindly.
+parameters with a stable error code instead of passing them on blindly. The
+parameter schemas themselves live in ``xmlcore.params`` (shared with the HTTP API).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import numpy as np
 
 from xmlcore.errors import ConfigError
 from xmlcore.explain import (
@@ -30,6 +33,14 @@ from xmlcore.explain import (
     TopKLabels,
 )
 from xmlcore.model import TwoStepModel
+from xmlcore.param_costs import check_image_fit
+from xmlcore.params import (
+    AdaptiveParams,
+    IntegratedGradientsParams,
+    LimeParams,
+    OcclusionParams,
+    parse_params,
+)
 
 TargetSpec = LatentUnit | LabelTarget | TopKLabels
 
@@ -38,82 +49,51 @@ _SEGMENTERS: dict[str, Callable[..., Segmenter]] = {
     "quickshift": QuickshiftSegmenter,
     "felzenszwalb": FelzenszwalbSegmenter,
 }
-
-# Parameters each method accepts from a request; anything else is refused.
-METHOD_PARAMS: dict[str, frozenset[str]] = {
-    "lime": frozenset(
-        {
-            "num_samples",
-            "batch_size",
-            "kernel_width",
-            "fill",
-            "top_k",
-            "seed",
-            "engine",
-            "segmenter",
-            "n_segments",
-            "adaptive",
-        }
-    ),
-    "occlusion": frozenset({"patch", "stride", "fill", "batch_size"}),
-    "integrated_gradients": frozenset({"baseline", "steps", "batch_size"}),
-    "smoothgrad": frozenset({"noise_scale", "n", "aggregate", "seed", "batch_size"}),
-    "input_x_gradient": frozenset({"batch_size"}),
-    "gradcam": frozenset({"layer", "batch_size"}),
+_GRADIENT_EXPLAINERS: dict[str, Callable[..., Explainer]] = {
+    "integrated_gradients": IntegratedGradients,
+    "smoothgrad": SmoothGrad,
+    "input_x_gradient": InputXGradient,
+    "gradcam": GradCAM,
 }
-METHODS = tuple(METHOD_PARAMS)
-
-
-def check_method(method: str, params: Mapping[str, Any]) -> None:
-    """Raise ``ConfigError`` (``config.unknown_method`` / ``config.bad_parameter``)."""
-    if method not in METHOD_PARAMS:
-        raise ConfigError("config.unknown_method", f"unknown method {method!r}; one of {METHODS}")
-    unknown = sorted(set(params) - METHOD_PARAMS[method])
-    if unknown:
-        raise ConfigError(
-            "config.bad_parameter",
-            f"{method} does not take {unknown}; it takes {sorted(METHOD_PARAMS[method])}",
-        )
 
 
 def make_explainer(method: str, model: TwoStepModel, params: Mapping[str, Any]) -> Explainer:
-    """An explainer of ``model``'s outputs (latent units, then labels) for ``method``."""
-    check_method(method, params)
-    options = dict(params)
-    try:
-        if method == "lime":
-            return _lime(model, options)
-        if method == "occlusion":
-            return OcclusionExplainer(model.device_predictor(), **options)
-        keras_model = model.keras_model()
-        gradient_methods: dict[str, Callable[..., Explainer]] = {
-            "integrated_gradients": IntegratedGradients,
-            "smoothgrad": SmoothGrad,
-            "input_x_gradient": InputXGradient,
-            "gradcam": GradCAM,
-        }
-        return gradient_methods[method](keras_model, **options)
-    except TypeError as exc:  # a parameter of the wrong type
-        raise ConfigError("config.bad_parameter", f"{method}: {exc}") from exc
+    """An explainer of ``model``'s outputs (latent units, then labels) for ``method``.
+
+    ``params`` are checked against the method's schema (``xmlcore.params``) and against
+    the model's image size (``xmlcore.param_costs.check_image_fit``) first, so every
+    refusal is a ``ConfigError`` before any work starts."""
+    typed = parse_params(method, params)
+    check_image_fit(method, typed, model.image_size)
+    if isinstance(typed, LimeParams):
+        return _lime(model, typed)
+    options = typed.model_dump()
+    if isinstance(typed, OcclusionParams):
+        return OcclusionExplainer(model.device_predictor(), **options)
+    if isinstance(typed, IntegratedGradientsParams) and isinstance(typed.baseline, tuple):
+        options["baseline"] = np.asarray(typed.baseline, dtype=np.float32)
+    return _GRADIENT_EXPLAINERS[method](model.keras_model(), **options)
 
 
-def _lime(model: TwoStepModel, options: dict[str, Any]) -> LimeExplainer:
-    segmenter_name = options.pop("segmenter", "slic")
-    if segmenter_name not in _SEGMENTERS:
-        raise ConfigError("config.bad_parameter", f"segmenter must be one of {sorted(_SEGMENTERS)}")
-    segmenter_args = {}
-    if "n_segments" in options:
-        if segmenter_name != "slic":
-            raise ConfigError("config.bad_parameter", "n_segments applies to slic only")
-        segmenter_args["n_segments"] = int(options.pop("n_segments"))
-    adaptive = options.pop("adaptive", False)
-    if isinstance(options.get("fill"), list):
-        options["fill"] = tuple(options["fill"])
+def _lime(model: TwoStepModel, params: LimeParams) -> LimeExplainer:
+    segmenter_args = {} if params.n_segments is None else {"n_segments": params.n_segments}
+    adaptive = params.adaptive
+    rule = None
+    if adaptive is True:
+        rule = AdaptiveSampling()
+    elif isinstance(adaptive, AdaptiveParams):
+        rule = AdaptiveSampling(**adaptive.model_dump())
     return LimeExplainer(
         model.device_predictor(),
-        segmenter=_SEGMENTERS[segmenter_name](**segmenter_args),
-        adaptive=AdaptiveSampling() if adaptive else None,
-        **options,
+        segmenter=_SEGMENTERS[params.segmenter](**segmenter_args),
+        num_samples=params.num_samples,
+        batch_size=params.batch_size,
+        kernel_width=params.kernel_width,
+        fill=params.fill,
+        engine=params.engine,
+        adaptive=rule,
+        top_k=params.top_k,
+        seed=params.seed,
     )
 
 

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
 
     # Jobs.
     max_batch_items: int = Field(default=100_000, ge=1)
+    # A job's estimated forward passes (items x samples per item, xmlx.jobs.cost) may
+    # not exceed this unless the tenant row says otherwise: 10^9 is a million images at
+    # LIME's default 1,000 samples, days of one GPU.
+    max_job_forward_passes: int = Field(default=1_000_000_000, ge=1)
     chunk_size: int = Field(default=32, ge=1)
     lease_seconds: int = Field(default=120, ge=1)
     max_attempts_per_chunk: int = Field(default=3, ge=1)

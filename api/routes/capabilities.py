@@ -16,7 +16,8 @@ from pydantic import BaseModel
 
 from api.deps import Caller, State
 from api.problems import problem_responses
-from api.schemas import METHOD_PARAMS, TrainingParams
+from api.schemas import TrainingParams
+from xmlcore.params import METHOD_PARAMS, params_json_schemas
 from xmlx.weights import PRETRAINED_BASES, weights_record
 
 router = APIRouter(prefix="/v1/capabilities", tags=["capabilities"])
@@ -31,6 +32,8 @@ class BaseOut(BaseModel):
 class MethodOut(BaseModel):
     name: str
     params: list[str]
+    # JSON Schema of the method's params: types, bounds, defaults (xmlcore.params).
+    params_schema: dict[str, Any]
 
 
 class CapabilitiesOut(BaseModel):
@@ -60,9 +63,14 @@ def get_capabilities(caller: Caller, state: State) -> CapabilitiesOut:
         bases.append(
             BaseOut(name=name, pretrained=name in PRETRAINED_BASES, imagenet_weights=shown)
         )
-    methods = [MethodOut(name=m, params=sorted(p)) for m, p in METHOD_PARAMS.items()]
+    schemas = params_json_schemas()
+    methods = [
+        MethodOut(name=m, params=sorted(p), params_schema=schemas[m])
+        for m, p in METHOD_PARAMS.items()
+    ]
     settings = state.settings
     limits = {"max_batch_items": settings.max_batch_items,
               "max_image_bytes": settings.max_image_bytes,
-              "max_image_pixels": settings.max_image_pixels}  # fmt: skip
+              "max_image_pixels": settings.max_image_pixels,
+              "max_job_forward_passes": settings.max_job_forward_passes}  # fmt: skip
     return CapabilitiesOut(bases=bases, methods=methods, limits=limits)

@@ -1,11 +1,12 @@
 """Batches: explain (or predict) many images with a trained model, as one job.
 
 The request is checked completely before anything is stored (model ready, method and
-parameters known, target possible, keys safe, batch size within
-`Settings.max_batch_items`); a refused request leaves no row and no message. Keys are
-relative to the dataset's images folder (`dataset_id`) or to the tenant's uploads; a
-`prefix` is expanded by listing storage. The job's params carry the server-built
-`image_prefix` the workers read from.
+parameter values within their schema (`xmlcore.params`) and fit for the model's image
+size, target possible, keys safe, batch size within `Settings.max_batch_items`, the
+estimated forward passes within the tenant's limit); a refused request leaves no row
+and no message. Keys are relative to the dataset's images folder (`dataset_id`) or to
+the tenant's uploads; a `prefix` is expanded by listing storage. The job's params
+carry the server-built `image_prefix` the workers read from.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from api import inputs
+from api.cost import check_cost
 from api.deps import ApiState, Caller, IdempotencyKey, State
 from api.idempotency import fingerprint
 from api.problems import ProblemError, problem_responses
@@ -22,6 +24,7 @@ from api.routes.datasets import find_dataset
 from api.schemas import (
     BatchRequest,
     ExplanationRequest,
+    ExplanationRequestBase,
     LabelTarget,
     LatentTarget,
     PredictionRequest,
@@ -50,11 +53,11 @@ def create_explanations(
     idempotency_key: IdempotencyKey,
     response: Response,
 ) -> JobOut:
-    body.check_params()
     extra = {
         "method": body.method,
         "target": body.target.model_dump(),
-        "params": body.params,
+        # What the client set, typed (the worker fills in the same schema's defaults).
+        "params": body.params.model_dump(mode="json", exclude_unset=True),
     }
     return _submit(state, caller.tenant_id, JobKind.EXPLAIN, body, extra, idempotency_key, response)
 
@@ -92,9 +95,11 @@ def _submit(
         return render_job(state, replay)
     model = find_model(state, tenant_id, body.model_id, ready=True)
     base, label_counts = _image_base(state, tenant_id, body.dataset_id, model)
-    if isinstance(body, ExplanationRequest):
+    if isinstance(body, ExplanationRequestBase):
         _check_target(body, model, label_counts)
+    check_cost(state, tenant_id, body, model, 1)  # before listing a prefix: one image
     item_keys = _item_keys(state, body, base)
+    check_cost(state, tenant_id, body, model, len(item_keys))
     created = create_and_enqueue(
         state,
         tenant_id,
@@ -123,7 +128,7 @@ def _image_base(
     return images_storage_prefix(state.store, source), trained_on.label_counts
 
 
-def _check_target(body: ExplanationRequest, model: Model, label_counts: dict[str, Any]) -> None:
+def _check_target(body: ExplanationRequestBase, model: Model, label_counts: dict[str, Any]) -> None:
     target = body.target
     if isinstance(target, LabelTarget) and label_counts and target.name not in label_counts:
         raise ProblemError(422, "labels.unknown", f"the model has no label {target.name!r}")

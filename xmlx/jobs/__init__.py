@@ -24,6 +24,7 @@ cancelled; running -> cancelling -> cancelled. Times default to now (UTC); tests
 """
 
 from xmlx.jobs.control import fail_job, mark_dispatched, reconcile, request_cancel
+from xmlx.jobs.cost import check_job_cost
 from xmlx.jobs.create import create_job, get_job
 from xmlx.jobs.leases import claim_chunk, complete_chunk, heartbeat, release_chunk
 from xmlx.jobs.results import (
@@ -53,6 +54,7 @@ __all__ = [
     "ItemSuccess",
     "JobError",
     "PendingItem",
+    "check_job_cost",
     "claim_chunk",
     "complete_chunk",
     "create_job",
