@@ -164,7 +164,7 @@ def measure_matmul(sizes: Sizes) -> float:
         out = a
         for _ in range(repeats):
             out = keras.ops.matmul(a, b)
-        sync(out[0, 0])
+        sync(keras.ops.cast(out[0, 0], "float32"))  # TF cannot hand a bf16 scalar to numpy
 
     seconds = timed(run, 2) / repeats
     tflops = 2.0 * n**3 / seconds / 1e12
