@@ -70,7 +70,11 @@ class Settings(BaseSettings):
     presign_expiry_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
 
     # Jobs.
-    max_batch_items: int = Field(default=100_000, ge=1)
+    max_batch_items: int = Field(default=1_000_000, ge=1)
+    # Keys a batch may list in its JSON body; more go in a manifest object (one key a
+    # line, `manifest_key`), read by the preparation task: a body of 1,000,000 keys is
+    # ~50 MB that the API would have to parse and hold.
+    max_inline_batch_keys: int = Field(default=10_000, ge=1)
     chunk_size: int = Field(default=32, ge=1)
     lease_seconds: int = Field(default=120, ge=1)
     max_attempts_per_chunk: int = Field(default=3, ge=1)
