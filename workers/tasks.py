@@ -96,10 +96,13 @@ def prepare_batch(job_id: str) -> str:
         job_id,
         chunk_size=ctx.settings.chunk_size,
         max_items=ctx.settings.max_batch_items,
+        max_slices=ctx.settings.prepare_slices_per_task,
     )
     if done.chunk_ids:  # committed as queued by now
         send_chunks([(chunk_id, done.kind) for chunk_id in done.chunk_ids])
         jobs.mark_dispatched(ctx.sessions, done.chunk_ids)
+    elif done.paused:  # this task's share is done: a fresh one goes on
+        send_preparations([job_id])
     log.info("batch prepared", extra={"job_id": job_id, "state": done.state})
     return done.state
 

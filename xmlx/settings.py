@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     # line, `manifest_key`), read by the preparation task: a body of 1,000,000 keys is
     # ~50 MB that the API would have to parse and hold.
     max_inline_batch_keys: int = Field(default=10_000, ge=1)
+    # Slices (5,000 items each) one preparation task inserts before it hands over to a
+    # fresh task: keeps a task far inside its time limit however slow the listing is.
+    prepare_slices_per_task: int = Field(default=40, ge=1)
     chunk_size: int = Field(default=32, ge=1)
     lease_seconds: int = Field(default=120, ge=1)
     max_attempts_per_chunk: int = Field(default=3, ge=1)

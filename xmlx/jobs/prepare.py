@@ -54,6 +54,7 @@ class Preparation:
     kind: str
     state: str  # the job's state once this run stopped
     chunk_ids: list[str]  # to send now: set only by the run that moved the job to queued
+    paused: bool = False  # stopped at `max_slices` with more to do: send a fresh task
 
 
 def start_preparing(
@@ -103,8 +104,11 @@ def prepare_batch(
     chunk_size: int,
     max_items: int,
     slice_rows: int = SLICE_ROWS,
+    max_slices: int | None = None,
 ) -> Preparation:
-    """Insert the items of a preparing job (from where an earlier run stopped)."""
+    """Insert the items of a preparing job, from where an earlier run stopped. With
+    `max_slices`, stop after that many slices (the job stays `preparing`; run again to
+    go on), which keeps one task well inside its time limit on a slow listing."""
     with session_scope(sessions) as session:
         job = repo.get_job_unscoped(session, job_id)
         if job is None or job.state != JobState.PREPARING or job.source is None:
@@ -114,11 +118,14 @@ def prepare_batch(
     per_slice = -(-slice_rows // chunk_size) * chunk_size  # whole chunks in every slice
     try:
         keys = _source_keys(store, source, offset, last_key)
+        slices = 0
         while batch := list(islice(keys, per_slice)):
             _check_slice(batch, source["base"], offset + len(batch), max_items)
             if not _insert_slice(sessions, job_id, batch, offset, chunk_size):
                 return _stopped(sessions, job_id, kind)
-            offset += len(batch)
+            offset, slices = offset + len(batch), slices + 1
+            if slices == max_slices and len(batch) == per_slice:
+                return Preparation(job_id, kind, JobState.PREPARING, [], paused=True)
     except StorageError as exc:
         if exc.transient:
             raise
