@@ -95,8 +95,9 @@ def send_chunks(chunks: list[tuple[str, str]]) -> None:
     Call only after the transaction that created the chunks has committed, or a fast
     worker could look for rows that are not there yet.
     """
-    for chunk_id, kind in chunks:
-        app.send_task(TASK_RUN_CHUNK, args=[chunk_id, kind], queue=GPU_QUEUE)
+    with app.producer_or_acquire() as producer:  # one connection for a big batch's chunks
+        for chunk_id, kind in chunks:
+            app.send_task(TASK_RUN_CHUNK, args=[chunk_id, kind], queue=GPU_QUEUE, producer=producer)
 
 
 def send_preparations(jobs: list[str]) -> None:
