@@ -19,7 +19,7 @@ and checks the migration), untimed. Each size waits until its chunk messages are
 in Redis (``sent_s``) before the next starts.
 
 - ``--source prefix``: N zero-byte objects are PUT to SeaweedFS under one prefix
-  (64 threads; about 1,000 objects/s on this machine, so 1M takes ~20 min and is left
+  (64 threads; about 600 objects/s on this machine, so 1M takes ~30 min and is left
   to ``--sizes``); the batch names the prefix, and preparation lists S3 page by page.
 
 Measured: ``accept_s`` (POST -> 202, state `preparing`), ``ready_s`` (POST -> the job
