@@ -17,7 +17,13 @@ from typing import Any
 import redis
 from celery import Celery
 
-from workers.celery_app import DEFAULT_QUEUE, GPU_QUEUE, TASK_RUN_CHUNK, create_celery
+from workers.celery_app import (
+    DEFAULT_QUEUE,
+    GPU_QUEUE,
+    TASK_PREPARE_BATCH,
+    TASK_RUN_CHUNK,
+    create_celery,
+)
 from xmlx.settings import Settings
 
 log = logging.getLogger("xmlx.api")
@@ -74,6 +80,18 @@ class Broker:
                     )
         except Exception:
             log.exception("could not enqueue %d chunks; the reconciler will", len(chunks))
+            return False
+        return True
+
+    def send_preparation(self, job_id: str) -> bool:
+        """The `prepare_batch` message of a preparing job; False when the broker failed
+        (the reconciler sends it once the job has been idle for its grace)."""
+        try:
+            self.celery.send_task(
+                TASK_PREPARE_BATCH, args=[job_id], queue=DEFAULT_QUEUE, retry_policy=_PUBLISH_RETRY
+            )
+        except Exception:
+            log.exception("could not enqueue the preparation of %s; the reconciler will", job_id)
             return False
         return True
 

@@ -7,7 +7,6 @@ is stored, and all the bad keys of a request are reported at once.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,19 +16,14 @@ from xmlx.keys import KeyValidationError
 from xmlx.storage import ObjectStore, StorageError
 
 MAX_MANIFEST_BYTES = 50 * 1024 * 1024
-# Segments of visible ASCII (no backslash), never empty, "." or "..": keys that
-# `xmlx.keys.validate_user_key` accepts, recognised with one regex (long keys aside).
-_SEGMENT = r"(?!\.\.?(?:/|$))[ !-.0-\[\]-~]+"
-_PLAIN_KEY = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")
 MAX_REPORTED_ERRORS = 20
-LIST_PAGE = 1000
 
 
 def check_user_keys(user_keys: Sequence[str], base_prefix: str = "") -> None:
     """Raise 422 `key.invalid` listing the bad keys (each checked under `base_prefix`)."""
     errors: list[dict[str, Any]] = []
     for index, key in enumerate(user_keys):
-        reason = _key_reason(key, base_prefix)
+        reason = keys.user_key_problem(key, base_prefix)
         if reason is not None:
             errors.append({"index": index, "key": key[:200], "reason": reason})
             if len(errors) >= MAX_REPORTED_ERRORS:
@@ -39,18 +33,6 @@ def check_user_keys(user_keys: Sequence[str], base_prefix: str = "") -> None:
             422, "key.invalid", f"{len(errors)} invalid key(s), e.g. {errors[0]['reason']}",
             errors=errors,
         )  # fmt: skip
-
-
-def _key_reason(key: str, base_prefix: str) -> str | None:
-    # Most keys are plain ASCII paths; those skip the per-character Unicode checks.
-    if not _PLAIN_KEY.fullmatch(key):
-        try:
-            keys.validate_user_key(key)
-        except KeyValidationError as exc:
-            return exc.reason
-    if len((base_prefix + key).encode("utf-8")) > keys.MAX_KEY_BYTES:
-        return f"longer than {keys.MAX_KEY_BYTES} bytes once placed under its folder"
-    return None
 
 
 def folder(prefix: str) -> str:
@@ -71,20 +53,6 @@ def upload_key(tenant_id: str, user_key: str) -> str:
         return keys.upload_key(tenant_id, user_key)
     except KeyValidationError as exc:
         raise ProblemError(422, "key.invalid", exc.message) from exc
-
-
-def list_under(store: ObjectStore, base: str, prefix: str, max_keys: int) -> list[str]:
-    """Keys under `base + prefix`, relative to `base`; at most `max_keys + 1`, so that a
-    caller can tell "too many" without listing a million keys."""
-    found: list[str] = []
-    start_after: str | None = None
-    while len(found) <= max_keys:
-        page = store.list_keys(base + prefix, limit=LIST_PAGE, start_after=start_after)
-        found.extend(key[len(base) :] for key in page)
-        if len(page) < LIST_PAGE:
-            break
-        start_after = page[-1]
-    return found[: max_keys + 1]
 
 
 def read_manifest_bytes(store: ObjectStore, key: str) -> bytes:

@@ -105,22 +105,28 @@ class ModelRequest(Strict):
 
 
 class BatchRequest(Strict):
-    """Images to run a model on: a list of keys or one prefix (exactly one of the two).
+    """Images to run a model on: a list of keys, one prefix, or a manifest (exactly one).
 
     Keys are relative to the dataset's image folder when `dataset_id` is given, else to
-    your uploads.
+    your uploads. `images` holds at most `max_inline_batch_keys` keys (10,000 by
+    default) and the job is `queued` at once. A `prefix` or a `manifest_key` (an object
+    under your uploads: UTF-8 text, one key a line) may name up to `max_batch_items`
+    images (1,000,000): the job starts `preparing` while a background task lists them,
+    and becomes `queued` once every item is in.
     """
 
     model_id: Id
     images: list[str] | None = None
     prefix: str | None = Field(default=None, max_length=1024)
+    manifest_key: str | None = Field(default=None, min_length=1, max_length=1024)
     dataset_id: Id | None = None
     k: int = Field(default=5, ge=1, le=100, description="top labels reported per image")
 
     @model_validator(mode="after")
     def _one_source(self) -> BatchRequest:
-        if (self.images is None) == (self.prefix is None):
-            raise ValueError("give exactly one of `images` and `prefix`")
+        given = [self.images is not None, self.prefix is not None, self.manifest_key is not None]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of `images`, `prefix` and `manifest_key`")
         return self
 
 

@@ -23,7 +23,7 @@ class ErrorInfo(BaseModel):
 
 
 class Progress(BaseModel):
-    total: int
+    total: int = Field(description="items so far: grows while the job is `preparing`")
     done: int
     failed: int
     pending: int
@@ -51,6 +51,9 @@ class JobOut(BaseModel):
     error: ErrorInfo | None
     errors_by_code: dict[str, int] = Field(description="failed items per error code")
     created_at: datetime
+    prepared_at: datetime | None = Field(
+        description="when a big batch's last item went in (`preparing` -> `queued`)"
+    )
     started_at: datetime | None
     finished_at: datetime | None
     elapsed_seconds: float | None = Field(description="started (or created) to finished/now")
@@ -142,6 +145,7 @@ def job_out(job: Job, errors_by_code: dict[str, int], now: datetime) -> JobOut:
         error=_error(job.error_code, job.error_message),
         errors_by_code=errors_by_code,
         created_at=job.created_at,
+        prepared_at=job.prepared_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
         elapsed_seconds=round(max((end - start).total_seconds(), 0.0), 3),

@@ -24,9 +24,11 @@ import redis
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from xmlx import jobs
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, session_scope
 from xmlx.embedded_redis import EmbeddedRedis
+from xmlx.jobs import Preparation
 from xmlx.models import ModelState
 from xmlx.settings import Settings
 
@@ -132,6 +134,17 @@ def queued_messages(broker: redis.Redis, queue: str = "gpu") -> list[tuple[str, 
         args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
         messages.append((envelope["headers"]["task"], args))
     return messages
+
+
+def run_preparation(client: TestClient, job_id: str, **options: Any) -> Preparation:
+    """What the `prepare_batch` task does for a preparing job, on the app's own database
+    and store (the task itself reads the process settings; its kernel call is this)."""
+    state = client.app.state.xmlx  # type: ignore[attr-defined]
+    return jobs.prepare_batch(
+        state.sessions, state.store, job_id,
+        chunk_size=state.settings.chunk_size, max_items=state.settings.max_batch_items,
+        cost_limit=state.settings.max_job_forward_passes, **options,
+    )  # fmt: skip
 
 
 def upload_files(client: TestClient, user: ApiUser, files: dict[str, bytes], ctype: str) -> None:

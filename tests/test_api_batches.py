@@ -19,6 +19,7 @@ from tests.api_fixtures import (
     assert_problem,
     make_ready_model,
     queued_messages,
+    run_preparation,
     upload_files,
 )
 from xmlx.db import SessionFactory, session_scope
@@ -67,7 +68,7 @@ def footprint(sessions: SessionFactory, broker: redis.Redis, tenant_id: str) -> 
             "models": count(Model),
             "datasets": count(Dataset),
         }
-    return {**counts, "gpu": int(broker.llen("gpu"))}
+    return {**counts, "gpu": int(broker.llen("gpu")), "default": int(broker.llen("default"))}
 
 
 def test_explanations_store_items_and_enqueue_each_chunk(
@@ -111,8 +112,12 @@ def test_prefix_batches_list_the_store(
     upload_files(client, user, files, "image/png")
     body = {"model_id": model_id, "prefix": "batch/"}
     job = client.post("/v1/predictions", json=body, headers=user.headers).json()
-    assert job["kind"] == "predict" and job["progress"]["total"] == 5
+    assert job["kind"] == "predict" and job["state"] == "preparing"
     assert job["params"] == {"k": 5, "image_prefix": f"tenants/{user.tenant_id}/uploads/"}
+    prepared = run_preparation(client, job["id"])
+    assert prepared.state == "queued" and len(prepared.chunk_ids) == 1
+    job = client.get(f"/v1/jobs/{job['id']}", headers=user.headers).json()
+    assert job["progress"]["total"] == 5 and job["prepared_at"] is not None
     results = client.get(f"/v1/jobs/{job['id']}/results", headers=user.headers).json()
     assert [item["key"] for item in results["items"]] == sorted(files)[:5]
 
@@ -124,7 +129,9 @@ def _bad_requests(model_id: str, other_model: str, pending_model: str) -> list[A
         ({**base, "model_id": other_model}, 404, "model.not_found"),
         ({**base, "model_id": pending_model}, 409, "model.not_ready"),
         ({**base, "images": []}, 422, "batch.empty"),
-        ({"model_id": model_id, "prefix": "nothing-here/"}, 422, "batch.empty"),
+        ({"model_id": model_id, "manifest_key": "no-such-list.txt"}, 422, "manifest.not_found"),
+        ({**base, "manifest_key": "list.txt"}, 422, "request.invalid"),
+        ({"model_id": model_id, "manifest_key": "../list.txt"}, 422, "key.invalid"),
         ({**base, "prefix": "x/"}, 422, "request.invalid"),
         ({"model_id": model_id}, 422, "request.invalid"),
         ({**base, "images": ["a.png", "../etc/passwd"]}, 422, "key.invalid"),
@@ -187,15 +194,18 @@ def test_batches_over_the_limit_are_refused(
     model_id = make_ready_model(small_client, api_user, session_factory, dataset["id"])
     upload_files(small_client, api_user, {f"many/{i}.png": b"x" for i in range(6)}, "image/png")
     before = footprint(session_factory, broker, api_user.tenant_id)
-    for body in (
-        {"model_id": model_id, "images": [f"{i}.png" for i in range(6)]},
-        {"model_id": model_id, "prefix": "many/"},
-    ):
-        answer = small_client.post("/v1/predictions", json=body, headers=api_user.headers)
-        assert_problem(answer, 413, "batch.too_large")
+    six = {"model_id": model_id, "images": [f"{i}.png" for i in range(6)]}
+    answer = small_client.post("/v1/predictions", json=six, headers=api_user.headers)
+    assert_problem(answer, 413, "batch.too_large")
     assert footprint(session_factory, broker, api_user.tenant_id) == before
     five = {"model_id": model_id, "images": [f"{i}.png" for i in range(5)]}
     assert small_client.post("/v1/predictions", json=five, headers=api_user.headers).is_success
+    # A prefix is listed after the 202: the job fails with the code once it passes the limit.
+    body = {"model_id": model_id, "prefix": "many/"}
+    job = small_client.post("/v1/predictions", json=body, headers=api_user.headers).json()
+    assert run_preparation(small_client, job["id"]).state == "failed"
+    job = small_client.get(f"/v1/jobs/{job['id']}", headers=api_user.headers).json()
+    assert job["error"]["code"] == "batch.too_large"
 
 
 def test_idempotent_replay_and_conflict(

@@ -58,6 +58,23 @@ def test_0002_adds_the_dataset_images_columns_and_downgrade_drops_them(
         engine.dispose()
 
 
+def test_0004_adds_the_preparation_columns_and_downgrade_drops_them(
+    make_database_url: Callable[[], str],
+) -> None:
+    url = make_database_url()
+    engine = create_engine(url)
+    try:
+        migrate.upgrade(url, "0003_params")
+        assert not {"source", "prepared_at"} & _columns(engine, "jobs")
+        migrate.upgrade(url, "0004")
+        assert {"source", "prepared_at"} <= _columns(engine, "jobs")
+        migrate.downgrade(url, "0003_params")
+        assert not {"source", "prepared_at"} & _columns(engine, "jobs")
+        migrate.upgrade(url)
+    finally:
+        engine.dispose()
+
+
 _OLD_DATASET = (
     "INSERT INTO datasets (id, tenant_id, name, storage_prefix, manifest_key, n_images,"
     " n_labels, empty_rows, label_counts, created_at) VALUES ('ds1', 't1', 'old',"

@@ -27,7 +27,7 @@ def test_development_defaults_work_out_of_the_box() -> None:
     assert settings.env == "development" and settings.is_sqlite
     assert settings.database_url == f"sqlite:///{Path('.xmlx') / 'xmlx.sqlite'}"
     assert settings.local_storage_root == Path(".xmlx") / "storage"
-    assert (settings.max_batch_items, settings.chunk_size) == (100_000, 32)
+    assert (settings.max_batch_items, settings.chunk_size) == (1_000_000, 32)
     assert settings.visibility_timeout_seconds > settings.task_hard_time_limit_seconds
 
 

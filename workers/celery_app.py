@@ -24,11 +24,14 @@ DEFAULT_QUEUE = "default"
 TASK_TRAIN = "xmlx.train"
 TASK_RUN_CHUNK = "xmlx.run_chunk"
 TASK_RECONCILE = "xmlx.reconcile"
+TASK_PREPARE_BATCH = "xmlx.prepare_batch"
 
 TASK_ROUTES = {
     TASK_TRAIN: {"queue": GPU_QUEUE},
     TASK_RUN_CHUNK: {"queue": GPU_QUEUE},
     TASK_RECONCILE: {"queue": DEFAULT_QUEUE},
+    # Listing and inserting is database and S3 work: never behind GPU chunks.
+    TASK_PREPARE_BATCH: {"queue": DEFAULT_QUEUE},
 }
 
 
@@ -92,5 +95,12 @@ def send_chunks(chunks: list[tuple[str, str]]) -> None:
     Call only after the transaction that created the chunks has committed, or a fast
     worker could look for rows that are not there yet.
     """
-    for chunk_id, kind in chunks:
-        app.send_task(TASK_RUN_CHUNK, args=[chunk_id, kind], queue=GPU_QUEUE)
+    with app.producer_or_acquire() as producer:  # one connection for a big batch's chunks
+        for chunk_id, kind in chunks:
+            app.send_task(TASK_RUN_CHUNK, args=[chunk_id, kind], queue=GPU_QUEUE, producer=producer)
+
+
+def send_preparations(jobs: list[str]) -> None:
+    """Enqueue one ``prepare_batch`` message per preparing job id (after its commit)."""
+    for job_id in jobs:
+        app.send_task(TASK_PREPARE_BATCH, args=[job_id], queue=DEFAULT_QUEUE)

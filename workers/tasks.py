@@ -19,11 +19,13 @@ from sqlalchemy.exc import OperationalError
 from workers.celery_app import (
     DEFAULT_QUEUE,
     GPU_QUEUE,
+    TASK_PREPARE_BATCH,
     TASK_RECONCILE,
     TASK_RUN_CHUNK,
     app,
     queue_depth,
     send_chunks,
+    send_preparations,
 )
 from workers.context import worker_context
 from xmlx import jobs
@@ -84,16 +86,40 @@ def run_chunk(chunk_id: str, kind: str) -> str:
     return status
 
 
+@xmlx_task(TASK_PREPARE_BATCH, DEFAULT_QUEUE)
+def prepare_batch(job_id: str) -> str:
+    """List a big batch's source and insert its items; then send its chunks."""
+    ctx = worker_context()
+    done = jobs.prepare_batch(
+        ctx.sessions,
+        ctx.store,
+        job_id,
+        chunk_size=ctx.settings.chunk_size,
+        max_items=ctx.settings.max_batch_items,
+        max_slices=ctx.settings.prepare_slices_per_task,
+        cost_limit=ctx.settings.max_job_forward_passes,
+    )
+    if done.chunk_ids:  # committed as queued by now
+        send_chunks([(chunk_id, done.kind) for chunk_id in done.chunk_ids])
+        jobs.mark_dispatched(ctx.sessions, done.chunk_ids)
+    elif done.paused:  # this task's share is done: a fresh one goes on
+        send_preparations([job_id])
+    log.info("batch prepared", extra={"job_id": job_id, "state": done.state})
+    return done.state
+
+
 @xmlx_task(TASK_RECONCILE, DEFAULT_QUEUE)
 def reconcile() -> int:
-    """Send again the chunks whose message was lost or whose worker died."""
+    """Send again the chunks whose message was lost or whose worker died, and the
+    preparations whose task was lost."""
     ctx = worker_context()
-    refs = jobs.reconcile(
-        ctx.sessions,
-        grace_seconds=ctx.settings.reconcile_grace_seconds,
-        queued_messages=queue_depth(GPU_QUEUE),
-    )
+    grace = ctx.settings.reconcile_grace_seconds
+    refs = jobs.reconcile(ctx.sessions, grace_seconds=grace, queued_messages=queue_depth(GPU_QUEUE))
     send_chunks([(ref.chunk_id, ref.kind) for ref in refs])
-    if refs:
-        log.info("reconciler re-enqueued chunks", extra={"count": len(refs)})
-    return len(refs)
+    stalled = jobs.stalled_preparations(ctx.sessions, grace_seconds=grace)
+    send_preparations([job_id for job_id, _kind in stalled])
+    if refs or stalled:
+        log.info(
+            "reconciler re-enqueued", extra={"chunks": len(refs), "preparations": len(stalled)}
+        )
+    return len(refs) + len(stalled)

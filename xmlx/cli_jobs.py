@@ -37,6 +37,10 @@ def submit(
     prefix: Annotated[
         str | None, typer.Option(help="explain every image under this prefix")
     ] = None,
+    manifest: Annotated[
+        str | None,
+        typer.Option(help="an uploaded key list (one key a line), for batches over 10,000"),
+    ] = None,
     dataset: Annotated[str | None, typer.Option(help="keys are relative to this dataset")] = None,
     method: str = "lime",
     target: Annotated[
@@ -50,7 +54,8 @@ def submit(
     """Submit an explanation batch."""
     with _client(api_url, api_key) as client:
         job = _call(lambda: client.explain(
-            model, images or None, prefix=prefix, dataset_id=dataset, method=method,
+            model, images or None, prefix=prefix, manifest_key=manifest, dataset_id=dataset,
+            method=method,
             target=json.loads(target), params=json.loads(params),
         ))  # fmt: skip
         console.print(f"job {job.id}: {job.state}, {job.total} items")
@@ -78,13 +83,21 @@ def results(
     limit: Annotated[int, typer.Option(help="rows to print")] = 20,
     jsonl: Annotated[bool, typer.Option(help="print every item as JSON lines")] = False,
     open_: Annotated[bool, typer.Option("--open", help="open the job page in a browser")] = False,
+    export: Annotated[
+        Path | None,
+        typer.Option(help="write every result to this file (.jsonl, .csv or .parquet)"),
+    ] = None,
     api_url: ApiUrl = DEFAULT_URL,
     api_key: ApiKey = "",
 ) -> None:
-    """Print a job's per-item results (top labels, hierarchy path, errors)."""
+    """Print a job's per-item results (top labels, hierarchy path, errors), or export them."""
     if open_:
         webbrowser.open(f"{api_url.rstrip('/')}/ui/jobs/{job}")
     with _client(api_url, api_key) as client:
+        if export is not None:
+            written = _call(lambda: client.export_results(job, export, state=state))
+            console.print(f"{written} bytes written to {export}")
+            return
         table = Table("item", "state", "top labels", "hierarchy / error")
         for count, item in enumerate(client.iter_results(job, state=state)):
             if jsonl:

@@ -87,6 +87,9 @@ class ItemResult:
         )
 
 
+EXPORT_FORMATS = ("jsonl", "csv", "parquet")
+
+
 class Client:
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0) -> None:
         self.http = httpx.Client(
@@ -141,6 +144,7 @@ class Client:
         images: Iterable[str] | None = None,
         *,
         prefix: str | None = None,
+        manifest_key: str | None = None,
         dataset_id: str | None = None,
         method: str = "lime",
         target: Mapping[str, Any] | None = None,
@@ -154,6 +158,8 @@ class Client:
             body["images"] = list(images)
         if prefix is not None:
             body["prefix"] = prefix
+        if manifest_key is not None:
+            body["manifest_key"] = manifest_key
         if dataset_id is not None:
             body["dataset_id"] = dataset_id
         if target is not None:
@@ -208,6 +214,26 @@ class Client:
             if not page.get("next_cursor"):
                 return
             params["cursor"] = page["next_cursor"]
+
+    def export_results(
+        self, job_id: str, dest: Path, *, fmt: str | None = None, state: str | None = None
+    ) -> int:
+        """Stream every result into the file ``dest`` as JSON Lines, CSV or Parquet (from
+        ``fmt``, else the file's suffix); returns the bytes written. The download is
+        never held in memory: a million-item job is written as it arrives."""
+        fmt = fmt or dest.suffix.lstrip(".").lower()
+        if fmt not in EXPORT_FORMATS:
+            raise ValueError(f"format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+        params = {"format": fmt, **({"state": state} if state else {})}
+        written = 0
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/results", params=params) as answer:
+            if answer.status_code >= 400:
+                answer.read()
+                raise _api_error(answer)
+            with dest.open("wb") as out:
+                for block in answer.iter_bytes():
+                    written += out.write(block)
+        return written
 
     def download_artifacts(
         self, job_id: str, dest: Path, *, names: Iterable[str] = ("heatmap.png", "mask.png")

@@ -140,3 +140,22 @@ def item_artifact_key(tenant_id: str, job_id: str, item_key: str, name: str) -> 
             f"artifact name must be one of {sorted(ITEM_ARTIFACT_NAMES)}", name
         )
     return f"{job_prefix(tenant_id, job_id)}items/{item_key_hash(item_key)}/{name}"
+
+
+# Segments of visible ASCII (no backslash), never empty, "." or "..": keys that
+# `validate_user_key` accepts, recognised with one regex (long keys aside).
+_SEGMENT = r"(?!\.\.?(?:/|$))[ !-.0-\[\]-~]+"
+_PLAIN_KEY = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")
+
+
+def user_key_problem(key: str, base_prefix: str = "") -> str | None:
+    """Why `key` cannot be used under `base_prefix`, or None when it can (fast path for
+    plain ASCII keys: a million of them are checked per big batch)."""
+    if not _PLAIN_KEY.fullmatch(key):
+        try:
+            validate_user_key(key)
+        except KeyValidationError as exc:
+            return exc.reason
+    if len((base_prefix + key).encode("utf-8")) > MAX_KEY_BYTES:
+        return f"longer than {MAX_KEY_BYTES} bytes once placed under its folder"
+    return None

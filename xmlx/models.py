@@ -2,7 +2,7 @@
 
 States are plain strings (no SQL ENUM types: adding a state is then a code change,
 not a migration). Ids are prefixed ULID-like strings from `xmlx.db.new_id`, except
-`items.id`, a 64-bit integer: a job can have 100,000 items and the integer key keeps
+`items.id`, a 64-bit integer: a job can have 1,000,000 items and the integer key keeps
 bulk inserts and keyset pagination cheap.
 """
 
@@ -35,6 +35,8 @@ class JobKind(StrEnum):
 
 
 class JobState(StrEnum):
+    # A big batch's items are still being listed and inserted (`xmlx.jobs.prepare`).
+    PREPARING = "preparing"
     QUEUED = "queued"
     RUNNING = "running"
     CANCELLING = "cancelling"
@@ -160,7 +162,11 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # Where a preparing job's items come from ({"prefix": ...} or {"manifest": ...}, both
+    # server-built storage keys); NULL for jobs created with their items.
+    source: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    prepared_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -70,7 +70,14 @@ class Settings(BaseSettings):
     presign_expiry_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
 
     # Jobs.
-    max_batch_items: int = Field(default=100_000, ge=1)
+    max_batch_items: int = Field(default=1_000_000, ge=1)
+    # Keys a batch may list in its JSON body; more go in a manifest object (one key a
+    # line, `manifest_key`), read by the preparation task: a body of 1,000,000 keys is
+    # ~50 MB that the API would have to parse and hold.
+    max_inline_batch_keys: int = Field(default=10_000, ge=1)
+    # Slices (5,000 items each) one preparation task inserts before it hands over to a
+    # fresh task: keeps a task far inside its time limit however slow the listing is.
+    prepare_slices_per_task: int = Field(default=40, ge=1)
     # A job's estimated forward passes (items x samples per item, xmlx.jobs.cost) may
     # not exceed this unless the tenant row says otherwise: 10^9 is a million images at
     # LIME's default 1,000 samples, days of one GPU.

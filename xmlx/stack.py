@@ -37,10 +37,10 @@ class Stack:
     redis: EmbeddedRedis | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str, queues: str = "gpu,default") -> subprocess.Popen[bytes]:
         """Start (or restart) a Celery worker process named ``name``."""
         args = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-                "-Q", "gpu,default", "--concurrency", "1", "--loglevel", "INFO",
+                "-Q", queues, "--concurrency", "1", "--loglevel", "INFO",
                 "--without-gossip", "--without-mingle", "-n", f"{name}@%h"]  # fmt: skip
         return self._spawn(name, args)
 

@@ -2,10 +2,18 @@
 
 The request is checked completely before anything is stored (model ready, method and
 parameter values within their schema (`xmlcore.params`) and fit for the model's image
-size, target possible, keys safe, batch size within `Settings.max_batch_items`, the
-estimated forward passes within the tenant's limit); a refused request leaves no row
-and no message. Keys are relative to the dataset's images folder (`dataset_id`) or to
-the tenant's uploads; a `prefix` is expanded by listing storage. The job's params
+size, target possible, keys safe, an inline list within `Settings.max_inline_batch_keys`,
+the estimated forward passes within the tenant's limit); a refused request leaves no
+row and no message. Keys are relative to the dataset's images folder (`dataset_id`) or
+to the tenant's uploads.
+
+An inline `images` list is inserted in the request (bounded, so fast) and the job is
+`queued` at once. A `prefix` or a `manifest_key` can name a million images: the API
+never lists or reads them. It stores the job as `preparing` with its source and sends
+a `prepare_batch` task (default queue) after the commit; that task lists or reads the
+source page by page and inserts the items in bulk (`xmlx.jobs.prepare`), and the job
+fails with a code when the source is empty, unreadable or over `max_batch_items`, or
+when the listed count makes the job cost more than the tenant's limit. The job's params
 carry the server-built `image_prefix` the workers read from.
 """
 
@@ -31,6 +39,7 @@ from api.schemas import (
 )
 from api.submit import create_and_enqueue, find_model, mark_replayed, render_job, replayed_job
 from api.views import JobOut
+from xmlx import jobs
 from xmlx.dataset_images import images_storage_prefix
 from xmlx.db import session_scope
 from xmlx.models import JobKind, Model
@@ -97,15 +106,27 @@ def _submit(
     base, label_counts = _image_base(state, tenant_id, body.dataset_id, model)
     if isinstance(body, ExplanationRequestBase):
         _check_target(body, model, label_counts)
-    check_cost(state, tenant_id, body, model, 1)  # before listing a prefix: one image
-    item_keys = _item_keys(state, body, base)
+    check_cost(state, tenant_id, body, model, 1)  # before a prefix or manifest is read
+    params = {**extra, "k": body.k, "image_prefix": base}
+    if body.images is None:
+        source = _source(state, tenant_id, body, base)
+        created = jobs.start_preparing(
+            state.sessions, tenant_id=tenant_id, kind=kind, source=source, params=params,
+            model_id=model.id, idempotency_key=idempotency_key, request_hash=fp,
+        )  # fmt: skip
+        if created.created and not state.broker.send_preparation(created.job.id):
+            state.metrics.enqueue_failures.inc()
+        if not created.created:
+            mark_replayed(response)
+        return render_job(state, created.job)
+    item_keys = _item_keys(state, body.images, base)
     check_cost(state, tenant_id, body, model, len(item_keys))
     created = create_and_enqueue(
         state,
         tenant_id,
         kind=kind,
         item_keys=item_keys,
-        params={**extra, "k": body.k, "image_prefix": base},
+        params=params,
         model_id=model.id,
         idempotency_key=idempotency_key,
         fp=fp,
@@ -139,21 +160,29 @@ def _check_target(body: ExplanationRequestBase, model: Model, label_counts: dict
         )
 
 
-def _item_keys(state: ApiState, body: BatchRequest, base: str) -> list[str]:
-    limit = state.settings.max_batch_items
-    if body.images is not None:
-        item_keys = body.images
-    else:
-        assert body.prefix is not None
+def _source(state: ApiState, tenant_id: str, body: BatchRequest, base: str) -> dict[str, str]:
+    """Where the preparation task finds the batch's keys (server-built storage keys)."""
+    if body.prefix is not None:
         if body.prefix:
             inputs.check_user_keys([body.prefix.removesuffix("/")])
-        item_keys = inputs.list_under(state.store, base, body.prefix, limit)
+        return {"base": base, "prefix": base + body.prefix}
+    assert body.manifest_key is not None
+    manifest = inputs.upload_key(tenant_id, body.manifest_key)
+    if not state.store.exists(manifest):
+        raise ProblemError(422, "manifest.not_found", "no object at manifest_key")
+    return {"base": base, "manifest": manifest}
+
+
+def _item_keys(state: ApiState, item_keys: list[str], base: str) -> list[str]:
+    limit = min(state.settings.max_inline_batch_keys, state.settings.max_batch_items)
     if not item_keys:
         raise ProblemError(422, "batch.empty", "the batch has no image")
     if len(item_keys) > limit:
         raise ProblemError(
-            413, "batch.too_large", f"more than {limit} images in one batch; split it"
-        )
+            413, "batch.too_large",
+            f"more than {limit} images listed in the request; put the keys in a manifest "
+            "object (one a line) and pass `manifest_key`, or split the batch",
+        )  # fmt: skip
     if len(set(item_keys)) != len(item_keys):
         raise ProblemError(422, "batch.duplicate_keys", "an image is listed twice")
     inputs.check_user_keys(item_keys, base)

@@ -1,9 +1,12 @@
-"""Jobs: status and progress, per-item results (a page, or all as JSON Lines), cancel.
+"""Jobs: status and progress, per-item results (a page, or all as a file), cancel.
 
 Results carry presigned GET URLs for each item's artifacts, valid for
-`Settings.presign_expiry_seconds`. The JSON Lines export reads the items a page at a
-time, each page in its own short transaction, so a 100,000-item job streams in
-constant memory and never holds a database connection for the whole download.
+`Settings.presign_expiry_seconds`. `?format=jsonl|csv|parquet` (and the older
+`results.jsonl`) streams every item: the items are read a keyset page at a time, each
+page in its own short transaction, and written out as it arrives (`api.exports`), so a
+1,000,000-item job streams in constant memory and never holds a database connection
+for the whole download. Everything here works while a job is still `preparing`: the
+items inserted so far are there.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
 from api.deps import ApiState, Caller, DbSession, State
+from api.exports import MEDIA_TYPES, ExportFormat, export
 from api.problems import ProblemError, problem_responses
 from api.submit import render_job
 from api.views import ItemOut, JobOut, Page, item_out
@@ -24,7 +28,7 @@ from xmlx.db import session_scope
 from xmlx.models import FINAL_JOB_STATES, ItemState, JobKind, JobState
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-JSONL_PAGE = 1000
+EXPORT_PAGE = 1000
 
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Cursor = Annotated[str | None, Query(max_length=500)]
@@ -77,8 +81,12 @@ def list_jobs(
 @router.get(
     "/{job_id}/results",
     response_model=Page[ItemOut],
-    summary="Per-item results in submission order, a page at a time",
-    responses=problem_responses(401, 404, 422, 429),
+    summary="Per-item results in submission order: a page, or with `format` every item "
+    "as a streamed JSON Lines, CSV or Parquet file",
+    responses={
+        200: {"content": {media: {} for media in MEDIA_TYPES.values()}},
+        **problem_responses(401, 404, 422, 429),
+    },
 )
 def list_results(
     job_id: str,
@@ -88,7 +96,12 @@ def list_results(
     item_state: Annotated[ItemState | None, Query(alias="state")] = None,
     limit: Limit = 100,
     cursor: Cursor = None,
-) -> Page[ItemOut]:
+    fmt: Annotated[ExportFormat | None, Query(alias="format")] = None,
+) -> Page[ItemOut] | StreamingResponse:
+    if fmt is not None:
+        if repo.get_job(session, caller.tenant_id, job_id) is None:
+            raise _job_not_found(job_id)
+        return _export(state, caller.tenant_id, job_id, item_state, fmt)
     page = repo.list_items(
         session, caller.tenant_id, job_id, state=item_state, limit=limit, cursor=cursor
     )
@@ -116,24 +129,30 @@ def export_results(
     with session_scope(state.sessions) as session:
         if repo.get_job(session, caller.tenant_id, job_id) is None:
             raise _job_not_found(job_id)
-    lines = _result_lines(state, caller.tenant_id, job_id, item_state)
-    headers = {"Content-Disposition": f'attachment; filename="{job_id}.jsonl"'}
-    return StreamingResponse(lines, media_type="application/x-ndjson", headers=headers)
+    return _export(state, caller.tenant_id, job_id, item_state, "jsonl")
 
 
-def _result_lines(
+def _export(
+    state: ApiState, tenant_id: str, job_id: str, item_state: ItemState | None, fmt: ExportFormat
+) -> StreamingResponse:
+    pages = _result_pages(state, tenant_id, job_id, item_state)
+    headers = {"Content-Disposition": f'attachment; filename="{job_id}.{fmt}"'}
+    return StreamingResponse(export(pages, fmt), media_type=MEDIA_TYPES[fmt], headers=headers)
+
+
+def _result_pages(
     state: ApiState, tenant_id: str, job_id: str, item_state: ItemState | None
-) -> Iterator[str]:
+) -> Iterator[list[ItemOut]]:
     sign = _signer(state)
     cursor: str | None = None
     while True:
         with session_scope(state.sessions) as session:
             page = repo.list_items(
-                session, tenant_id, job_id, state=item_state, limit=JSONL_PAGE, cursor=cursor
+                session, tenant_id, job_id, state=item_state, limit=EXPORT_PAGE, cursor=cursor
             )
         if page is None:
             return
-        yield "".join(item_out(item, sign).model_dump_json() + "\n" for item in page.rows)
+        yield [item_out(item, sign) for item in page.rows]
         if page.next_cursor is None:
             return
         cursor = page.next_cursor

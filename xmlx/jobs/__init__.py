@@ -5,6 +5,9 @@ public function here is exactly ONE committed transaction built from the
 compare-and-set statements in `xmlx.repository.work`, so it is safe to call again
 after any crash or duplicate delivery:
 
+- `start_preparing` / `prepare_batch`: a batch named by a prefix or a manifest is
+  accepted as a `preparing` job and its items inserted in slices by a background task
+  (resumable; see `xmlx.jobs.prepare`).
 - `create_job` inserts the job, its items and chunks together; enqueue the returned
   chunk ids only after it returns (the rows are committed by then).
 - `claim_chunk` leases a chunk (attempts + 1) or says why not; a job whose cancel was
@@ -18,15 +21,21 @@ after any crash or duplicate delivery:
 - `request_cancel` is cooperative: workers see it through `heartbeat`.
 - `reconcile` finds chunks to send again (lost messages, dead workers).
 
-States: queued -> running -> succeeded | partially_succeeded | failed; queued ->
-cancelled; running -> cancelling -> cancelled. Times default to now (UTC); tests pass
-`now` to move the clock.
+States: (preparing ->) queued -> running -> succeeded | partially_succeeded | failed;
+preparing -> failed (with a code) | cancelled; queued -> cancelled; running ->
+cancelling -> cancelled. Times default to now (UTC); tests pass `now` to move the clock.
 """
 
 from xmlx.jobs.control import fail_job, mark_dispatched, reconcile, request_cancel
 from xmlx.jobs.cost import check_job_cost
 from xmlx.jobs.create import create_job, get_job
 from xmlx.jobs.leases import claim_chunk, complete_chunk, heartbeat, release_chunk
+from xmlx.jobs.prepare import (
+    Preparation,
+    prepare_batch,
+    stalled_preparations,
+    start_preparing,
+)
 from xmlx.jobs.results import (
     ItemSuccess,
     record_item_failure,
@@ -54,6 +63,7 @@ __all__ = [
     "ItemSuccess",
     "JobError",
     "PendingItem",
+    "Preparation",
     "check_job_cost",
     "claim_chunk",
     "complete_chunk",
@@ -62,10 +72,13 @@ __all__ = [
     "get_job",
     "heartbeat",
     "mark_dispatched",
+    "prepare_batch",
     "reconcile",
     "record_item_failure",
     "record_item_success",
     "record_items_success",
     "release_chunk",
     "request_cancel",
+    "stalled_preparations",
+    "start_preparing",
 ]

@@ -9,7 +9,7 @@ from xmlx import repository as repo
 from xmlx.db import SessionFactory, session_scope, utcnow
 from xmlx.jobs.common import fresh_job, try_finish_cancel
 from xmlx.jobs.types import ChunkRef, JobError
-from xmlx.models import Job
+from xmlx.models import Job, JobState
 from xmlx.repository import work
 from xmlx.repository.jobs import ACTIVE_JOB_STATES
 
@@ -37,7 +37,7 @@ def fail_job(
         job = work.lock_job(session, job_id, now)
         if job is None:
             return None
-        if job.state in ACTIVE_JOB_STATES:
+        if job.state in (JobState.PREPARING, *ACTIVE_JOB_STATES):
             failed = work.fail_pending_items(session, now, code, message, job_id=job_id)
             work.add_progress(session, job_id, failed=failed)
             work.cancel_idle_chunks(session, job_id, now)

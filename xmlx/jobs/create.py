@@ -34,7 +34,7 @@ def create_job(
     """
     _check_request(kind, item_keys, chunk_size, max_items)
     if idempotency_key is not None:
-        replay = _replay(sessions, tenant_id, idempotency_key, request_hash)
+        replay = replay_job(sessions, tenant_id, idempotency_key, request_hash)
         if replay is not None:
             return replay
     now = utcnow()
@@ -63,7 +63,7 @@ def create_job(
     except IntegrityError:
         # Two requests raced with the same idempotency key: the loser replays the winner.
         replay = (
-            _replay(sessions, tenant_id, idempotency_key, request_hash)
+            replay_job(sessions, tenant_id, idempotency_key, request_hash)
             if (idempotency_key is not None)
             else None
         )
@@ -88,7 +88,7 @@ def _check_request(kind: str, item_keys: Sequence[str], chunk_size: int, max_ite
         raise JobError("job.invalid_items", f"item keys must be 1..{MAX_KEY_LENGTH} characters")
 
 
-def _replay(
+def replay_job(
     sessions: SessionFactory, tenant_id: str, key: str, request_hash: str | None
 ) -> CreatedJob | None:
     with session_scope(sessions) as session:

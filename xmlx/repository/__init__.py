@@ -25,6 +25,7 @@ from xmlx.repository.catalog import (
     transition_model,
 )
 from xmlx.repository.jobs import (
+    chunk_ids,
     chunks_to_redeliver,
     count_queued_chunks,
     expired_chunks,
@@ -35,10 +36,12 @@ from xmlx.repository.jobs import (
     get_job_unscoped,
     has_live_lease,
     is_cancel_requested,
+    item_key_at,
     list_chunks,
     list_items,
     list_jobs,
     pending_items,
+    stalled_preparations,
     training_job_id,
 )
 from xmlx.repository.label_search import items_with_label
@@ -48,6 +51,7 @@ from xmlx.repository.stats import error_counts, items_finished, jobs_by_state
 __all__ = [
     "InvalidCursorError",
     "Page",
+    "chunk_ids",
     "chunks_to_redeliver",
     "count_queued_chunks",
     "create_api_key",
@@ -68,6 +72,7 @@ __all__ = [
     "get_tenant_by_name",
     "has_live_lease",
     "is_cancel_requested",
+    "item_key_at",
     "items_finished",
     "items_with_label",
     "jobs_by_state",
@@ -79,6 +84,7 @@ __all__ = [
     "list_models",
     "pending_items",
     "revoke_api_key",
+    "stalled_preparations",
     "training_job_id",
     "transition_model",
     "verify_api_key",

@@ -182,3 +182,25 @@ def has_live_lease(session: Session, job_id: str, now: datetime) -> bool:
         Chunk.lease_expires_at >= now,
     )
     return bool(session.scalar(select(live)))
+
+
+def item_key_at(session: Session, job_id: str, seq: int) -> str | None:
+    """The key of the job's item number `seq` (where a resumed preparation goes on)."""
+    stmt = select(Item.item_key).where(Item.job_id == job_id, Item.seq == seq)
+    return session.scalars(stmt).first()
+
+
+def chunk_ids(session: Session, job_id: str) -> list[str]:
+    stmt = select(Chunk.id).where(Chunk.job_id == job_id).order_by(Chunk.seq)
+    return list(session.scalars(stmt))
+
+
+def stalled_preparations(session: Session, before: datetime, limit: int = 100) -> list[Job]:
+    """Preparing jobs nobody has advanced since `before` (their task was lost)."""
+    stmt = (
+        select(Job)
+        .where(Job.state == JobState.PREPARING, Job.updated_at < before)
+        .order_by(Job.updated_at)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, insert, not_, or_, update
+from sqlalchemy import and_, case, exists, func, not_, or_, update
 from sqlalchemy.orm import Session
 
-from xmlx.db import Base, new_id
 from xmlx.models import Chunk, ChunkState, Item, ItemState, Job, JobState
 from xmlx.repository._exec import execute_count
+from xmlx.repository.bulk import insert_work as insert_work
 
 _FINALISABLE = (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING)
 
@@ -32,42 +32,6 @@ def lock_job(session: Session, job_id: str, now: datetime) -> Job | None:
     if touched == 0:
         return None
     return session.get(Job, job_id, populate_existing=True)
-
-
-def insert_work(
-    session: Session, job_id: str, item_keys: Sequence[str], chunk_size: int
-) -> list[str]:
-    """Insert the chunks and items of a new job in bulk; return chunk ids in order."""
-    chunk_rows: list[dict[str, Any]] = []
-    item_rows: list[dict[str, Any]] = []
-    for seq, start in enumerate(range(0, len(item_keys), chunk_size)):
-        stop = min(start + chunk_size, len(item_keys))
-        chunk_id = new_id("chk")
-        chunk_rows.append(
-            {
-                "id": chunk_id,
-                "job_id": job_id,
-                "seq": seq,
-                "item_start": start,
-                "item_stop": stop,
-                "state": ChunkState.QUEUED.value,
-                "attempts": 0,
-            }
-        )
-        item_rows.extend(
-            {
-                "job_id": job_id,
-                "seq": i,
-                "item_key": item_keys[i],
-                "chunk_id": chunk_id,
-                "state": ItemState.PENDING.value,
-            }
-            for i in range(start, stop)
-        )
-    # Core inserts with executemany: no ORM objects for 100,000 rows.
-    session.execute(insert(Base.metadata.tables["chunks"]), chunk_rows)
-    session.execute(insert(Base.metadata.tables["items"]), item_rows)
-    return [row["id"] for row in chunk_rows]
 
 
 def lease_chunk(
@@ -225,17 +189,17 @@ def finalise_if_complete(session: Session, job_id: str, now: datetime) -> int:
 
 
 def request_cancel(session: Session, job_id: str, now: datetime) -> int:
-    """Flag the job; a queued job (nothing ran) is cancelled at once, a running one
-    moves to cancelling until its leased chunks let go."""
-    target = case(
-        (Job.state == JobState.QUEUED, JobState.CANCELLED.value),
-        else_=JobState.CANCELLING.value,
-    )
-    finished_at = case((Job.state == JobState.QUEUED, now), else_=Job.finished_at)
+    """Flag the job; a preparing or queued job (nothing ran) is cancelled at once (its
+    preparation stops at its next slice), a running one moves to cancelling until its
+    leased chunks let go."""
+    idle = Job.state.in_((JobState.PREPARING, JobState.QUEUED))
+    target = case((idle, JobState.CANCELLED.value), else_=JobState.CANCELLING.value)
+    finished_at = case((idle, now), else_=Job.finished_at)
+    cancellable = (JobState.PREPARING, JobState.QUEUED, JobState.RUNNING)
     return execute_count(
         session,
         update(Job)
-        .where(Job.id == job_id, Job.state.in_((JobState.QUEUED, JobState.RUNNING)))
+        .where(Job.id == job_id, Job.state.in_(cancellable))
         .values(cancel_requested=True, state=target, finished_at=finished_at),
     )
 
@@ -275,7 +239,7 @@ def fail_job(session: Session, job_id: str, now: datetime, code: str, message: s
     return execute_count(
         session,
         update(Job)
-        .where(Job.id == job_id, Job.state.in_(_FINALISABLE))
+        .where(Job.id == job_id, Job.state.in_((JobState.PREPARING, *_FINALISABLE)))
         .values(state=JobState.FAILED, finished_at=now, error_code=code, error_message=message),
     )
 
@@ -286,4 +250,25 @@ def mark_dispatched(session: Session, chunk_ids: Sequence[str], now: datetime) -
     return execute_count(
         session,
         update(Chunk).where(Chunk.id.in_(list(chunk_ids))).values(dispatched_at=now),
+    )
+
+
+def add_prepared_items(session: Session, job_id: str, expected_total: int, n_items: int) -> int:
+    """Count a slice of a preparing job's items, if nobody else added one since the
+    caller read `expected_total` (two preparers of one job: the first slice wins)."""
+    return execute_count(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.PREPARING, Job.total == expected_total)
+        .values(total=Job.total + n_items),
+    )
+
+
+def finish_preparing(session: Session, job_id: str, now: datetime) -> int:
+    """preparing -> queued once every item is in (a job with no item is failed instead)."""
+    return execute_count(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.PREPARING, Job.total > 0)
+        .values(state=JobState.QUEUED, prepared_at=now),
     )

@@ -7,7 +7,13 @@ ones a worker should retry (`storage.unavailable`).
 """
 
 from xmlx.settings import Settings
-from xmlx.storage.base import DEFAULT_CONTENT_TYPE, ObjectStore, StorageError, check_key
+from xmlx.storage.base import (
+    DEFAULT_CONTENT_TYPE,
+    ObjectStore,
+    StorageError,
+    check_key,
+    iter_keys,
+)
 from xmlx.storage.local import LocalObjectStore
 from xmlx.storage.s3 import S3ObjectStore
 from xmlx.storage.signing import (
@@ -51,6 +57,7 @@ __all__ = [
     "StorageError",
     "check_key",
     "derive_signing_secret",
+    "iter_keys",
     "local_url_signature",
     "make_object_store",
     "sign_local_url",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -45,6 +46,11 @@ class ObjectStore(Protocol):
         (`storage.too_large`)."""
         ...
 
+    def iter_lines(self, key: str) -> Iterator[str]:
+        """The object's text lines (UTF-8, line ends stripped), streamed: a big manifest
+        is never held whole (`storage.not_found` when missing)."""
+        ...
+
     def head(self, key: str) -> int | None:
         """The object's size in bytes, or None when there is no such object."""
         ...
@@ -71,3 +77,16 @@ class ObjectStore(Protocol):
     def ensure_bucket(self) -> None:
         """Create the bucket (or directory) if missing; safe to call at every start-up."""
         ...
+
+
+def iter_keys(
+    store: ObjectStore, prefix: str, *, start_after: str | None = None, page_size: int = 1000
+) -> Iterator[str]:
+    """Every key under `prefix` in order, after `start_after`, one listing page at a time
+    (a million keys are never held at once; resume from the last key seen)."""
+    while True:
+        page = store.list_keys(prefix, limit=page_size, start_after=start_after)
+        yield from page
+        if len(page) < page_size:
+            return
+        start_after = page[-1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from xmlx.storage.base import DEFAULT_CONTENT_TYPE, StorageError, check_key, too_large
@@ -81,6 +82,14 @@ class LocalObjectStore:
         if max_bytes is not None and len(data) > max_bytes:
             raise too_large(key, len(data), max_bytes)  # it grew since we looked
         return data
+
+    def iter_lines(self, key: str) -> Iterator[str]:
+        path = self.path_for(key)
+        if not path.is_file():
+            raise StorageError("storage.not_found", f"no object {key}")
+        with path.open(encoding="utf-8", newline="") as handle:
+            for line in handle:
+                yield line.rstrip("\r\n")
 
     def head(self, key: str) -> int | None:
         path = self.path_for(key)

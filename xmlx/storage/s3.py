@@ -130,6 +130,16 @@ class S3ObjectStore:
             raise too_large(key, len(data), max_bytes)  # no or a wrong Content-Length
         return data
 
+    def iter_lines(self, key: str) -> Iterator[str]:
+        check_key(key)
+        with _translated(key):
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            try:
+                for line in body.iter_lines():
+                    yield line.decode("utf-8").rstrip("\r")
+            finally:
+                body.close()
+
     def head(self, key: str) -> int | None:
         check_key(key)
         try:

@@ -11,7 +11,10 @@ function percent(n, total) {
 function show(el, p) {
   el.querySelector(".done").style.width = percent(p.done, p.total) + "%";
   el.querySelector(".failed").style.width = percent(p.failed, p.total) + "%";
-  el.querySelector(".count").textContent = `${p.done + p.failed} / ${p.total}`;
+  el.querySelector(".count").textContent =
+    p.state === "preparing"
+      ? `preparing: ${p.total} images listed so far`
+      : `${p.done + p.failed} / ${p.total}`;
   const scope = el.closest("tr, .job-head");
   const badge = scope && scope.querySelector(".state");
   if (badge) {
