@@ -1,9 +1,9 @@
-"""The API's side of Redis: send chunk messages, read queue depths, answer pings.
+"""The API's side of Redis: send wake-up messages, read queue depths, answer pings.
 
 Messages are sent by task name through a Celery app built from the API's own settings
-(`workers.celery_app.create_celery`), so the API never imports task code or
-TensorFlow. The database is the truth: when sending fails (broker down), the job rows
-are already committed and the reconciler sends their chunks later, so a request that
+(`xmlx.messaging`, the kernel), so the API never imports worker code or TensorFlow.
+The database is the truth: when sending fails (broker down), the job rows are already
+committed and the reconciler sends their chunks later, so a request that
 created a job still succeeds; the failure is logged and counted.
 """
 
@@ -11,33 +11,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
-from typing import Any
 
 import redis
 from celery import Celery
 
-from workers.celery_app import (
-    DEFAULT_QUEUE,
-    GPU_QUEUE,
-    TASK_PREPARE_BATCH,
-    TASK_RUN_CHUNK,
-    create_celery,
-)
+from xmlx.messaging import QUEUES, producer_app, send_preparation, send_wakeups
 from xmlx.settings import Settings
 
 log = logging.getLogger("xmlx.api")
 
 REDIS_TIMEOUT_SECONDS = 0.5
-QUEUES = (GPU_QUEUE, DEFAULT_QUEUE)
 # One quick retry, then give up and leave the chunks to the reconciler.
 _PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2}
-
-
-def _batched(producer: Any) -> AbstractContextManager[Any]:
-    """kombu >= 5.6 pipelines a batch of publishes (one Redis round trip per batch)."""
-    batch = getattr(producer, "batch", None)
-    return batch() if batch is not None else nullcontext()
 
 
 def make_redis(url: str) -> redis.Redis:
@@ -53,7 +38,7 @@ def make_redis(url: str) -> redis.Redis:
 class Broker:
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.redis = client
-        self.celery: Celery = create_celery(settings)
+        self.celery: Celery = producer_app(settings)
         # A task-sent event costs one more Redis round trip per chunk (313 for 10,000
         # items); the queue length and the job rows already say what was sent.
         self.celery.conf.task_send_sent_event = False
@@ -64,20 +49,12 @@ class Broker:
         }
 
     def send_chunks(self, chunks: Sequence[tuple[str, str]]) -> bool:
-        """One `run_chunk` message per `(chunk_id, kind)`; False when the broker failed.
+        """One wake-up per `(chunk_id, kind)`; False when the broker failed.
 
         Call only after the rows are committed (a fast worker must find them).
         """
         try:
-            with self.celery.producer_or_acquire() as producer, _batched(producer):
-                for chunk_id, kind in chunks:
-                    self.celery.send_task(
-                        TASK_RUN_CHUNK,
-                        args=[chunk_id, kind],
-                        queue=GPU_QUEUE,
-                        producer=producer,
-                        retry_policy=_PUBLISH_RETRY,
-                    )
+            send_wakeups(self.celery, chunks, retry_policy=_PUBLISH_RETRY)
         except Exception:
             log.exception("could not enqueue %d chunks; the reconciler will", len(chunks))
             return False
@@ -87,9 +64,7 @@ class Broker:
         """The `prepare_batch` message of a preparing job; False when the broker failed
         (the reconciler sends it once the job has been idle for its grace)."""
         try:
-            self.celery.send_task(
-                TASK_PREPARE_BATCH, args=[job_id], queue=DEFAULT_QUEUE, retry_policy=_PUBLISH_RETRY
-            )
+            send_preparation(self.celery, job_id, retry_policy=_PUBLISH_RETRY)
         except Exception:
             log.exception("could not enqueue the preparation of %s; the reconciler will", job_id)
             return False

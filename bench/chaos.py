@@ -307,7 +307,7 @@ def _restore_unacked(redis_url: str) -> int:
 def _send_chunks_again(chaos: Chaos, job_id: str) -> int:
     from celery import Celery
 
-    from workers.celery_app import GPU_QUEUE, TASK_RUN_CHUNK
+    from xmlx.messaging import GPU_QUEUE, TASK_RUN_CHUNK
 
     with chaos.engine.connect() as connection:
         chunk_ids = (

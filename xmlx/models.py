@@ -66,6 +66,17 @@ class ItemState(StrEnum):
     CANCELLED = "cancelled"
 
 
+class Priority(StrEnum):
+    """A job's priority among its tenant's jobs (fairness across tenants comes first)."""
+
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+
+
+PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+
+
 class ModelState(StrEnum):
     PENDING = "pending"
     TRAINING = "training"
@@ -157,6 +168,12 @@ class Job(Base):
     done: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    priority: Mapped[str] = mapped_column(
+        String(8), default=Priority.NORMAL, server_default=Priority.NORMAL.value
+    )
+    # When a worker last leased one of this job's chunks: the fair dispatcher serves the
+    # tenant whose jobs were served least recently (`xmlx.jobs.dispatch`).
+    served_at: Mapped[datetime | None]
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
@@ -189,6 +206,9 @@ class Chunk(Base):
     item_stop: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16), default=ChunkState.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Transient failures handed back (storage, database blips): they do not spend
+    # `attempts`, which count crashes and lost leases, but are bounded on their own.
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
@@ -198,6 +218,8 @@ class Chunk(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "seq"),
         Index(None, "state", "lease_expires_at"),
+        # The dispatcher's "next queued chunk of this job": no scan over done chunks.
+        Index(None, "job_id", "state", "seq"),
     )
 
 

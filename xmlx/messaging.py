@@ -1,0 +1,118 @@
+"""Task and queue names, the Celery producer configuration, and sending wake-ups.
+
+The kernel owns these so that the API depends on `xmlx` alone (ARCHITECTURE.md,
+dependency direction): it sends messages by task name through `producer_app`, never
+importing worker code or TensorFlow; `workers.celery_app` builds the worker app on the
+same configuration.
+
+Messages are wake-ups, not assignments: a `run_chunk` message tells a worker "there is
+work", and the worker asks the database for the next chunk chosen fairly across tenants
+(`xmlx.jobs.claim_next`). The chunk id a message carries is the one whose creation (or
+recovery) sent it: kept for logs and for the reconciler's count of queued chunks vs.
+messages, but it does not decide what runs. One message is sent per chunk, so every
+chunk has a wake-up, and the number of messages stays bounded by the number of chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from xmlx.settings import Settings
+
+GPU_QUEUE = "gpu"
+DEFAULT_QUEUE = "default"
+QUEUES = (GPU_QUEUE, DEFAULT_QUEUE)
+
+TASK_TRAIN = "xmlx.train"
+TASK_RUN_CHUNK = "xmlx.run_chunk"
+TASK_RECONCILE = "xmlx.reconcile"
+TASK_PREPARE_BATCH = "xmlx.prepare_batch"
+
+TASK_ROUTES = {
+    TASK_TRAIN: {"queue": GPU_QUEUE},
+    TASK_RUN_CHUNK: {"queue": GPU_QUEUE},
+    TASK_RECONCILE: {"queue": DEFAULT_QUEUE},
+    # Listing and inserting is database and S3 work: never behind GPU chunks.
+    TASK_PREPARE_BATCH: {"queue": DEFAULT_QUEUE},
+}
+
+
+def configure(app: Celery, settings: Settings) -> None:
+    """Apply the service's delivery, routing and resource settings to ``app``."""
+    app.conf.update(
+        broker_url=settings.redis_url,
+        broker_connection_retry_on_startup=True,
+        # A message still reserved after this long is delivered again; it must exceed
+        # the hard time limit or every long task would run twice (Settings checks it).
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_max_memory_per_child=settings.worker_max_memory_kib,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_soft_time_limit=settings.task_soft_time_limit_seconds,
+        task_time_limit=settings.task_hard_time_limit_seconds,
+        task_default_queue=DEFAULT_QUEUE,
+        task_queues=(Queue(GPU_QUEUE), Queue(DEFAULT_QUEUE)),
+        task_routes=TASK_ROUTES,
+        task_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+        beat_schedule={
+            "reconcile": {
+                "task": TASK_RECONCILE,
+                "schedule": float(settings.reconcile_interval_seconds),
+                "options": {"queue": DEFAULT_QUEUE, "expires": settings.reconcile_interval_seconds},
+            }
+        },
+    )
+
+
+def producer_app(settings: Settings, *, include: Sequence[str] = ()) -> Celery:
+    """A Celery app bound to ``settings``; ``include`` names task modules (workers only)."""
+    app = Celery("xmlx", include=list(include))
+    configure(app, settings)
+    return app
+
+
+def _batched(producer: Any) -> AbstractContextManager[Any]:
+    """kombu >= 5.6 pipelines a batch of publishes (one Redis round trip per batch)."""
+    batch = getattr(producer, "batch", None)
+    return batch() if batch is not None else nullcontext()
+
+
+def send_wakeups(
+    app: Celery,
+    chunks: Sequence[tuple[str, str]],
+    *,
+    retry_policy: dict[str, Any] | None = None,
+) -> None:
+    """One `run_chunk` wake-up per ``(chunk_id, job kind)``, by task name, in one batch.
+
+    Call only after the transaction that created the chunks has committed, or a fast
+    worker could look for rows that are not there yet. Raises what the broker raised.
+    """
+    with app.producer_or_acquire() as producer, _batched(producer):
+        for chunk_id, kind in chunks:
+            app.send_task(
+                TASK_RUN_CHUNK,
+                args=[chunk_id, kind],
+                queue=GPU_QUEUE,
+                producer=producer,
+                retry_policy=retry_policy,
+            )
+
+
+def send_preparation(
+    app: Celery, job_id: str, *, retry_policy: dict[str, Any] | None = None
+) -> None:
+    """The `prepare_batch` message of a preparing job (after its commit)."""
+    app.send_task(TASK_PREPARE_BATCH, args=[job_id], queue=DEFAULT_QUEUE, retry_policy=retry_policy)
