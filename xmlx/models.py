@@ -74,7 +74,7 @@ class Priority(StrEnum):
     HIGH = "high"
 
 
-PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+PRIORITY_RANK: dict[str, int] = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
 
 
 class ModelState(StrEnum):

@@ -10,13 +10,17 @@ after any crash or duplicate delivery:
   (resumable; see `xmlx.jobs.prepare`).
 - `create_job` inserts the job, its items and chunks together; enqueue the returned
   chunk ids only after it returns (the rows are committed by then).
-- `claim_chunk` leases a chunk (attempts + 1) or says why not; a job whose cancel was
-  requested drops the chunk; a chunk past `max_attempts` fails its items
+- `claim_next` leases the next chunk chosen fairly across tenants (`xmlx.jobs.dispatch`);
+  `hand_back_chunk` queues it again after a transient failure without spending an
+  attempt. `claim_chunk` leases a named chunk (attempts + 1) or says why not; a job
+  whose cancel was requested drops the chunk; a chunk past `max_attempts` fails its items
   (`chunk.max_attempts`) so a poison chunk cannot loop; a message for a chunk that is
   done or leased by a live worker is a duplicate delivery, counted in `jobs.duplicates`.
 - `record_item_success` / `record_item_failure`: the first write wins; a later write
-  is a no-op counted in `jobs.duplicates`. Counters move in the same transaction and
-  the write that brings done + failed to total finalises the job (no chords).
+  is a no-op counted in `jobs.duplicates`; with a `LeaseRef` only the chunk's lease
+  holder records (`record_model_trained` likewise makes a trained model ready).
+  Counters move in the same transaction and the write that brings done + failed to
+  total finalises the job (no chords).
   `record_items_success` records a worker's whole batch in one transaction.
 - `request_cancel` is cooperative: workers see it through `heartbeat`.
 - `reconcile` finds chunks to send again (lost messages, dead workers).
@@ -29,6 +33,7 @@ cancelling -> cancelled. Times default to now (UTC); tests pass `now` to move th
 from xmlx.jobs.control import fail_job, mark_dispatched, reconcile, request_cancel
 from xmlx.jobs.cost import check_job_cost
 from xmlx.jobs.create import create_job, get_job
+from xmlx.jobs.dispatch import claim_next, hand_back_chunk, rank_jobs
 from xmlx.jobs.leases import claim_chunk, complete_chunk, heartbeat, release_chunk
 from xmlx.jobs.prepare import (
     Preparation,
@@ -41,6 +46,7 @@ from xmlx.jobs.results import (
     record_item_failure,
     record_item_success,
     record_items_success,
+    record_model_trained,
 )
 from xmlx.jobs.types import (
     ChunkRef,
@@ -50,6 +56,7 @@ from xmlx.jobs.types import (
     Heartbeat,
     ItemOutcome,
     JobError,
+    LeaseRef,
     PendingItem,
 )
 
@@ -62,21 +69,26 @@ __all__ = [
     "ItemOutcome",
     "ItemSuccess",
     "JobError",
+    "LeaseRef",
     "PendingItem",
     "Preparation",
     "check_job_cost",
     "claim_chunk",
+    "claim_next",
     "complete_chunk",
     "create_job",
     "fail_job",
     "get_job",
+    "hand_back_chunk",
     "heartbeat",
     "mark_dispatched",
     "prepare_batch",
+    "rank_jobs",
     "reconcile",
     "record_item_failure",
     "record_item_success",
     "record_items_success",
+    "record_model_trained",
     "release_chunk",
     "request_cancel",
     "stalled_preparations",

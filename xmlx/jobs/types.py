@@ -27,6 +27,7 @@ class ClaimStatus(StrEnum):
     LEASED_ELSEWHERE = "leased_elsewhere"  # another live worker holds it
     EXHAUSTED = "exhausted"  # too many attempts: its items are now failed
     NOT_FOUND = "not_found"
+    NOTHING = "nothing"  # claim_next: no chunk of any job can run now
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,18 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class ItemOutcome:
-    recorded: bool  # False: a duplicate write, ignored
+    recorded: bool  # False: a duplicate write, or the caller lost its lease; ignored
     job_state: str
     finalised: bool  # True only for the one write that moved the job to a final state
+    lease_held: bool = True  # False: the caller no longer holds the chunk's lease
+
+
+@dataclass(frozen=True)
+class LeaseRef:
+    """Who records: only the holder of `chunk_id`'s lease counts (`owner`)."""
+
+    chunk_id: str
+    owner: str
 
 
 @dataclass(frozen=True)
