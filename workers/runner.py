@@ -2,16 +2,15 @@
 
 The steps follow ARCHITECTURE.md, "Jobs": lease the chunk (items already finished by
 an earlier attempt are not handed out again), then per batch of images: heartbeat
-(stop on cancel or a lost lease), fetch and decode (a bad image fails alone, with its
-code), call ``xmlcore.batch`` once for the whole batch, write artifacts under
-deterministic keys, record the batch's items in one transaction (first write wins).
-The batch's object-store round trips run in parallel. A transient storage or database
-failure propagates so the task retries; the lease makes the retry pick up where this
-attempt stopped. A storage outage is waited out inside the lease instead
-(backoff, heartbeats, only the items not yet recorded are tried again): a Celery retry
-would claim the chunk again, and each claim spends one of `max_attempts_per_chunk`,
-so a 30 s outage would fail whole chunks (`chunk.max_attempts`) that nothing was
-wrong with.
+(stop on cancel or a lost lease; a `LeaseKeeper` thread also beats DURING a batch,
+which can outlast the lease), fetch and decode (a bad image fails alone, with its
+code), call ``xmlcore.batch`` once for the whole batch, write artifacts under keys
+unique to this attempt (`xmlx.keys.attempt_token`), record the batch's items in one
+transaction, which counts only while this worker holds the lease (first write wins).
+The batch's object-store round trips run in parallel. A storage outage is waited out
+inside the lease (backoff, heartbeats, only the items not yet recorded are tried
+again); a transient failure that outlasts that hands the chunk back without spending
+an attempt (`jobs.hand_back_chunk`) and propagates, so the task retries.
 """
 
 from __future__ import annotations
@@ -26,7 +25,9 @@ from typing import Any
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
+from workers.artifacts import IO_THREADS, Attempt, persist, sweep
 from workers.context import WorkerContext
+from workers.lease import ChunkStoppedError, LeaseKeeper, hand_back, is_transient
 from xmlcore.batch import ImageReport, explain_images, predict_images
 from xmlcore.errors import XmlcoreError
 from xmlcore.images import decode_image
@@ -34,22 +35,19 @@ from xmlcore.methods import parse_target
 from xmlcore.param_costs import check_image_fit, max_batch_size
 from xmlcore.params import parse_params
 from xmlx import jobs
-from xmlx.keys import item_artifact_key
+from xmlx.keys import attempt_token
 from xmlx.models import Job, JobKind
 from xmlx.storage import StorageError
 
 log = logging.getLogger("xmlx.worker")
 STORAGE_BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0)
-# Object-store round trips of a batch (image fetches, artifact puts) run this many at a
-# time: one after another they were ~20 % of a batch's time (bench/service_overhead.py).
-IO_THREADS = 8
 # Methods whose batches are forward passes only: gradients need several times the memory.
 FORWARD_ONLY_METHODS = frozenset({"lime", "occlusion"})
 
 
 @dataclass(frozen=True)
 class ChunkOutcome:
-    status: str  # claimed status, or "done", "cancelled", "lease_lost"
+    status: str  # claimed status, or "done", "cancelled", "lease_lost", "model_failed"
     recorded: int = 0
 
 
@@ -63,9 +61,34 @@ def run_chunk(ctx: WorkerContext, chunk_id: str) -> ChunkOutcome:
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts_per_chunk,
     )
+    return run_claimed(ctx, claim)
+
+
+def run_claimed(ctx: WorkerContext, claim: jobs.Claim) -> ChunkOutcome:
+    """Run a chunk `ctx.owner` has leased (`claim`); hand it back on a transient error."""
     if not claim.claimed or claim.job is None:
         return ChunkOutcome(claim.status.value)
-    job = claim.job
+    lease = jobs.LeaseRef(claim.chunk_id, ctx.owner)
+    token = attempt_token(claim.attempt, ctx.owner)
+    attempt = Attempt(claim.job, lease, token, sweep=claim.attempt > 1 or claim.retries > 0)
+    try:
+        with LeaseKeeper(ctx, claim.chunk_id) as keeper:
+            return _run_items(ctx, attempt, [item.item_key for item in claim.items], keeper)
+    except ChunkStoppedError as stop:
+        if stop.lease_lost:
+            return ChunkOutcome("lease_lost")
+        jobs.release_chunk(ctx.sessions, claim.chunk_id, ctx.owner)
+        return ChunkOutcome("cancelled")
+    except Exception as exc:
+        if is_transient(exc):
+            hand_back(ctx, claim.chunk_id)
+        raise
+
+
+def _run_items(
+    ctx: WorkerContext, attempt: Attempt, item_keys: list[str], keeper: LeaseKeeper
+) -> ChunkOutcome:
+    job = attempt.job
     try:
         model = ctx.model(str(job.model_id))
     except (StorageError, XmlcoreError) as exc:
@@ -78,62 +101,46 @@ def run_chunk(ctx: WorkerContext, chunk_id: str) -> ChunkOutcome:
         jobs.fail_job(ctx.sessions, job.id, "job.bad_parameters", problem)
         return ChunkOutcome("bad_parameters")
     recorded = 0
-    batch_size = max(1, settings.images_per_batch)
-    for start in range(0, len(claim.items), batch_size):
-        stopped = _keep_lease(ctx, chunk_id)
-        if stopped is not None:
-            return ChunkOutcome(stopped, recorded)
-        batch = [item.item_key for item in claim.items[start : start + batch_size]]
-        stopped = _run_batch_through_outages(ctx, chunk_id, job, model, batch)
-        if stopped is not None:
-            return ChunkOutcome(stopped, recorded)
+    batch_size = max(1, ctx.settings.images_per_batch)
+    for start in range(0, len(item_keys), batch_size):
+        keeper.beat()
+        batch = item_keys[start : start + batch_size]
+        _run_batch_through_outages(ctx, attempt, model, batch, keeper)
         recorded += len(batch)
-    jobs.complete_chunk(ctx.sessions, chunk_id, ctx.owner)
+    if attempt.sweep:
+        sweep(ctx, attempt)
+    jobs.complete_chunk(ctx.sessions, attempt.lease.chunk_id, ctx.owner)
     return ChunkOutcome("done", recorded)
 
 
-def _keep_lease(ctx: WorkerContext, chunk_id: str) -> str | None:
-    """Heartbeat; None to go on, else why to stop ("lease_lost" or "cancelled")."""
-    beat = jobs.heartbeat(
-        ctx.sessions, chunk_id, ctx.owner, lease_seconds=ctx.settings.lease_seconds
-    )
-    if not beat.alive:
-        return "lease_lost"
-    if beat.cancel_requested:
-        jobs.release_chunk(ctx.sessions, chunk_id, ctx.owner)
-        return "cancelled"
-    return None
-
-
 def _run_batch_through_outages(
-    ctx: WorkerContext, chunk_id: str, job: Job, model: Any, item_keys: Sequence[str]
-) -> str | None:
+    ctx: WorkerContext, attempt: Attempt, model: Any, item_keys: Sequence[str], keeper: LeaseKeeper
+) -> None:
     """Run one batch; while storage is unavailable, back off (keeping the lease) and
     try the items not yet recorded again. Gives up (raises, so the task retries) after
-    half the task's soft time limit. Returns like `_keep_lease`."""
+    half the task's soft time limit; raises ChunkStoppedError on cancel or lost lease."""
     pending = list(item_keys)
     deadline = time.monotonic() + ctx.settings.task_soft_time_limit_seconds / 2
-    attempt = 0
+    tries = 0
     while True:
         try:
-            _run_batch(ctx, job, model, pending)
-            return None
+            _run_batch(ctx, attempt, model, pending)
+            return
         except StorageError as exc:
             if not exc.transient or time.monotonic() > deadline:
                 raise
-        backoff = STORAGE_BACKOFF_SECONDS[min(attempt, len(STORAGE_BACKOFF_SECONDS) - 1)]
+        backoff = STORAGE_BACKOFF_SECONDS[min(tries, len(STORAGE_BACKOFF_SECONDS) - 1)]
         time.sleep(min(backoff, ctx.settings.lease_seconds / 3))  # the lease must outlive it
-        attempt += 1
-        stopped = _keep_lease(ctx, chunk_id)
-        if stopped is not None:
-            return stopped
+        tries += 1
+        keeper.beat()
 
 
-def _run_batch(ctx: WorkerContext, job: Job, model: Any, pending: list[str]) -> None:
+def _run_batch(ctx: WorkerContext, attempt: Attempt, model: Any, pending: list[str]) -> None:
     """Explain the `pending` items; each one recorded is removed from the list, so a
     batch interrupted by a storage outage is resumed, not redone."""
     started = time.perf_counter()
-    images, good_keys = _fetch_images(ctx, job, model.image_size, pending)
+    job = attempt.job
+    images, good_keys = _fetch_images(ctx, attempt, model.image_size, pending)
     if not good_keys:
         return
     compute = _compute_fn(job, model, ctx.forward_batch_size(model))
@@ -147,11 +154,11 @@ def _run_batch(ctx: WorkerContext, job: Job, model: Any, pending: list[str]) -> 
         # The same images with the same parameters would fail the same way again: each
         # item fails with the code; nothing is retried.
         for key in good_keys:
-            jobs.record_item_failure(ctx.sessions, job.id, key, code=code, message=message)
+            attempt.record_failure(ctx, key, code, message)
             pending.remove(key)
         return
     seconds = (time.perf_counter() - started) / max(len(good_keys), 1)
-    _persist(ctx, job, pairs, {"seconds": round(seconds, 4)}, pending)
+    persist(ctx, attempt, pairs, {"seconds": round(seconds, 4)}, pending)
 
 
 def _explain_failure(exc: Exception) -> tuple[str, str]:
@@ -212,12 +219,12 @@ def _compute_fn(
 
 
 def _fetch_images(
-    ctx: WorkerContext, job: Job, size: tuple[int, int], pending: list[str]
+    ctx: WorkerContext, attempt: Attempt, size: tuple[int, int], pending: list[str]
 ) -> tuple[list[np.ndarray], list[str]]:
     """Decoded images of the items that could be read; the others are recorded failed
     (and leave `pending`)."""
     settings = ctx.settings
-    prefix = str(job.params["image_prefix"])
+    prefix = str(attempt.job.params["image_prefix"])
 
     def fetch(key: str) -> bytes | StorageError:
         try:
@@ -237,62 +244,13 @@ def _fetch_images(
         except StorageError as exc:
             if exc.transient:
                 raise
-            code = _IMAGE_CODES.get(exc.code, exc.code)
-            jobs.record_item_failure(ctx.sessions, job.id, key, code=code, message=exc.message)
+            attempt.record_failure(ctx, key, _IMAGE_CODES.get(exc.code, exc.code), exc.message)
             pending.remove(key)
         except XmlcoreError as exc:
-            jobs.record_item_failure(ctx.sessions, job.id, key, code=exc.code, message=exc.message)
+            attempt.record_failure(ctx, key, exc.code, exc.message)
             pending.remove(key)
     return images, good
 
 
 # An item's image problem reads as an image problem, whatever layer noticed it.
 _IMAGE_CODES = {"storage.not_found": "image.missing", "storage.too_large": "image.too_large"}
-
-
-def _persist(
-    ctx: WorkerContext,
-    job: Job,
-    pairs: Sequence[tuple[str, ImageReport]],
-    timings: dict[str, Any],
-    pending: list[str],
-) -> None:
-    """Write every artifact of the batch (in parallel), then record in one transaction
-    the items whose artifacts all arrived; they leave `pending`. A failed put is raised
-    after that, so a retry redoes only the items it left unrecorded."""
-    artifacts = {
-        key: {
-            name: item_artifact_key(job.tenant_id, job.id, key, name) for name in report.artifacts
-        }
-        for key, report in pairs
-    }
-    puts = [
-        (key, name, artifacts[key][name], data)
-        for key, report in pairs
-        for name, data in report.artifacts.items()
-    ]
-
-    def put(entry: tuple[str, str, str, bytes]) -> StorageError | None:
-        _, name, storage_key, data = entry
-        content_type = "image/png" if name.endswith(".png") else "application/octet-stream"
-        try:
-            ctx.store.put_bytes(storage_key, data, content_type)
-        except StorageError as exc:
-            return exc
-        return None
-
-    with ThreadPoolExecutor(IO_THREADS) as pool:
-        errors = list(pool.map(put, puts))
-    unwritten = {entry[0] for entry, error in zip(puts, errors, strict=True) if error}
-    written = [
-        jobs.ItemSuccess(key, report.result, artifacts[key], timings)
-        for key, report in pairs
-        if key not in unwritten
-    ]
-    if written:
-        jobs.record_items_success(ctx.sessions, job.id, written)
-    for success in written:
-        pending.remove(success.item_key)
-    first_error = next((error for error in errors if error is not None), None)
-    if first_error is not None:
-        raise first_error

@@ -30,7 +30,6 @@ from workers.celery_app import (
 from workers.context import worker_context
 from xmlx import jobs
 from xmlx.errors import XmlxError
-from xmlx.models import JobKind
 
 log = logging.getLogger("xmlx.worker")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,17 +72,17 @@ def xmlx_task(name: str, queue: str, *, max_retries: int = 8) -> Callable[[F], T
 
 @xmlx_task(TASK_RUN_CHUNK, GPU_QUEUE)
 def run_chunk(chunk_id: str, kind: str) -> str:
-    """Train a model (kind ``train``) or explain / predict the items of one chunk."""
-    from workers.runner import run_chunk as run_items
-    from workers.training import run_training
+    """A wake-up (`xmlx.messaging`): run the fairest chunks while there are some.
 
-    ctx = worker_context()
-    if kind == JobKind.TRAIN:
-        status = run_training(ctx, chunk_id)
-    else:
-        status = run_items(ctx, chunk_id).status
-    log.info("chunk finished", extra={"chunk_id": chunk_id, "kind": kind, "status": status})
-    return status
+    `chunk_id` and `kind` name the chunk whose creation sent the message, for the logs;
+    what runs is the database's choice (`workers.wakeup`). A retry after a transient
+    failure is one more wake-up: the chunk was handed back without spending an attempt.
+    """
+    from workers.wakeup import run_wakeup
+
+    statuses = run_wakeup(worker_context())
+    log.info("wake-up done", extra={"sent_for": chunk_id, "kind": kind, "ran": len(statuses)})
+    return ",".join(statuses) or "nothing"
 
 
 @xmlx_task(TASK_PREPARE_BATCH, DEFAULT_QUEUE)

@@ -8,7 +8,6 @@ the P@k / PSP@k figures stored with the model.
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,6 +15,7 @@ import numpy as np
 from sqlalchemy.exc import OperationalError
 
 from workers.context import WorkerContext, configure_accelerator
+from workers.lease import ChunkStoppedError, LeaseKeeper, hand_back, is_transient
 from xmlcore.autoencoder import default_layer_sizes
 from xmlcore.errors import XmlcoreError
 from xmlcore.images import decode_image
@@ -25,7 +25,7 @@ from xmlcore.model import TwoStepModel, train_two_step
 from xmlx import jobs
 from xmlx import repository as repo
 from xmlx.db import session_scope
-from xmlx.keys import model_artifact_key
+from xmlx.keys import attempt_token, model_artifact_key
 from xmlx.models import Job, ModelState
 from xmlx.storage import StorageError
 from xmlx.weights import WeightsError, cached_weights_file, weights_record
@@ -35,98 +35,77 @@ HOLDOUT_FRACTION = 0.1
 DECODE_THREADS = 4
 
 
-class TrainingCancelledError(Exception):
-    """Raised from the epoch callback when the job's cancel flag is set, or when the
-    lease is lost (`lease_lost`: another worker owns the job now; leave it alone)."""
-
-    def __init__(self, *, lease_lost: bool = False) -> None:
-        super().__init__("lease lost" if lease_lost else "cancel requested")
-        self.lease_lost = lease_lost
-
-
-class LeaseKeeper:
-    """Heartbeats the training chunk from a thread every third of a lease: one epoch can
-    outlast the lease, and an expired lease hands the job to a second worker."""
-
-    def __init__(self, ctx: WorkerContext, chunk_id: str) -> None:
-        self.ctx, self.chunk_id = ctx, chunk_id
-        self.cancel_requested = False
-        self.lease_lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def beat(self) -> None:
-        """Heartbeat now; raise TrainingCancelledError on cancel or a lost lease."""
-        settings = self.ctx.settings
-        beat = jobs.heartbeat(
-            self.ctx.sessions, self.chunk_id, self.ctx.owner, lease_seconds=settings.lease_seconds
-        )
-        self.lease_lost = self.lease_lost or not beat.alive
-        self.cancel_requested = self.cancel_requested or beat.cancel_requested
-        if self.lease_lost or self.cancel_requested:
-            raise TrainingCancelledError(lease_lost=self.lease_lost)
-
-    def _run(self) -> None:
-        interval = max(1.0, self.ctx.settings.lease_seconds / 3)
-        while not self._stop.wait(interval):
-            try:
-                self.beat()
-            except TrainingCancelledError:
-                return  # the epoch callback raises it in the training thread
-            except OperationalError:
-                continue  # a database blip: the next tick tries again
+# The training loop raises it from the epoch callback (kept under its old name).
+TrainingCancelledError = ChunkStoppedError
 
 
 def run_training(ctx: WorkerContext, chunk_id: str) -> str:
+    """Train the model of the training job whose chunk is `chunk_id`."""
     settings = ctx.settings
     claim = jobs.claim_chunk(
         ctx.sessions, chunk_id, ctx.owner,
         lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts_per_chunk,
     )  # fmt: skip
+    return run_training_claimed(ctx, claim)
+
+
+def run_training_claimed(ctx: WorkerContext, claim: jobs.Claim) -> str:
+    """Train for a chunk `ctx.owner` has leased. The `model.zip` goes to a key unique to
+    this attempt; the model row points at it only if this worker still holds the lease
+    when it records (`jobs.record_model_trained`), so a trainer that lost its lease can
+    neither overwrite nor replace the current model."""
     if not claim.claimed or claim.job is None:
         return claim.status.value
-    job = claim.job
+    job, chunk_id = claim.job, claim.chunk_id
     model_id = str(job.model_id)
     _set_model_state(ctx, model_id, ModelState.TRAINING)
     try:
         with LeaseKeeper(ctx, chunk_id) as keeper:
             model, metrics = _train(ctx, job, keeper)
-    except TrainingCancelledError as stop:
+    except ChunkStoppedError as stop:
         if stop.lease_lost:
             return "lease_lost"
         jobs.release_chunk(ctx.sessions, chunk_id, ctx.owner)
         _set_model_state(ctx, model_id, ModelState.FAILED, error_code="job.cancelled")
         return "cancelled"
     except (XmlcoreError, StorageError, WeightsError) as exc:
-        if getattr(exc, "transient", False):
+        if is_transient(exc):
+            hand_back(ctx, chunk_id)  # a transient failure does not spend an attempt
             raise
         _set_model_state(
             ctx, model_id, ModelState.FAILED, error_code=exc.code, error_message=exc.message
         )
+        lease = jobs.LeaseRef(chunk_id, ctx.owner)
         jobs.record_item_failure(
-            ctx.sessions, job.id, TRAIN_ITEM_KEY, code=exc.code, message=exc.message
+            ctx.sessions, job.id, TRAIN_ITEM_KEY, code=exc.code, message=exc.message, lease=lease
         )
         jobs.complete_chunk(ctx.sessions, chunk_id, ctx.owner)
         return "failed"
-    artifact_key = model_artifact_key(job.tenant_id, model_id, "model.zip")
+    except (OperationalError, ConnectionError):
+        hand_back(ctx, chunk_id)
+        raise
+    return _store_model(ctx, claim, model, metrics)
+
+
+def _store_model(
+    ctx: WorkerContext, claim: jobs.Claim, model: TwoStepModel, metrics: dict[str, Any]
+) -> str:
+    job, chunk_id = claim.job, claim.chunk_id
+    assert job is not None
+    model_id = str(job.model_id)
+    name = f"model.{attempt_token(claim.attempt, ctx.owner)}.zip"
+    artifact_key = model_artifact_key(job.tenant_id, model_id, name)
     ctx.store.put_bytes(artifact_key, model.to_bytes(), "application/zip")
-    _set_model_state(
-        ctx, model_id, ModelState.READY,
-        artifact_key=artifact_key, metrics=metrics,
-        history=model.metadata.history, hierarchy=model.hierarchy().to_json(),
-    )  # fmt: skip
-    jobs.record_item_success(
+    outcome = jobs.record_model_trained(
         ctx.sessions, job.id, TRAIN_ITEM_KEY,
-        result={"model_id": model_id, "metrics": metrics}, artifacts={"model.zip": artifact_key},
+        lease=jobs.LeaseRef(chunk_id, ctx.owner), model_id=model_id, artifact_key=artifact_key,
+        result={"model_id": model_id, "metrics": metrics},
+        model_fields={"metrics": metrics, "history": model.metadata.history,
+                      "hierarchy": model.hierarchy().to_json()},
     )  # fmt: skip
+    if not outcome.lease_held:
+        ctx.store.delete(artifact_key)  # another attempt owns the model now
+        return "lease_lost"
     jobs.complete_chunk(ctx.sessions, chunk_id, ctx.owner)
     return "done"
 

@@ -6,8 +6,13 @@ layout (one tenant never reads another's prefix):
     tenants/{tenant}/uploads/{user key}                 images sent for prediction
     tenants/{tenant}/datasets/{dataset}/manifest.csv    (or .jsonl)
     tenants/{tenant}/datasets/{dataset}/images/{user key}
-    tenants/{tenant}/models/{model}/{artifact name}
-    tenants/{tenant}/jobs/{job}/items/{sha256(item key)[:16]}/{heatmap.png, mask.png, ...}
+    tenants/{tenant}/models/{model}/{artifact name}   model.{attempt}.zip (model.zip before)
+    tenants/{tenant}/jobs/{job}/items/{sha256(item key)[:16]}/{attempt}/{heatmap.png, ...}
+
+`{attempt}` (`attempt_token`) names the lease that wrote the files: a worker that lost
+its lease writes beside the winner, never over it, and the item row (or the model row)
+records the keys the lease holder wrote, so stored JSON and files come from one run.
+Rows recorded before attempt tokens keep their old keys, which readers take as recorded.
 
 User keys (image names inside a dataset or an upload area) are validated by
 `validate_user_key`; ids by `_check_id` (they come from our own tables, but a key built
@@ -26,6 +31,7 @@ MAX_KEY_BYTES = 1024
 ITEM_ARTIFACT_NAMES = frozenset(
     {"heatmap.png", "mask.png", "weights.npy", "overlay.png", "segments.npy", "explanation.json"}
 )
+_TOKEN_PATTERN = re.compile(r"^a[0-9]{1,6}-[0-9a-f]{8}$")
 _ID_PATTERN = re.compile(r"^[a-z]{2,8}_[0-9a-z]{4,40}$")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -133,13 +139,31 @@ def job_prefix(tenant_id: str, job_id: str) -> str:
     return f"{tenant_prefix(tenant_id)}jobs/{_check_id(job_id)}/"
 
 
-def item_artifact_key(tenant_id: str, job_id: str, item_key: str, name: str) -> str:
-    """Deterministic, so a redone item overwrites its own artifacts instead of adding more."""
+def attempt_token(attempt: int, owner: str) -> str:
+    """`a{attempt}-{sha256(owner)[:8]}`: unique per lease of a chunk (each lease counts
+    one more attempt; the owner tells apart a refunded attempt taken by another worker)."""
+    token = f"a{attempt}-{hashlib.sha256(owner.encode('utf-8')).hexdigest()[:8]}"
+    if not _TOKEN_PATTERN.fullmatch(token):
+        raise KeyValidationError("not a valid attempt", token)
+    return token
+
+
+def item_artifact_key(
+    tenant_id: str, job_id: str, item_key: str, name: str, attempt: str | None = None
+) -> str:
+    """Where an item's artifact goes. With `attempt` (an `attempt_token`), under that
+    attempt's folder, so two workers running the same item never write the same key;
+    without it, the layout of rows recorded before attempt tokens."""
     if name not in ITEM_ARTIFACT_NAMES:
         raise KeyValidationError(
             f"artifact name must be one of {sorted(ITEM_ARTIFACT_NAMES)}", name
         )
-    return f"{job_prefix(tenant_id, job_id)}items/{item_key_hash(item_key)}/{name}"
+    folder = f"{job_prefix(tenant_id, job_id)}items/{item_key_hash(item_key)}/"
+    if attempt is not None:
+        if not _TOKEN_PATTERN.fullmatch(attempt):
+            raise KeyValidationError("not a valid attempt", attempt)
+        folder += f"{attempt}/"
+    return folder + name
 
 
 # Segments of visible ASCII (no backslash), never empty, "." or "..": keys that

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     chunk_size: int = Field(default=32, ge=1)
     lease_seconds: int = Field(default=120, ge=1)
     max_attempts_per_chunk: int = Field(default=3, ge=1)
+    # Transient failures (storage, database) hand a chunk back without spending an
+    # attempt; this bounds them separately, so an error wrongly deemed transient ends.
+    max_transient_retries_per_chunk: int = Field(default=20, ge=1)
+    # A woken worker keeps taking the next fair chunk until none is left or this long
+    # has passed (then the next message goes on); below the soft time limit.
+    wakeup_budget_seconds: int = Field(default=60, ge=0)
     reconcile_grace_seconds: int = Field(default=60, ge=1)
     reconcile_interval_seconds: int = Field(default=30, ge=1)
     task_soft_time_limit_seconds: int = Field(default=540, ge=1)
@@ -114,6 +120,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_time_limits(self) -> Settings:
+        if self.wakeup_budget_seconds >= self.task_soft_time_limit_seconds:
+            raise ValueError(
+                "XMLX_WAKEUP_BUDGET_SECONDS must be below XMLX_TASK_SOFT_TIME_LIMIT_SECONDS: "
+                "a woken worker starts no new chunk after it"
+            )
         if self.task_soft_time_limit_seconds >= self.task_hard_time_limit_seconds:
             raise ValueError(
                 "XMLX_TASK_SOFT_TIME_LIMIT_SECONDS must be below "

@@ -46,9 +46,8 @@ def claim_chunk(
                 PendingItem(item.id, item.seq, item.item_key)
                 for item in repo.pending_items(session, chunk_id)
             ]
-            return Claim(
-                ClaimStatus.CLAIMED, chunk_id, fresh_job(session, job.id), chunk.attempts, items
-            )
+            job = fresh_job(session, job.id)
+            return Claim(ClaimStatus.CLAIMED, chunk_id, job, chunk.attempts, items, chunk.retries)
         return _explain_refusal(session, chunk_id, owner, now)
 
 

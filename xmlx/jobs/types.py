@@ -44,6 +44,7 @@ class Claim:
     job: Job | None = None
     attempt: int = 0
     items: list[PendingItem] = field(default_factory=list)
+    retries: int = 0  # transient failures handed back before this claim
 
     @property
     def claimed(self) -> bool:
