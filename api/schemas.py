@@ -121,6 +121,11 @@ class BatchRequest(Strict):
     manifest_key: str | None = Field(default=None, min_length=1, max_length=1024)
     dataset_id: Id | None = None
     k: int = Field(default=5, ge=1, le=100, description="top labels reported per image")
+    priority: Literal["low", "normal", "high"] = Field(
+        default="normal",
+        description="order among YOUR jobs (high first, then oldest first); the pool is "
+        "shared fairly across tenants whatever the priority",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> BatchRequest:

@@ -51,6 +51,7 @@ def create_and_enqueue(
     idempotency_key: str | None,
     fp: str,
     chunk_size: int,
+    priority: str = "normal",
 ) -> jobs.CreatedJob:
     created = jobs.create_job(
         state.sessions,
@@ -63,6 +64,7 @@ def create_and_enqueue(
         request_hash=fp,
         chunk_size=chunk_size,
         max_items=state.settings.max_batch_items,
+        priority=priority,
     )
     if created.created:  # committed by now: safe to enqueue
         if state.broker.send_chunks([(chunk_id, kind) for chunk_id in created.chunk_ids]):

@@ -47,6 +47,7 @@ class JobOut(BaseModel):
         "done or held by another worker, and item results written twice"
     )
     cancel_requested: bool
+    priority: str = Field(description="low, normal or high: order among the tenant's jobs")
     params: dict[str, Any]
     error: ErrorInfo | None
     errors_by_code: dict[str, int] = Field(description="failed items per error code")
@@ -141,6 +142,7 @@ def job_out(job: Job, errors_by_code: dict[str, int], now: datetime) -> JobOut:
         ),
         duplicates=job.duplicates,
         cancel_requested=job.cancel_requested,
+        priority=job.priority or "normal",
         params=job.params,
         error=_error(job.error_code, job.error_message),
         errors_by_code=errors_by_code,

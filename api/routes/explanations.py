@@ -131,6 +131,7 @@ def _submit(
         idempotency_key=idempotency_key,
         fp=fp,
         chunk_size=state.settings.chunk_size,
+        priority=body.priority,
     )
     if not created.created:
         mark_replayed(response)

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, new_id, session_scope, utcnow
 from xmlx.jobs.types import CreatedJob, JobError
-from xmlx.models import MAX_KEY_LENGTH, Job, JobKind, JobState
+from xmlx.models import MAX_KEY_LENGTH, Job, JobKind, JobState, Priority
 from xmlx.repository import work
 
 
@@ -26,6 +26,7 @@ def create_job(
     request_hash: str | None = None,
     chunk_size: int = 32,
     max_items: int = 100_000,
+    priority: str = Priority.NORMAL,
 ) -> CreatedJob:
     """Create a job with one item per key, grouped into chunks of `chunk_size`.
 
@@ -33,6 +34,8 @@ def create_job(
     job (created=False); the same key with another hash raises `job.idempotency_conflict`.
     """
     _check_request(kind, item_keys, chunk_size, max_items)
+    if priority not in set(Priority):
+        raise JobError("job.invalid_priority", f"priority must be one of {list(Priority)}")
     if idempotency_key is not None:
         replay = replay_job(sessions, tenant_id, idempotency_key, request_hash)
         if replay is not None:
@@ -49,6 +52,7 @@ def create_job(
         done=0,
         failed=0,
         duplicates=0,
+        priority=priority,
         cancel_requested=False,
         idempotency_key=idempotency_key,
         request_hash=request_hash,

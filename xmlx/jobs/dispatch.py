@@ -102,9 +102,8 @@ def _lease_in_job(
         items = [
             PendingItem(i.id, i.seq, i.item_key) for i in repo.pending_items(session, chunk.id)
         ]
-        return Claim(
-            ClaimStatus.CLAIMED, chunk.id, fresh_job(session, job_id), chunk.attempts, items
-        )
+        job = fresh_job(session, job_id)
+        return Claim(ClaimStatus.CLAIMED, chunk.id, job, chunk.attempts, items, chunk.retries)
     return None
 
 
