@@ -251,7 +251,8 @@ def test_a_trained_model_is_made_ready_only_by_the_lease_holder(
         )
         return jobs.record_model_trained(
             sessions, created.job.id, "model", lease=LeaseRef(claim.chunk_id, owner),
-            model_id=model_id, artifact_key=key, result={}, model_fields={"metrics": {"owner": owner}},
+            model_id=model_id, artifact_key=key, result={},
+            model_fields={"metrics": {"owner": owner}},
         )  # fmt: skip
 
     assert not trained("stale", stale).lease_held
