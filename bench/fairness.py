@@ -152,11 +152,10 @@ def measure(a: Tenant, b: Tenant, args: argparse.Namespace) -> dict[str, Any]:
     a_job = a.submit(args.a_items, args.num_samples)
     while a.job(a_job)["progress"]["done"] < 40:  # both workers deep in A's chunks
         time.sleep(0.2)
+    rate = _rate(a, a_job, seconds=5.0)  # A alone on the pool
     before = a.job(a_job)
     behind = [b.run(args.b_items, args.num_samples) for _ in range(args.repeats)]
-    after = a.job(a_job)
     a.client.cancel(a_job)
-    rate = _rate(before, after, sum(behind))
     remaining = args.a_items - before["progress"]["done"]
     b_idle, b_behind = statistics.mean(idle), statistics.mean(behind)
     return {"b_idle_s": round(b_idle, 2), "b_behind_a_s": round(b_behind, 2),
@@ -167,9 +166,13 @@ def measure(a: Tenant, b: Tenant, args: argparse.Namespace) -> dict[str, Any]:
             "fifo_wait_estimate_s": round(remaining / rate, 0) if rate else None}  # fmt: skip
 
 
-def _rate(before: dict[str, Any], after: dict[str, Any], seconds: float) -> float:
-    done = after["progress"]["done"] - before["progress"]["done"]
-    return done / seconds if seconds > 0 else 0.0
+def _rate(a: Tenant, job_id: str, seconds: float) -> float:
+    """A's items per second over `seconds` of the pool working on A alone."""
+    first = a.job(job_id)["progress"]["done"]
+    started = time.monotonic()
+    time.sleep(seconds)
+    done = a.job(job_id)["progress"]["done"] - first
+    return done / (time.monotonic() - started)
 
 
 def main(argv: list[str] | None = None) -> int:
