@@ -1,4 +1,4 @@
-"""Chaos bench: the service under faults, with real processes (scenarios 1-5, 7, 13).
+"""Chaos bench: the service under faults, with real processes (scenarios 1-5, 7, 14).
 
 One private stack serves every scenario: PostgreSQL (`xmlx.embedded_postgres`, SQLite
 when the machine has no PostgreSQL binaries; scenario 5 then skips), Redis
@@ -20,7 +20,7 @@ injects its fault, waits for the job to end and checks the database and the buck
    API and workers recover, no recorded progress is lost.
 7. cancel: a large explanation job cancelled mid-way is `cancelled` within 30 s + one
    chunk, nothing starts after the cancel, finished results are kept.
-13. stopped worker: a worker is SIGSTOPped mid-batch and kept stopped past its lease;
+14. stopped worker: a worker is SIGSTOPped mid-batch and kept stopped past its lease;
     the other worker takes the chunk over and the job succeeds; then the first is
     SIGCONTed and finishes its stale batch. Its writes must count for nothing: every
     item has one result, the artifacts the rows name are byte for byte those stored
@@ -460,7 +460,7 @@ def _aware(value: Any) -> Any:
 
 
 def stopped_worker(chaos: Chaos) -> dict[str, Any]:
-    """13. SIGSTOP a worker mid-batch past its lease, let the other finish, SIGCONT it."""
+    """14. SIGSTOP a worker mid-batch past its lease, let the other finish, SIGCONT it."""
     from datetime import UTC, datetime
 
     n, victim = chaos.sizes.stopped_items, WORKERS[0]
@@ -486,7 +486,7 @@ def stopped_worker(chaos: Chaos) -> dict[str, Any]:
     unchanged = finished == after and len(after) == n * ARTIFACTS_PER_ITEM
     passed = _exactly_once(report) and unchanged and refused and not stale_names
     passed = passed and not stale_files
-    return {"scenario": 13, **report, "seconds": round(time.monotonic() - started, 1),
+    return {"scenario": 14, **report, "seconds": round(time.monotonic() - started, 1),
             "stale_write_refused": refused, "artifacts_unchanged": unchanged,
             "items_naming_stale_files": len(stale_names), "stale_files_left": len(stale_files),
             "passed": passed}  # fmt: skip
@@ -565,7 +565,7 @@ SCENARIOS: dict[int, Callable[[Chaos], dict[str, Any]]] = {
     4: storage_outage,
     5: database_restart,
     7: cancel_large_job,
-    13: stopped_worker,
+    14: stopped_worker,
 }
 
 

@@ -190,6 +190,6 @@ def test_cancel_stops_a_large_job(chaos: Any) -> None:
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_a_worker_stopped_past_its_lease_leaves_no_trace(chaos: Any) -> None:
-    report = _run(chaos, 13)
+    report = _run(chaos, 14)
     assert report["stale_write_refused"] and report["artifacts_unchanged"]
     assert report["items_naming_stale_files"] == 0 and report["stale_files_left"] == 0
