@@ -42,7 +42,9 @@ from service_bench import JobRun, Prepared, one_thread_env, prepare, run_job
 
 from xmlx.stack import Stack, start_stack
 
-FINISHED_CHUNK = "Task xmlx.run_chunk["
+# One line per chunk a worker ran (workers/wakeup.py): a Celery message is a wake-up
+# that may run several chunks, so its "succeeded in" line no longer counts chunks.
+FINISHED_CHUNK = "chunk finished"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -66,10 +68,7 @@ def finished_chunks(stack: Stack, worker: str) -> int:
     path = stack.log_path(worker)
     if not path.exists():
         return 0
-    return sum(
-        FINISHED_CHUNK in line and " succeeded in " in line
-        for line in path.read_text(errors="replace").splitlines()
-    )
+    return sum(FINISHED_CHUNK in line for line in path.read_text(errors="replace").splitlines())
 
 
 def wait_ready(stack: Stack, worker: str, timeout: float = 300.0) -> None:
@@ -87,7 +86,11 @@ def wait_ready(stack: Stack, worker: str, timeout: float = 300.0) -> None:
 
 def warm_up(stack: Stack, prepared: Prepared, workers: list[str], args: argparse.Namespace) -> int:
     """Run explanation jobs of one chunk per worker until every worker has finished one
-    since now; returns how many jobs that took."""
+    since now (or 5 jobs passed); returns how many jobs that took.
+
+    Messages are wake-ups and a woken worker goes on to the next chunk, so with chunks
+    shorter than a message's delivery one worker can drain a small job alone: a worker
+    still cold after 5 jobs is reported, not fatal (the timed job then shows it)."""
     before = {w: finished_chunks(stack, w) for w in workers}
     keys = prepared.keys[: args.chunk_size * len(workers)]
     params = {"num_samples": args.num_samples}
@@ -95,7 +98,9 @@ def warm_up(stack: Stack, prepared: Prepared, workers: list[str], args: argparse
         run_job(prepared, keys, params, poll=args.poll)
         if all(finished_chunks(stack, w) > before[w] for w in workers):
             return attempt
-    raise RuntimeError(f"some of {workers} took no warm-up chunk in 5 jobs")
+    cold = [w for w in workers if finished_chunks(stack, w) == before[w]]
+    print(f"still cold after 5 warm-up jobs (chunks too short?): {cold}", flush=True)
+    return 5
 
 
 @dataclass(frozen=True)
