@@ -77,6 +77,14 @@ def run_checks() -> dict[str, Any]:
             "predictions": [e.prediction for row in result for e in row],
             "provenance": [e.provenance for row in result for e in row],
         }
+    # Three images: a batch JAX pads to four (the padding must not leak into results).
+    three = np.random.default_rng(3).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    result = explainers["gradcam"].explain(three, [[0], [1], [2]])
+    out["gradcam_three"] = {
+        "heatmaps": [e.heatmap.tolist() for row in result for e in row],
+        "predictions": [e.prediction for row in result for e in row],
+        "provenance": [e.provenance for row in result for e in row],
+    }
     out["gradcam_layer"] = explainers["gradcam"].params()["layer"]
     out["tensorflow_loaded"] = "tensorflow" in sys.modules
     return out
@@ -128,7 +136,13 @@ def test_gradient_methods_agree_across_backends(
     assert other["backend"] == backend
     assert not other["tensorflow_loaded"], f"the {backend} run imported tensorflow"
     assert other["gradcam_layer"] == reference["gradcam_layer"] == "conv_b"
-    for method in ("input_x_gradient", "integrated_gradients", "smoothgrad", "gradcam"):
+    for method in (
+        "input_x_gradient",
+        "integrated_gradients",
+        "smoothgrad",
+        "gradcam",
+        "gradcam_three",
+    ):
         mine, theirs = reference[method], other[method]
         assert theirs["provenance"][0]["backend"] == backend
         assert np.allclose(theirs["predictions"], mine["predictions"], rtol=1e-4, atol=1e-5)

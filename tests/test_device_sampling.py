@@ -87,11 +87,15 @@ def test_plain_calls_send_uint8_and_match_the_model(model, images) -> None:
     assert predictor.uint8_model.input.dtype == "uint8"
 
 
-def test_occlusion_through_the_predictor_equals_the_host_path(model, images) -> None:
-    host = OcclusionExplainer(host_fn(model), patch=8, stride=8).explain(images[:2], [0])
-    device = OcclusionExplainer(PerturbingPredictor(model), patch=8, stride=8).explain(
-        images[:2], [0]
-    )
+@pytest.mark.parametrize(("patch", "stride", "batch"), [(8, 8, 256), (12, 5, 7)])
+def test_occlusion_windows_on_the_device_equal_the_host_path(
+    model, images, patch, stride, batch
+) -> None:
+    """Boxes built in the graph: overlapping windows, a last window flush with the
+    edge, batches that mix images."""
+    kwargs = {"patch": patch, "stride": stride, "batch_size": batch}
+    host = OcclusionExplainer(host_fn(model), **kwargs).explain(images[:3], [0])
+    device = OcclusionExplainer(PerturbingPredictor(model), **kwargs).explain(images[:3], [0])
     for a, b in zip(host, device, strict=True):
         np.testing.assert_allclose(a[0].heatmap, b[0].heatmap, rtol=1e-4, atol=1e-6)
 

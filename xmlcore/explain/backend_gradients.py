@@ -193,14 +193,57 @@ def _jax_gradient_fn(model: keras.Model) -> Callable[..., Any]:
     return fn
 
 
+def _padded(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Batches padded to a power of two (few shapes, few compilations); padding rows
+    get zero output weights, hence zero gradients, and are cut off by the caller."""
+    n = len(x)
+    size = 1 << max(0, (n - 1).bit_length())
+    if size == n:
+        return x, w
+    x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
+    return x, np.concatenate([w, np.zeros((size - n, *w.shape[1:]), w.dtype)])
+
+
 def _jax_gradients(model: keras.Model, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     n = len(x)
-    size = 1 << max(0, (n - 1).bit_length())  # few batch shapes, few compilations
-    if size != n:  # padding rows get zero output weights, hence zero gradients
-        x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
-        w = np.concatenate([w, np.zeros((size - n, *w.shape[1:]), w.dtype)])
+    x, w = _padded(x, w)
     trainable, non_trainable = _jax_state(model)
     return np.asarray(_jax_gradient_fn(model)(x, trainable, non_trainable, w))[:n]
+
+
+_JAX_LAYER_FNS: weakref.WeakKeyDictionary[keras.Model, dict[tuple[Any, ...], Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _jax_layer_fns(
+    model: keras.Model, layer: keras.layers.Layer, shape: tuple[int, ...]
+) -> tuple[Any, Any]:
+    """(compiled gradient at the layer, the layer's output spec) for one input shape.
+
+    The layer is intercepted while JAX traces, which happens once per shape; after
+    that the compiled function runs without Python in the loop (Grad-CAM was eager)."""
+    import jax
+
+    per_model = _JAX_LAYER_FNS.setdefault(model, {})
+    key = (layer.name, shape)
+    if key not in per_model:
+
+        def objective(offset: Any, trainable: Any, non_trainable: Any, x: Any, w: Any) -> Any:
+            with _intercept(layer, offset) as capture:
+                outputs, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+            return _objective(outputs, w), capture["output"]
+
+        def output_of_layer(trainable: Any, non_trainable: Any, x: Any) -> Any:
+            with _intercept(layer) as capture:
+                model.stateless_call(trainable, non_trainable, x, training=False)
+            return capture["output"]
+
+        trainable, non_trainable = _jax_state(model)
+        x = jax.ShapeDtypeStruct(shape, "float32")
+        spec = jax.eval_shape(output_of_layer, trainable, non_trainable, x)
+        per_model[key] = (jax.jit(jax.grad(objective, has_aux=True)), spec)
+    return per_model[key]
 
 
 def _jax_layer(
@@ -208,23 +251,13 @@ def _jax_layer(
 ) -> tuple[np.ndarray, np.ndarray]:
     import jax
 
+    n = len(x)
+    x, w = _padded(x, w)
+    grad_fn, spec = _jax_layer_fns(model, layer, x.shape)
     trainable, non_trainable = _jax_state(model)
-    inputs = jax.numpy.asarray(x)
-
-    def objective(offset: Any) -> tuple[Any, Any]:
-        with _intercept(layer, offset) as capture:
-            outputs, _ = model.stateless_call(trainable, non_trainable, inputs, training=False)
-        return _objective(outputs, w), capture["output"]
-
-    def output_of_layer(inputs: Any) -> Any:
-        with _intercept(layer) as capture:
-            model.stateless_call(trainable, non_trainable, inputs, training=False)
-        return capture["output"]
-
-    spec = jax.eval_shape(output_of_layer, inputs)
     zeros = jax.numpy.zeros(spec.shape, spec.dtype)
-    grads, acts = jax.grad(objective, has_aux=True)(zeros)
-    return np.asarray(acts), np.asarray(grads)
+    grads, acts = grad_fn(zeros, trainable, non_trainable, x, w)
+    return np.asarray(acts)[:n], np.asarray(grads)[:n]
 
 
 # --- PyTorch ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from xmlcore.explain.result import Explanation, TargetInfo
 from xmlcore.explain.sampling import (
     Fill,
     SampleRequest,
+    checked_outputs,
     fill_image,
     predict_outputs,
     run_requests,
@@ -145,15 +146,38 @@ class OcclusionExplainer(Explainer):
             img, window = np.divmod(flat, k)
             rows_in = row_cover[window // len(col_cover)]
             cols_in = col_cover[window % len(col_cover)]
-            box = rows_in[:, :, None] & cols_in[:, None, :]
-            batch = arr[img]
-            np.copyto(batch, fills[img], where=box[..., None])
-            drops[flat] = base[img] - predict_outputs(self.predict_fn, batch, columns)
+            drops[flat] = base[img] - self._occluded_outputs(
+                arr, fills, img, rows_in, cols_in, columns
+            )
         grid = drops.reshape(n, len(row_cover), len(col_cover), len(columns))
         r, c = row_cover.astype(np.float64), col_cover.astype(np.float64)
         total = np.einsum("ay,bx,nabc->nyxc", r, c, grid, optimize=True)
         counts = np.outer(r.sum(axis=0), c.sum(axis=0))
         return total / counts[None, :, :, None]
+
+    def _occluded_outputs(
+        self,
+        arr: np.ndarray,
+        fills: np.ndarray,
+        img: np.ndarray,
+        rows_in: np.ndarray,
+        cols_in: np.ndarray,
+        columns: np.ndarray,
+    ) -> np.ndarray:
+        """The model on images ``img`` with their windows filled. A predictor that can
+        occlude on the device gets boxes (16 bytes a sample) instead of images: built
+        on the host, the windows held VGG16 at ~5 images/s on an H200."""
+        device = getattr(self.predict_fn, "predict_occluded", None)
+        if device is not None:
+            used, rows = np.unique(img, return_inverse=True)
+            y0, x0 = rows_in.argmax(axis=1), cols_in.argmax(axis=1)
+            boxes = np.stack([y0, y0 + rows_in.sum(1), x0, x0 + cols_in.sum(1)], axis=1)
+            out = device(arr[used], fills[used], boxes, rows)
+            return checked_outputs(out, len(img), columns)
+        box = rows_in[:, :, None] & cols_in[:, None, :]
+        batch = arr[img]
+        np.copyto(batch, fills[img], where=box[..., None])
+        return predict_outputs(self.predict_fn, batch, columns)
 
     def _explain_segments(
         self,
