@@ -645,7 +645,7 @@ def run(scenarios: list[int], sizes: Sizes, root: Path) -> list[dict[str, Any]]:
 
 
 def outcome(report: dict[str, Any]) -> str:
-    """ "passed", "failed" or "skipped" (a scenario that did not run passed nothing)."""
+    """passed, failed or skipped (a scenario that did not run passed nothing)."""
     if "skipped" in report:
         return "skipped"
     return "passed" if report["passed"] else "failed"
