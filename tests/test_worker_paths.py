@@ -382,7 +382,8 @@ def test_the_task_wrapper_retries_transient_errors_only() -> None:
     assert "storage.unavailable" in str(transient.result)
     permanent = _task(bad_input).apply()
     assert permanent.failed() and calls["bad_input"] == 1  # a bad input is not retried
-    assert "storage.not_found" in permanent.traceback and "TransientError" not in permanent.traceback
+    trace = permanent.traceback
+    assert "storage.not_found" in trace and "TransientError" not in trace
 
     def works() -> str:
         return "ok"
