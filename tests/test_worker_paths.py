@@ -129,7 +129,7 @@ def setup(
         env="test", data_dir=root / "data", database_url=database_url,
         storage_backend="local", local_storage_root=root / "store", api_key_pepper=TEST_PEPPER,
         lease_seconds=LEASE, images_per_batch=2,
-        task_soft_time_limit_seconds=6, task_hard_time_limit_seconds=12,
+        task_soft_time_limit_seconds=6, task_hard_time_limit_seconds=12, wakeup_budget_seconds=3,
     )  # fmt: skip
     store = make_local_store(root / "store")
     data = generate_dishes("tiny", seed=0, image_size=32)
