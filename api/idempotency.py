@@ -4,7 +4,10 @@ Jobs (explanations, predictions, model training) use the kernel's support: the k
 a fingerprint of the request are stored in the job row, unique per tenant
 (`xmlx.jobs.create_job`). Datasets have no such column, so their replay record lives
 in Redis (`ReplayStore`) for `REPLAY_TTL_SECONDS`: first a "pending" marker taken with
-SET NX (two racing requests cannot both create), then the dataset id. If Redis cannot
+SET NX (two racing requests cannot both create), then the dataset id. The pending
+marker only lives `PENDING_LEASE_SECONDS` (far longer than a dataset creation takes):
+a process that died between the two steps must not leave the key answering
+`idempotency.in_progress` for a day; after the lease a retry creates. If Redis cannot
 be reached the dataset is created without a replay record (logged): a retry may then
 create a second dataset, which is harmless, whereas refusing uploads would not be.
 Uploads need nothing: presigning creates no state, and the same keys name the same
@@ -30,6 +33,7 @@ log = logging.getLogger("xmlx.api")
 
 MAX_KEY_LENGTH = 200
 REPLAY_TTL_SECONDS = 24 * 3600
+PENDING_LEASE_SECONDS = 60
 _PENDING = "pending"
 
 
@@ -61,9 +65,12 @@ def conflict(key: str) -> ProblemError:
 
 
 class ReplayStore:
-    def __init__(self, client: redis.Redis, namespace: str) -> None:
+    def __init__(
+        self, client: redis.Redis, namespace: str, pending_seconds: float = PENDING_LEASE_SECONDS
+    ) -> None:
         self.client = client
         self.namespace = namespace
+        self.pending_ms = max(1, round(pending_seconds * 1000))
 
     def _key(self, tenant_id: str, key: str) -> str:
         return f"xmlx:idempotency:{self.namespace}:{tenant_id}:{key}"
@@ -75,7 +82,7 @@ class ReplayStore:
         """
         record = json.dumps({"fingerprint": fp, "id": _PENDING})
         try:
-            if self.client.set(self._key(tenant_id, key), record, nx=True, ex=REPLAY_TTL_SECONDS):
+            if self.client.set(self._key(tenant_id, key), record, nx=True, px=self.pending_ms):
                 return None
             raw: Any = self.client.get(self._key(tenant_id, key))
         except redis.RedisError as exc:

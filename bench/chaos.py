@@ -27,9 +27,12 @@ injects its fault, waits for the job to end and checks the database and the buck
     when the job finished, no item recorded while it was stopped names its files, and
     no file of its own is left in the bucket.
 
-Usage: ``python bench/chaos.py [--scenario N ...] [--quick] [--root DIR]``. One JSON line
-per scenario (`scenario`, `items`, `results`, `duplicates`, `lost`, `final_state`,
-`seconds`, `passed`, ...); the exit code is 1 if any pass criterion fails.
+Usage: ``python bench/chaos.py [--scenario N ...] [--quick] [--root DIR] [--allow-skips]``.
+One JSON line per scenario (`scenario`, `items`, `results`, `duplicates`, `lost`,
+`final_state`, `seconds`, `passed`, `outcome`, ...). A scenario that cannot run here
+(5 without PostgreSQL binaries) reports `"outcome": "skipped"` with the reason and
+`"passed": false`: a skip is not a pass. The exit code is 1 if any pass criterion fails
+or any scenario skipped, unless `--allow-skips` accepts the skips.
 """
 
 from __future__ import annotations
@@ -360,7 +363,7 @@ def database_restart(chaos: Chaos) -> dict[str, Any]:
     n, pg = chaos.sizes.database_items, chaos.postgres
     if pg is None:
         return {"scenario": 5, "skipped": "no PostgreSQL binaries on this machine",
-                "passed": True}  # fmt: skip
+                "passed": False}  # fmt: skip
     started = time.monotonic()
     job_id = chaos.explain(n)
     chaos.wait(job_id, 600, _until_done(0.25, n))
@@ -635,9 +638,23 @@ def run(scenarios: list[int], sizes: Sizes, root: Path) -> list[dict[str, Any]]:
     with chaos_stack(root, sizes, echo=lambda line: print(line, file=sys.stderr)) as chaos:
         for number in scenarios:
             report = SCENARIOS[number](chaos)
+            report["outcome"] = outcome(report)
             print(json.dumps(report), flush=True)
             reports.append(report)
     return reports
+
+
+def outcome(report: dict[str, Any]) -> str:
+    """passed, failed or skipped (a scenario that did not run passed nothing)."""
+    if "skipped" in report:
+        return "skipped"
+    return "passed" if report["passed"] else "failed"
+
+
+def exit_code(reports: list[dict[str, Any]], allow_skips: bool) -> int:
+    """0 when every scenario passed (or skipped, with ``allow_skips``), else 1."""
+    accepted = {"passed", "skipped"} if allow_skips else {"passed"}
+    return 0 if all(outcome(report) in accepted for report in reports) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -645,11 +662,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", type=int, action="append", choices=sorted(SCENARIOS))
     parser.add_argument("--quick", action="store_true", help="CI-sized batches and faults")
     parser.add_argument("--root", type=Path, help="working directory (default: a temporary one)")
+    parser.add_argument("--allow-skips", action="store_true",
+                        help="exit 0 although a scenario could not run here")  # fmt: skip
     args = parser.parse_args(argv)
     sizes = Sizes.quick() if args.quick else Sizes()
     with tempfile.TemporaryDirectory(prefix="xmlx-chaos-") as tmp:
         reports = run(args.scenario or sorted(SCENARIOS), sizes, args.root or Path(tmp))
-    return 0 if all(report["passed"] for report in reports) else 1
+    return exit_code(reports, args.allow_skips)
 
 
 if __name__ == "__main__":

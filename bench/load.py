@@ -12,11 +12,18 @@ the 10,000 items stay queued and the pollers measure the API alone). Then:
    `--interval` seconds (1 s is what `xmlx.client.Client.wait` does) for `--seconds`;
    latency percentiles over every request, and every non-200 or transport error
    counts as an error (target: p99 under 100 ms, no errors).
+3. With `--failed N` (default 100) the first N items are then recorded failed through
+   the kernel (`image.missing`, as a worker records a missing image), so every poll
+   renders the job's failures by error code, and `--failed-pollers` clients (default
+   40, the API's thread count) poll that job back to back, with no pause: with two
+   database sessions per request, ~15 such polls in flight exhausted the default pool
+   (5 + 10). `failed_*` in the JSON: requests, errors, p50/p99, the error counts seen.
 
 The per-tenant rate limit is raised for the run (50 pollers at 1/s are 3,000
 requests a minute, above the default 600). Usage:
-`python bench/load.py [--pollers 50] [--seconds 60] [--interval 1.0] [--items 10000]`;
-the last line is JSON `{accept_10k_s, pollers, requests, errors, p50_ms, p99_ms, ...}`.
+`python bench/load.py [--pollers 50] [--seconds 60] [--interval 1.0] [--items 10000]
+[--failed 100] [--failed-pollers 40] [--failed-seconds 10]`; the last line is JSON
+`{accept_10k_s, pollers, requests, errors, p50_ms, p99_ms, failed_p99_ms, ...}`.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from xmlx import jobs
 from xmlx import repository as repo
 from xmlx.client import Client
 from xmlx.db import create_engine, make_session_factory, session_scope
@@ -126,20 +134,23 @@ async def poll(
     return stats
 
 
-def run_load(
-    stack: Stack, *, items: int, pollers: int, seconds: float, interval: float
-) -> dict[str, Any]:
-    api_key = create_api_key(stack, "load")
-    model_id = prepare_model(stack, api_key)
-    job_id, accept_seconds = accept_batch(stack, api_key, model_id, items)
-    stats = asyncio.run(poll(stack.api_url, api_key, job_id, pollers, seconds, interval))
+def fail_items(stack: Stack, job_id: str, n_failed: int) -> None:
+    """Record the job's first `n_failed` items failed, as a worker does for missing images."""
+    engine = create_engine(stack.env["XMLX_DATABASE_URL"])
+    try:
+        sessions = make_session_factory(engine)
+        for i in range(n_failed):
+            jobs.record_item_failure(
+                sessions, job_id, f"load/images/img_{i:06d}.png",
+                code="image.missing", message="no such image (bench/load.py)",
+            )  # fmt: skip
+    finally:
+        engine.dispose()
+
+
+def summary(stats: PollStats, prefix: str = "") -> dict[str, Any]:
     latencies = np.asarray(stats.latencies_ms) if stats.latencies_ms else np.zeros(1)
-    return {
-        "accept_10k_s": round(accept_seconds, 3),
-        "items": items,
-        "pollers": pollers,
-        "seconds": seconds,
-        "interval_s": interval,
+    figures = {
         "requests": len(stats.latencies_ms),
         "errors": len(stats.errors),
         "p50_ms": round(float(np.percentile(latencies, 50)), 1),
@@ -147,6 +158,40 @@ def run_load(
         "max_ms": round(float(latencies.max()), 1),
         "first_errors": stats.errors[:3],
     }
+    return {prefix + key: value for key, value in figures.items()}
+
+
+def run_load(
+    stack: Stack, *, items: int, pollers: int, seconds: float, interval: float,
+    failed: int = 0, failed_pollers: int = 40, failed_seconds: float = 10.0,
+) -> dict[str, Any]:  # fmt: skip
+    api_key = create_api_key(stack, "load")
+    model_id = prepare_model(stack, api_key)
+    job_id, accept_seconds = accept_batch(stack, api_key, model_id, items)
+    stats = asyncio.run(poll(stack.api_url, api_key, job_id, pollers, seconds, interval))
+    result = {
+        "accept_10k_s": round(accept_seconds, 3), "items": items, "pollers": pollers,
+        "seconds": seconds, "interval_s": interval, **summary(stats),
+    }  # fmt: skip
+    if failed:
+        result.update(
+            poll_failed_job(stack, api_key, job_id, failed, failed_pollers, failed_seconds)
+        )
+    return result
+
+
+def poll_failed_job(
+    stack: Stack, api_key: str, job_id: str, failed: int, pollers: int, seconds: float
+) -> dict[str, Any]:
+    """Case 3: the job with `failed` failures, polled back to back by `pollers` clients."""
+    fail_items(stack, job_id, failed)
+    with Client(stack.api_url, api_key) as client:
+        seen = client.job(job_id).raw
+    stats = asyncio.run(poll(stack.api_url, api_key, job_id, pollers, seconds, 0.0))
+    return {
+        "failed_items": failed, "failed_pollers": pollers, "failed_seconds": seconds,
+        "failed_errors_by_code": seen.get("errors_by_code", {}), **summary(stats, "failed_"),
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -155,13 +200,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
     parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--failed", type=int, default=100, help="items failed for case 3")
+    parser.add_argument("--failed-pollers", type=int, default=40)
+    parser.add_argument("--failed-seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         stack = start_stack(Path(tmp) / "stack", workers=0, beat=False, extra_env=LOAD_ENV,
                             echo=lambda _: None)  # fmt: skip
         with stack:
             result = run_load(stack, items=args.items, pollers=args.pollers,
-                              seconds=args.seconds, interval=args.interval)  # fmt: skip
+                              seconds=args.seconds, interval=args.interval, failed=args.failed,
+                              failed_pollers=args.failed_pollers,
+                              failed_seconds=args.failed_seconds)  # fmt: skip
     print(json.dumps(result))
     return result
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.idempotency import PENDING_LEASE_SECONDS, ReplayStore, fingerprint
+from api.schemas import DatasetRequest
 from tests.api_fixtures import (
     ApiUser,
     assert_problem,
@@ -158,6 +162,34 @@ def test_dataset_idempotency(client: TestClient, api_user: ApiUser, tmp_path: Pa
     assert_problem(other, 422, "idempotency.conflict")
     listing = client.get("/v1/datasets", headers=api_user.headers).json()
     assert len(listing["items"]) == 1
+
+
+def test_a_pending_idempotency_marker_expires_after_a_short_lease(
+    client: TestClient, api_user: ApiUser, broker: redis.Redis, tmp_path: Path
+) -> None:
+    manifest_key = upload_dishes(client, api_user, tmp_path)
+    body = {"name": "dishes", "images_prefix": "dishes/images", "manifest_key": manifest_key}
+    headers = {**api_user.headers, "Idempotency-Key": "ds-dead"}
+    fp = fingerprint("POST /v1/datasets", DatasetRequest(**body))
+    # a process that took the key and died before finishing: the marker it left
+    dead = ReplayStore(broker, "datasets", pending_seconds=0.5)
+    assert dead.begin(api_user.tenant_id, "ds-dead", fp) is None
+    assert_problem(
+        client.post("/v1/datasets", json=body, headers=headers), 409, "idempotency.in_progress"
+    )
+    time.sleep(0.6)
+    created = client.post("/v1/datasets", json=body, headers=headers)  # the retry goes ahead
+    assert created.status_code == 201, created.text
+    again = client.post("/v1/datasets", json=body, headers=headers)
+    assert again.json()["id"] == created.json()["id"]
+    assert broker.ttl(dead._key(api_user.tenant_id, "ds-dead")) > 3600  # the id stays 24 h
+
+
+def test_the_apps_pending_marker_lives_one_short_lease(broker: redis.Redis) -> None:
+    store = ReplayStore(broker, "datasets")
+    assert store.begin("tenant-x", "k", "fp") is None
+    assert 0 < broker.pttl(store._key("tenant-x", "k")) <= PENDING_LEASE_SECONDS * 1000
+    assert PENDING_LEASE_SECONDS <= 300  # minutes, not the replay record's day
 
 
 def test_datasets_are_tenant_scoped(

@@ -10,6 +10,7 @@ job cancelled. Nothing outside the test's own processes is touched.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -28,9 +29,18 @@ from xmlx.embedded_postgres import EmbeddedPostgres, postgres_bin_dir
 from xmlx.embedded_s3 import find_weed_binary
 
 LEASE = 30
-needs_postgres = pytest.mark.skipif(
-    postgres_bin_dir() is None, reason="no PostgreSQL binaries (initdb, postgres) here"
-)
+# CI sets this (.ci/run): there the PostgreSQL scenarios must run, so a machine without
+# the binaries, or a stack that fell back to SQLite, fails instead of skipping.
+REQUIRE_POSTGRES = os.environ.get("XMLX_REQUIRE_POSTGRES_CHAOS") == "1"
+
+
+@pytest.fixture
+def needs_postgres() -> None:
+    if postgres_bin_dir() is None:
+        reason = "no PostgreSQL binaries (initdb, postgres) here"
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"{reason}, and XMLX_REQUIRE_POSTGRES_CHAOS=1 requires them")
+        pytest.skip(reason)
 
 
 @pytest.fixture
@@ -101,7 +111,7 @@ def test_duplicate_deliveries_are_counted(private_sessions: SessionFactory) -> N
     assert (job.state, job.done, job.duplicates) == ("succeeded", 2, 2)
 
 
-@needs_postgres
+@pytest.mark.usefixtures("needs_postgres")
 def test_embedded_postgres_keeps_committed_rows_across_a_crash() -> None:
     directory = Path(tempfile.mkdtemp(prefix="xmlx-test-pg-"))
     directory.chmod(0o755)
@@ -134,7 +144,30 @@ def chaos() -> Iterator[Any]:
         tempfile.TemporaryDirectory(prefix="xmlx-chaos-") as root,
         bench.chaos_stack(Path(root), bench.Sizes.quick(), echo=lambda _: None) as chaos,
     ):
+        if REQUIRE_POSTGRES:  # every scenario on PostgreSQL, none on a SQLite fall-back
+            assert chaos.postgres is not None
+            assert chaos.engine.dialect.name == "postgresql", chaos.engine.url
         yield bench, chaos
+
+
+def test_a_skipped_scenario_is_not_a_pass() -> None:
+    bench = load_bench_script("chaos")
+    skipped = {"scenario": 5, "skipped": "no PostgreSQL binaries on this machine"}
+    passed, failed = {"scenario": 1, "passed": True}, {"scenario": 2, "passed": False}
+    assert [bench.outcome(r) for r in (skipped, passed, failed)] == [
+        "skipped", "passed", "failed"
+    ]  # fmt: skip
+    assert bench.exit_code([passed, skipped], allow_skips=False) == 1
+    assert bench.exit_code([passed, skipped], allow_skips=True) == 0
+    assert bench.exit_code([passed, failed, skipped], allow_skips=True) == 1
+    assert bench.exit_code([passed], allow_skips=False) == 0
+
+
+def test_scenario_5_reports_a_skip_without_postgres() -> None:
+    bench = load_bench_script("chaos")
+    harness = bench.Chaos(*([None] * 7), bench.Sizes.quick())  # no private PostgreSQL
+    report = bench.database_restart(harness)
+    assert report["passed"] is False and bench.outcome(report) == "skipped"
 
 
 def _run(chaos: Any, number: int) -> dict[str, Any]:
@@ -174,7 +207,7 @@ def test_storage_outage_fails_no_item(chaos: Any) -> None:
 
 @pytest.mark.slow
 @pytest.mark.e2e
-@needs_postgres
+@pytest.mark.usefixtures("needs_postgres")
 def test_database_restart_loses_no_progress(chaos: Any) -> None:
     report = _run(chaos, 5)
     assert report["progress_kept"]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import inspect, select
+from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from tests.kernel_fixtures import is_postgres
+from tests.kernel_fixtures import TEST_DATABASE_URL_ENV
 from xmlx import jobs
 from xmlx import repository as repo
 from xmlx.db import Base, SessionFactory, new_id, session_scope
@@ -75,6 +77,22 @@ def test_foreign_keys_are_enforced(session_factory: SessionFactory) -> None:
         jobs.create_job(session_factory, tenant_id="ten_missing", kind="predict", item_keys=["a"])
 
 
-def test_database_kind_matches_the_environment(database_engine: object) -> None:
-    dialect = inspect(database_engine).dialect.name  # type: ignore[union-attr]
-    assert dialect == ("postgresql" if is_postgres() else "sqlite")
+def test_database_kind_matches_the_environment(database_engine: Engine) -> None:
+    """The live connection is the server CI names in XMLX_TEST_DATABASE_URL (a test
+    database on that host and port), or a SQLite file when the variable is unset."""
+    server_url = os.environ.get(TEST_DATABASE_URL_ENV)
+    with database_engine.connect() as connection:
+        dialect = connection.dialect.name
+        if server_url:
+            wanted = make_url(server_url)
+            assert dialect == wanted.get_backend_name() == "postgresql"
+            version = connection.execute(text("SELECT version()")).scalar_one()
+            port = connection.execute(text("SELECT inet_server_port()")).scalar_one()
+            database = connection.execute(text("SELECT current_database()")).scalar_one()
+            assert str(version).startswith("PostgreSQL")
+            assert port == (wanted.port or 5432)
+            assert str(database).startswith("xmlx_test_")  # kernel_fixtures' own database
+        else:
+            assert dialect == "sqlite"
+            files = connection.execute(text("PRAGMA database_list")).all()
+            assert files[0][2].endswith(".sqlite")  # a file, not an in-memory database

@@ -144,3 +144,35 @@ def test_card_of_a_latent_target_shows_its_own_path() -> None:
     assert card.path_note == "explained latent unit" and card.target == "latent 1"
     assert [(s.label, s.true) for s in card.labels] == [("garlic", True), ("rice", False)]
     assert card.missed == ["salt"] and card.image == "url:p/a.png" and card.heatmap is None
+
+
+def test_true_labels_come_from_the_dataset_the_job_explains_not_only_the_models(
+    session_factory: SessionFactory, object_store: ObjectStore, tenant_id: str
+) -> None:
+    """Explanation jobs store the images folder, not a dataset id: the report finds the
+    dataset by its folder (before, it only ever tried the training dataset)."""
+    from xmlcore.labels import manifest_to_csv
+    from xmlx import jobs
+    from xmlx import repository as repo
+    from xmlx.db import session_scope
+    from xmlx.report import TruthCache
+
+    folders = {name: f"tenants/{tenant_id}/uploads/{name}/" for name in ("train", "other")}
+    with session_scope(session_factory) as session:
+        trained_on, other = (
+            repo.create_dataset(session, tenant_id, name=name, image_prefix=folder)
+            for name, folder in folders.items()
+        )
+        model_id = repo.create_model(session, tenant_id, trained_on.id).id
+    object_store.put_bytes(trained_on.manifest_key, manifest_to_csv(["a.png"], [["salt"]]))
+    object_store.put_bytes(other.manifest_key, manifest_to_csv(["a.png"], [["rice", "oil"]]))
+    truths = {}
+    for name, folder in folders.items():
+        job = jobs.create_job(
+            session_factory, tenant_id=tenant_id, kind="predict", item_keys=["a.png"],
+            params={"image_prefix": folder, "k": 3}, model_id=model_id,
+        ).job  # fmt: skip
+        with session_scope(session_factory) as session:
+            truths[name] = TruthCache().for_job(session, object_store, job)
+    assert truths["train"] == {"a.png": frozenset({"salt"})}
+    assert truths["other"] == {"a.png": frozenset({"rice", "oil"})}

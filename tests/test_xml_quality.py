@@ -12,6 +12,13 @@ from xmlcore.autoencoder import default_layer_sizes
 MODELS = (
     "two_step", "two_step_paper", "two_step_tail", "two_step_bce", "binary_relevance", "nmf",
 )  # fmt: skip
+# Even after one epoch the decoded models rank the frequent labels first (the decoder
+# carries the label co-occurrence); uniformly random scores (chance, about 0.2 P@5 on the
+# tiny preset) stay far below. A broken model, decoder or metric lands near chance and
+# fails this. binary_relevance's sigmoid heads start from scratch and are still at chance
+# after one epoch, so it is only checked to be a valid figure.
+ABOVE_CHANCE = 0.1
+DECODED = ("two_step", "two_step_paper", "two_step_tail", "two_step_bce", "nmf")
 
 
 def test_bench_prints_every_figure_as_json(capsys) -> None:
@@ -20,9 +27,13 @@ def test_bench_prints_every_figure_as_json(capsys) -> None:
     result = bench.main([*argv, "--n-test", "30"])
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last_line) == result
+    chance = result["random"]["p@5"]
+    assert 0.1 < chance < 0.35  # the labels per image / n_labels of the tiny preset
     for name in MODELS:
         assert {"p@1", "p@5", "psp@5", "coverage@5"} <= set(result[name])
         assert 0.0 <= result[name]["p@5"] <= 1.0
+    for name in DECODED:
+        assert result[name]["p@5"] > chance + ABOVE_CHANCE, name
     assert isinstance(result["hierarchy_nmi"], float)
     assert result["two_step_tail"]["alpha"][0] in bench.ALPHAS
     assert set(result["tail_curve"]) == {str(a) for a in bench.ALPHAS}
@@ -50,6 +61,27 @@ def test_a_subset_of_models_reports_only_their_figures(capsys) -> None:
         "hierarchy_nmi_at_least_0.6", "two_step_p@5_minus_nmf", "two_step_p@5_minus_nmf_per_seed"
     }  # fmt: skip
     assert "two_step_tail" not in capsys.readouterr().out
+
+
+def test_paired_seeds_table_compares_two_step_seed_by_seed(capsys) -> None:
+    bench = load_bench_script("xml_quality")
+    argv = ["--preset", "tiny", "--epochs", "1", "--ae-epochs", "3", "--n-val", "10"]
+    result = bench.main([*argv, "--n-test", "20", "--models", "two_step", "random"])
+    assert list(result["paired"]) == []  # nmf and two_step_bce did not run
+    runs = [
+        {"two_step": {"p@5": a, "psp@5": a / 2}, "nmf": {"p@5": b, "psp@5": b / 2}}
+        for a, b in [(0.6, 0.5), (0.5, 0.55), (0.7, 0.6)]
+    ]
+    paired = bench.paired_seeds(runs, "nmf")["p@5"]
+    assert paired["gap"] == [0.1, -0.05, 0.1] and paired["two_step_ahead"] == 2
+    assert paired["gap_mean"] == 0.05 and paired["gap_stderr"] == 0.05
+    assert "paired seeds" not in capsys.readouterr().out
+
+
+def test_random_scores_are_chance() -> None:
+    bench = load_bench_script("xml_quality")
+    scores = bench.RandomScores(5, seed=1).predict_scores(np.zeros((4, 2, 2, 3)))
+    assert scores.shape == (4, 5) and len(np.unique(scores)) == 20
 
 
 def test_quick_flag_only_fills_unset_options() -> None:

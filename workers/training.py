@@ -3,7 +3,8 @@
 Using the same chunk and lease machinery as explanation batches means a training job
 gets progress, cancel, retries after a worker dies and reconciliation for free. The
 images are read once, decoded in parallel threads, and a seeded hold-out split gives
-the P@k / PSP@k figures stored with the model.
+the P@k / PSP@k figures stored with the model (below ten images there is no
+hold-out, and the metrics say so instead of scoring the training images).
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ from xmlx.weights import WeightsError, cached_weights_file, weights_record
 
 TRAIN_ITEM_KEY = "model"
 HOLDOUT_FRACTION = 0.1
+MIN_IMAGES_FOR_HOLDOUT = 10
+NO_HOLDOUT_NOTE = (
+    f"fewer than {MIN_IMAGES_FOR_HOLDOUT} readable images: every image trained the model, "
+    "so there is no held-out set and no P@k figure (one on the training images would "
+    "overstate the model)"
+)
 DECODE_THREADS = 4
 
 
@@ -197,23 +204,25 @@ def _load_images(
 
 
 def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, held-out rows); no held-out rows below MIN_IMAGES_FOR_HOLDOUT."""
     order = np.random.default_rng(seed).permutation(n)
-    n_test = max(1, round(n * HOLDOUT_FRACTION)) if n >= 10 else 0
-    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
-    return train, test if n_test else train
+    n_test = max(1, round(n * HOLDOUT_FRACTION)) if n >= MIN_IMAGES_FOR_HOLDOUT else 0
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
 def _evaluate(
     model: TwoStepModel, test_images: np.ndarray, space: LabelSpace,
     train_rows: np.ndarray, test_rows: np.ndarray,
 ) -> dict[str, Any]:  # fmt: skip
-    Y_test = space.subset(test_rows).matrix
-    scores = model.predict_scores(test_images)
-    prop = propensities(space.subset(train_rows).matrix)
-    metrics: dict[str, Any] = {
-        key: round(float(value), 4)
-        for key, value in evaluate_ranking(Y_test, scores, ks=(1, 3, 5), propensity=prop).items()
-    }
+    metrics: dict[str, Any] = {}
+    if len(test_rows):
+        Y_test = space.subset(test_rows).matrix
+        scores = model.predict_scores(test_images)
+        prop = propensities(space.subset(train_rows).matrix)
+        ranking = evaluate_ranking(Y_test, scores, ks=(1, 3, 5), propensity=prop)
+        metrics = {key: round(float(value), 4) for key, value in ranking.items()}
+    else:
+        metrics["held_out"] = NO_HOLDOUT_NOTE
     metrics["n_train"] = len(train_rows)
     metrics["n_test"] = len(test_rows)
     assignment = model.hierarchy().label_assignment()

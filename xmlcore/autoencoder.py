@@ -31,9 +31,10 @@ Losses:
   H_L``, so the hierarchy reads the same way). With the true labels as input (the
   decoder's ceiling, 60-label ``small`` preset, 3 seeds) it reached P@5 0.846 / PSP@5
   0.808 against 0.837 / 0.782 for ``"mse"`` and 0.838 / 0.783 for NMF at the same k.
-  From images it lost, though: with the small from-scratch CNN the two-step P@5 was
-  0.557 against 0.586 for ``"mse"`` (4 seeds, docs/BENCHMARKS.md) -- the logits are on
-  a larger scale, so the CNN's errors in the code cost more. An option, not the default.
+  From images, with the small from-scratch CNN, it is level with ``"mse"`` within the
+  noise: two-step P@5 0.581 against 0.577 (4 paired seeds, gap +0.0045 with a standard
+  error of 0.0054; ``bench/xml_quality.py``, docs/BENCHMARKS.md). An option, not the
+  default.
 
 Initialisation (``init``): ``"nmf"`` (default) starts ``H_1`` from a short NMF of
 ``V`` (nndsvda, 20 iterations, on at most 4,096 rows) and each deeper ``H_l`` from an NMF

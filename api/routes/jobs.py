@@ -53,7 +53,7 @@ def get_job(job_id: str, caller: Caller, state: State, session: DbSession) -> Jo
     job = repo.get_job(session, caller.tenant_id, job_id)
     if job is None:
         raise _job_not_found(job_id)
-    return render_job(state, job)
+    return render_job(state, job, session)
 
 
 @router.get(
@@ -74,7 +74,7 @@ def list_jobs(
     page = repo.list_jobs(
         session, caller.tenant_id, state=job_state, kind=kind, limit=limit, cursor=cursor
     )
-    data = [render_job(state, job) for job in page.rows]
+    data = [render_job(state, job, session) for job in page.rows]
     return Page[JobOut](items=data, next_cursor=page.next_cursor)
 
 

@@ -17,6 +17,7 @@ from xmlx.repository.accounts import (
 from xmlx.repository.catalog import (
     create_dataset,
     create_model,
+    dataset_ids_with_images_at,
     get_dataset,
     get_model,
     get_model_unscoped,
@@ -58,6 +59,7 @@ __all__ = [
     "create_dataset",
     "create_model",
     "create_tenant",
+    "dataset_ids_with_images_at",
     "error_counts",
     "expired_chunks",
     "get_chunk",

@@ -58,6 +58,20 @@ def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset | 
     return session.scalars(stmt).one_or_none()
 
 
+def dataset_ids_with_images_at(
+    session: Session, tenant_id: str, image_prefix: str, *, limit: int = 4
+) -> list[str]:
+    """The tenant's datasets whose images folder is `image_prefix`, newest first (rows
+    made before migration 0002 have no folder column and are not found here)."""
+    stmt = (
+        select(Dataset.id)
+        .where(Dataset.tenant_id == tenant_id, Dataset.image_prefix == image_prefix)
+        .order_by(Dataset.created_at.desc())
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
 def list_datasets(
     session: Session, tenant_id: str, *, limit: int = 50, cursor: str | None = None
 ) -> Page[Dataset]:
