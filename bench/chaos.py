@@ -480,12 +480,19 @@ def stopped_worker(chaos: Chaos) -> dict[str, Any]:
     log_mark = _log_size(chaos, victim)
     chaos.signal_worker(victim, signal.SIGCONT)
     refused = _wait_for_log(chaos, victim, log_mark, "lease_lost", timeout=120)
-    time.sleep(2.0)  # its clean-up deletes run right after the refused record
+    # Its clean-up deletes run right after the refused record: on a loaded machine
+    # that takes a while, so wait for them (bounded) rather than a fixed pause.
+    prefix = f"tenants/{_tenant(chaos, job_id)}/jobs/{job_id}/items/"
+    deadline = time.monotonic() + 60
+    while True:
+        stored = _list_keys(chaos, prefix)
+        stale_files = [key for key in stored if any(f"-{t}/" in key for t in stale_tokens)]
+        if not stale_files or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     report = audit(chaos, job_id, body)
     after = _recorded_bytes(chaos, job_id)
     stale_names = _items_naming(chaos, job_id, stale_tokens, since=stopped_at)
-    stored = _list_keys(chaos, f"tenants/{_tenant(chaos, job_id)}/jobs/{job_id}/items/")
-    stale_files = [key for key in stored if any(f"-{t}/" in key for t in stale_tokens)]
     unchanged = finished == after and len(after) == n * ARTIFACTS_PER_ITEM
     passed = _exactly_once(report) and unchanged and refused and not stale_names
     passed = passed and not stale_files

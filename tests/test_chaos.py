@@ -10,6 +10,7 @@ job cancelled. Nothing outside the test's own processes is touched.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -173,7 +174,7 @@ def test_scenario_5_reports_a_skip_without_postgres() -> None:
 def _run(chaos: Any, number: int) -> dict[str, Any]:
     bench, harness = chaos
     report: dict[str, Any] = bench.SCENARIOS[number](harness)
-    assert report["passed"], report
+    assert report["passed"], json.dumps(report, default=str)
     return report
 
 
