@@ -425,8 +425,9 @@ def test_keda_scales_the_gpu_queue_from_zero() -> None:
     scaled = find("ScaledObject", "xmlx-worker")["spec"]
     assert scaled["scaleTargetRef"]["name"] == "xmlx-worker"
     assert scaled["minReplicaCount"] == 0 < scaled["maxReplicaCount"]
-    (trigger,) = scaled["triggers"]
+    trigger, train = scaled["triggers"]
     assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == "gpu"
+    assert train["metadata"]["listName"] == "train"
     auth = find("TriggerAuthentication", trigger["authenticationRef"]["name"])
     for ref in auth["spec"]["secretTargetRef"]:
         assert ref["key"] in find("Secret", ref["name"])["stringData"]
@@ -493,7 +494,7 @@ def worker_commands() -> dict[str, list[str]]:
     return {where: c for where, c in commands.items() if c[:1] == ["celery"] and "worker" in c}
 
 
-def test_every_routed_queue_has_a_consumer_and_gpu_workers_take_only_gpu() -> None:
+def test_every_routed_queue_has_a_consumer_and_gpu_workers_take_gpu_and_train() -> None:
     from workers import celery_app
 
     routed = {route["queue"] for route in celery_app.TASK_ROUTES.values()}
@@ -505,10 +506,11 @@ def test_every_routed_queue_has_a_consumer_and_gpu_workers_take_only_gpu() -> No
     assert len(gpu) == 3  # compose, k8s and the image default agree
     for command in gpu:
         assert command == gpu[0]
-        assert queues_of(command) == {celery_app.GPU_QUEUE}, "KEDA counts only this list"
+        assert queues_of(command) == {celery_app.GPU_QUEUE, celery_app.TRAIN_QUEUE}
         assert command[command.index("--concurrency") + 1] == "1"
-    trigger = find("ScaledObject", "xmlx-worker")["spec"]["triggers"][0]
-    assert trigger["metadata"]["listName"] == celery_app.GPU_QUEUE
+    triggers = find("ScaledObject", "xmlx-worker")["spec"]["triggers"]
+    lists = {trigger["metadata"]["listName"] for trigger in triggers}
+    assert lists == {celery_app.GPU_QUEUE, celery_app.TRAIN_QUEUE}, "KEDA counts these lists"
 
 
 def test_the_server_is_the_process_that_gets_sigterm() -> None:

@@ -22,6 +22,8 @@ from workers.celery_app import (
     TASK_PREPARE_BATCH,
     TASK_RECONCILE,
     TASK_RUN_CHUNK,
+    TASK_TRAIN,
+    TRAIN_QUEUE,
     app,
     queue_depth,
     send_chunks,
@@ -85,6 +87,19 @@ def run_chunk(chunk_id: str, kind: str) -> str:
     return ",".join(statuses) or "nothing"
 
 
+@xmlx_task(TASK_TRAIN, TRAIN_QUEUE)
+def train(chunk_id: str, kind: str) -> str:
+    """A training wake-up: one slice of the fairest training chunk (`workers.training`).
+
+    Under the `train_*` time limits (`xmlx.messaging`), not the 10-minute ones; a slice
+    that ends on time checkpoints and sends its own continuation."""
+    from workers.wakeup import run_training_wakeup
+
+    status = run_training_wakeup(worker_context())
+    log.info("training wake-up done", extra={"sent_for": chunk_id, "kind": kind})
+    return status
+
+
 @xmlx_task(TASK_PREPARE_BATCH, DEFAULT_QUEUE)
 def prepare_batch(job_id: str) -> str:
     """List a big batch's source and insert its items; then send its chunks."""
@@ -113,7 +128,9 @@ def reconcile() -> int:
     preparations whose task was lost."""
     ctx = worker_context()
     grace = ctx.settings.reconcile_grace_seconds
-    refs = jobs.reconcile(ctx.sessions, grace_seconds=grace, queued_messages=queue_depth(GPU_QUEUE))
+    depths = [queue_depth(GPU_QUEUE), queue_depth(TRAIN_QUEUE)]
+    queued = None if None in depths else sum(d or 0 for d in depths)
+    refs = jobs.reconcile(ctx.sessions, grace_seconds=grace, queued_messages=queued)
     send_chunks([(ref.chunk_id, ref.kind) for ref in refs])
     stalled = jobs.stalled_preparations(ctx.sessions, grace_seconds=grace)
     send_preparations([job_id for job_id, _kind in stalled])

@@ -4,9 +4,10 @@ The message does not say what to run (`xmlx.messaging`): the worker asks the dat
 for the next chunk chosen fairly (`xmlx.jobs.claim_next`), runs it, and asks again, until
 nothing can run or `wakeup_budget_seconds` have passed. Looping keeps a worker busy even
 when messages were lost, without waiting for the reconciler; the budget keeps one
-message short of the task's time limit. A training chunk (long: up to the whole time
-limit) is taken only as the first chunk of a wake-up. A worker that finds nothing
-returns at once: more messages than chunks is normal (a looping worker took theirs).
+message short of the task's time limit. Training chunks are not taken here: they have
+their own queue and task (`xmlx.train`, `run_training_wakeup`), one slice per message,
+under the `train_*` time limits. A worker that finds nothing returns at once: more
+messages than chunks is normal (a looping worker took theirs).
 """
 
 from __future__ import annotations
@@ -16,23 +17,21 @@ import time
 
 from workers.context import WorkerContext
 from xmlx import jobs
-from xmlx.jobs.dispatch import ALL_KINDS
 from xmlx.models import JobKind
 
 log = logging.getLogger("xmlx.worker")
 ITEM_KINDS = frozenset({JobKind.EXPLAIN.value, JobKind.PREDICT.value})
+TRAIN_KINDS = frozenset({JobKind.TRAIN.value})
 
 
 def run_wakeup(ctx: WorkerContext, *, budget_seconds: float | None = None) -> list[str]:
     """Run chunks until none is left or the budget has passed; their end statuses."""
     from workers.runner import run_claimed
-    from workers.training import run_training_claimed
 
     settings = ctx.settings
     budget = settings.wakeup_budget_seconds if budget_seconds is None else budget_seconds
     deadline = time.monotonic() + budget
     statuses: list[str] = []
-    kinds = ALL_KINDS
     while True:
         claim = jobs.claim_next(
             ctx.sessions,
@@ -40,16 +39,33 @@ def run_wakeup(ctx: WorkerContext, *, budget_seconds: float | None = None) -> li
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts_per_chunk,
             max_retries=settings.max_transient_retries_per_chunk,
-            kinds=kinds,
+            kinds=ITEM_KINDS,
         )
         if not claim.claimed or claim.job is None:
             return statuses
-        if claim.job.kind == JobKind.TRAIN:
-            status = run_training_claimed(ctx, claim)
-        else:
-            status = run_claimed(ctx, claim).status
+        status = run_claimed(ctx, claim).status
         log.info("chunk finished", extra={"chunk_id": claim.chunk_id, "status": status})
         statuses.append(status)
         if time.monotonic() >= deadline:
             return statuses
-        kinds = ITEM_KINDS
+
+
+def run_training_wakeup(ctx: WorkerContext) -> str:
+    """Run one slice of the fairest training chunk (`workers.training`); its status, or
+    "nothing" when no training can run."""
+    from workers.training import run_training_claimed
+
+    settings = ctx.settings
+    claim = jobs.claim_next(
+        ctx.sessions,
+        ctx.owner,
+        lease_seconds=settings.lease_seconds,
+        max_attempts=settings.max_attempts_per_chunk,
+        max_retries=settings.max_transient_retries_per_chunk,
+        kinds=TRAIN_KINDS,
+    )
+    if not claim.claimed or claim.job is None:
+        return "nothing"
+    status = run_training_claimed(ctx, claim)
+    log.info("training slice finished", extra={"chunk_id": claim.chunk_id, "status": status})
+    return status

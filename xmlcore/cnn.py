@@ -25,6 +25,13 @@ from keras import layers
 
 from xmlcore.allocator import MallocGuard
 from xmlcore.backbones import BACKBONES, build_backbone, set_fine_tuning
+from xmlcore.checkpoint import (
+    EpochCheckpointer,
+    ResumableEarlyStopping,
+    SaveCheckpoint,
+    StageCheckpoint,
+    resumable_fit,
+)
 from xmlcore.device import jit_compile
 from xmlcore.errors import ConfigError, ModelError
 from xmlcore.label_loss import (
@@ -133,7 +140,11 @@ class ImageNetwork:
         targets: np.ndarray | None = None,
         *,
         on_epoch: EpochCallback | None = None,
+        checkpoint: SaveCheckpoint | None = None,
+        resume: StageCheckpoint | None = None,
     ) -> ImageNetwork:
+        """``checkpoint(state)`` is called after every epoch; ``resume`` (a state it was
+        given) carries on from there (``xmlcore.checkpoint``)."""
         self._check_params()
         keras.utils.set_random_seed(self.seed)
         data = images if isinstance(images, ImageBatches) else _check_images(images)
@@ -148,19 +159,47 @@ class ImageNetwork:
             loss=self._training_loss(),
             jit_compile=jit_compile(),
         )
-        history = trainer.fit(
-            self._batches(data, train, pre, shuffle=True),
-            validation_data=None if val is None else self._batches(data, val, pre, shuffle=False),
-            epochs=self.epochs,
-            callbacks=self._callbacks(val is not None, on_epoch),
-            verbose=self.verbose,
+        history = self._fit_trainer(
+            trainer, data, (train, val), pre, on_epoch, (checkpoint, resume)
         )
         self.model_ = self._finish(head_in, head_out)
         self.__dict__.pop("_features", None)  # a training-graph tensor
-        self.history_ = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+        self.history_ = {k: [float(v) for v in vs] for k, vs in history.items()}
         self.output_dim_ = int(y.shape[1])
         self.image_size_ = size
         return self
+
+    def _fit_trainer(
+        self,
+        trainer: keras.Model,
+        data: Any,
+        rows: tuple[np.ndarray, np.ndarray | None],
+        pre: np.ndarray,
+        on_epoch: EpochCallback | None,
+        resumable: tuple[SaveCheckpoint | None, StageCheckpoint | None],
+    ) -> dict[str, list[float]]:
+        """Fit (or resume) the compiled trainer; the whole history of the stage."""
+        (train, val), (checkpoint, resume) = rows, resumable
+        batches = self._batches(data, train, pre, shuffle=True)
+        stopper = ResumableEarlyStopping(
+            monitor="val_loss" if val is not None else "loss",
+            patience=self.patience,
+            restore_best_weights=True,
+        )
+        prior = None if resume is None else resume.history
+        saver = EpochCheckpointer(
+            "regressor", checkpoint, stopper, rng_source=batches, history=prior
+        )
+        validation = None if val is None else self._batches(data, val, pre, shuffle=False)
+        callbacks = [stopper, saver, *self._callbacks(on_epoch)]
+
+        def fit(initial_epoch: int) -> None:
+            trainer.fit(
+                batches, validation_data=validation, epochs=self.epochs, callbacks=callbacks,
+                verbose=self.verbose, initial_epoch=initial_epoch,
+            )  # fmt: skip
+
+        return resumable_fit(trainer, fit, saver, resume, self.epochs)
 
     def predict(self, images: np.ndarray | ImageBatches, batch_size: int | None = None) -> Any:
         """``(n, d)`` float32 outputs for uint8/float ``(n, H, W, 3)`` 0..255 images."""
@@ -212,12 +251,8 @@ class ImageNetwork:
         )(x)
         return backbone.input, out
 
-    def _callbacks(self, has_val: bool, on_epoch: EpochCallback | None) -> list[Any]:
-        monitor = "val_loss" if has_val else "loss"
+    def _callbacks(self, on_epoch: EpochCallback | None) -> list[Any]:
         callbacks: list[Any] = [
-            keras.callbacks.EarlyStopping(
-                monitor=monitor, patience=self.patience, restore_best_weights=True
-            ),
             MallocGuard(),  # TensorFlow's malloc patch slows all later numpy work ~2x
         ]
         if on_epoch is not None:
@@ -264,7 +299,9 @@ class ImageNetwork:
 
     def _batches(self, data: Any, rows: np.ndarray, y: np.ndarray, *, shuffle: bool) -> Any:
         if isinstance(data, ImageBatches):
-            return data.with_targets(y).subset(rows, shuffle=shuffle)
+            return data.with_targets(y).subset(
+                rows, shuffle=shuffle, augment=self.augment and shuffle
+            )
         return ArrayBatches(
             data[rows],
             y[rows],
@@ -343,6 +380,8 @@ class LatentLabelRegressor(ImageNetwork):
         labels: Any = None,
         decoder_bias: np.ndarray | None = None,
         aux_targets: np.ndarray | None = None,
+        checkpoint: SaveCheckpoint | None = None,
+        resume: StageCheckpoint | None = None,
     ) -> LatentLabelRegressor:
         """As ``ImageNetwork.fit``; ``decoder``/``labels`` (and ``decoder_bias`` for a
         logistic decoder) feed the label loss (if any), ``aux_targets (n, a)`` the
@@ -350,7 +389,7 @@ class LatentLabelRegressor(ImageNetwork):
         self._decoder_inputs = (decoder, labels, decoder_bias)
         self._aux_inputs = aux_targets
         try:
-            super().fit(images, targets, on_epoch=on_epoch)
+            super().fit(images, targets, on_epoch=on_epoch, checkpoint=checkpoint, resume=resume)
         finally:
             for name in _TRAINING_ONLY:
                 self.__dict__.pop(name, None)

@@ -40,6 +40,7 @@ class ImageBatches(keras.utils.PyDataset):
         seed: int = 0,
         workers: int = 4,
         max_queue_size: int = 8,
+        augment: bool = False,
     ) -> None:
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size)
         if batch_size < 1:
@@ -54,6 +55,7 @@ class ImageBatches(keras.utils.PyDataset):
         self.batch_size = int(batch_size)
         self.loader = loader
         self.shuffle = shuffle
+        self.augment = augment
         self._rng = np.random.default_rng(seed)
         self._order = np.arange(len(self.items))
         if shuffle:
@@ -66,7 +68,10 @@ class ImageBatches(keras.utils.PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(index)
         rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
-        pixels = np.stack([self._decode(self.items[i]) for i in rows]).astype("float32")
+        pixels = np.stack([self._decode(self.items[i]) for i in rows])
+        if self.augment:
+            pixels = augment_batch(pixels, self._rng)
+        pixels = pixels.astype("float32")
         if self.targets is None:
             return (pixels,)
         return pixels, self.targets[rows]
@@ -83,33 +88,41 @@ class ImageBatches(keras.utils.PyDataset):
     def output_dim(self) -> int | None:
         return None if self.targets is None else int(self.targets.shape[1])
 
-    def subset(self, rows: np.ndarray, *, shuffle: bool | None = None) -> ImageBatches:
+    def subset(
+        self, rows: np.ndarray, *, shuffle: bool | None = None, augment: bool | None = None
+    ) -> ImageBatches:
         """The same source restricted to ``rows`` (used for the validation split)."""
-        return ImageBatches(
-            [self.items[i] for i in rows],
-            None if self.targets is None else self.targets[rows],
-            image_size=self.image_size,
-            batch_size=self.batch_size,
-            loader=self.loader,
-            shuffle=self.shuffle if shuffle is None else shuffle,
-            seed=int(self._rng.integers(2**31)),
-            workers=self.workers,
-            max_queue_size=self.max_queue_size,
+        targets = None if self.targets is None else self.targets[rows]
+        items = (
+            self.items[rows]
+            if isinstance(self.items, np.ndarray)
+            else [self.items[i] for i in rows]
         )
+        overrides = {"shuffle": shuffle, "augment": augment}
+        return self._like(items, targets, **{k: v for k, v in overrides.items() if v is not None})
 
     def with_targets(self, targets: np.ndarray | None) -> ImageBatches:
         """The same images with other targets (e.g. scaled latent codes)."""
-        return ImageBatches(
-            self.items,
-            targets,
-            image_size=self.image_size,
-            batch_size=self.batch_size,
-            loader=self.loader,
-            shuffle=self.shuffle,
-            seed=int(self._rng.integers(2**31)),
-            workers=self.workers,
-            max_queue_size=self.max_queue_size,
-        )
+        return self._like(self.items, targets)
+
+    def get_rng_state(self) -> dict[str, Any]:
+        """The data order and its generator (for a training checkpoint)."""
+        return {"bit_generator": self._rng.bit_generator.state, "order": self._order.tolist()}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        self._rng.bit_generator.state = state["bit_generator"]
+        self._order = np.asarray(state["order"], dtype=np.int64)
+
+    def _options(self, **overrides: Any) -> dict[str, Any]:
+        options = {
+            "image_size": self.image_size, "batch_size": self.batch_size, "shuffle": self.shuffle,
+            "seed": int(self._rng.integers(2**31)), "workers": self.workers,
+            "max_queue_size": self.max_queue_size, "augment": self.augment,
+        }  # fmt: skip
+        return {**options, **overrides}
+
+    def _like(self, items: Any, targets: np.ndarray | None, **overrides: Any) -> ImageBatches:
+        return ImageBatches(items, targets, loader=self.loader, **self._options(**overrides))
 
     def _decode(self, item: Any) -> np.ndarray:
         data = self.loader(item) if self.loader is not None else item
@@ -163,6 +176,13 @@ class ArrayBatches(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         if self.shuffle:
             self._rng.shuffle(self._order)
+
+    def get_rng_state(self) -> dict[str, Any]:
+        return {"bit_generator": self._rng.bit_generator.state, "order": self._order.tolist()}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        self._rng.bit_generator.state = state["bit_generator"]
+        self._order = np.asarray(state["order"], dtype=np.int64)
 
 
 def augment_batch(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -116,7 +116,7 @@ def api(
 
 @app.command()
 def worker(
-    queues: Annotated[str, typer.Option(help="comma-separated queues")] = "gpu,default",
+    queues: Annotated[str, typer.Option(help="comma-separated queues")] = "gpu,train,default",
     concurrency: Annotated[int, typer.Option(help="pool processes (CPU worker only)")] = 1,
     name: Annotated[str, typer.Option(help="node name")] = "",
     gpus: Annotated[

@@ -25,16 +25,20 @@ from kombu import Queue
 from xmlx.settings import Settings
 
 GPU_QUEUE = "gpu"
+# Training: hours long, so under its own time limits (`train_*` settings), never
+# behind or in front of explanation chunks; a GPU worker usually serves both queues.
+TRAIN_QUEUE = "train"
 DEFAULT_QUEUE = "default"
-QUEUES = (GPU_QUEUE, DEFAULT_QUEUE)
+QUEUES = (GPU_QUEUE, TRAIN_QUEUE, DEFAULT_QUEUE)
 
 TASK_TRAIN = "xmlx.train"
+TRAIN_KIND = "train"  # `xmlx.models.JobKind.TRAIN`
 TASK_RUN_CHUNK = "xmlx.run_chunk"
 TASK_RECONCILE = "xmlx.reconcile"
 TASK_PREPARE_BATCH = "xmlx.prepare_batch"
 
 TASK_ROUTES = {
-    TASK_TRAIN: {"queue": GPU_QUEUE},
+    TASK_TRAIN: {"queue": TRAIN_QUEUE},
     TASK_RUN_CHUNK: {"queue": GPU_QUEUE},
     TASK_RECONCILE: {"queue": DEFAULT_QUEUE},
     # Listing and inserting is database and S3 work: never behind GPU chunks.
@@ -61,8 +65,18 @@ def configure(app: Celery, settings: Settings) -> None:
         task_soft_time_limit=settings.task_soft_time_limit_seconds,
         task_time_limit=settings.task_hard_time_limit_seconds,
         task_default_queue=DEFAULT_QUEUE,
-        task_queues=(Queue(GPU_QUEUE), Queue(DEFAULT_QUEUE)),
+        task_queues=tuple(Queue(name) for name in QUEUES),
         task_routes=TASK_ROUTES,
+        # A training task runs one slice (`train_slice_seconds` of epochs, then it
+        # checkpoints and a fresh task continues); the limits bound one slice plus its
+        # last epoch. A copy of a train wake-up delivered again past the visibility
+        # timeout finds the chunk leased and returns: the database decides, not Redis.
+        task_annotations={
+            TASK_TRAIN: {
+                "soft_time_limit": settings.train_soft_time_limit_seconds,
+                "time_limit": settings.train_hard_time_limit_seconds,
+            }
+        },
         task_serializer="json",
         accept_content=["json"],
         timezone="UTC",
@@ -95,17 +109,19 @@ def send_wakeups(
     *,
     retry_policy: dict[str, Any] | None = None,
 ) -> None:
-    """One `run_chunk` wake-up per ``(chunk_id, job kind)``, by task name, in one batch.
+    """One wake-up per ``(chunk_id, job kind)``, by task name, in one batch:
+    `xmlx.train` on the `train` queue for training chunks, `run_chunk` on `gpu` else.
 
     Call only after the transaction that created the chunks has committed, or a fast
     worker could look for rows that are not there yet. Raises what the broker raised.
     """
     with app.producer_or_acquire() as producer, _batched(producer):
         for chunk_id, kind in chunks:
+            training = kind == TRAIN_KIND
             app.send_task(
-                TASK_RUN_CHUNK,
+                TASK_TRAIN if training else TASK_RUN_CHUNK,
                 args=[chunk_id, kind],
-                queue=GPU_QUEUE,
+                queue=TRAIN_QUEUE if training else GPU_QUEUE,
                 producer=producer,
                 retry_policy=retry_policy,
             )

@@ -34,6 +34,10 @@ def _default_storage_root(data: dict[str, Any]) -> Path:
     return Path(data.get("data_dir") or ".xmlx") / "storage"
 
 
+def _default_train_cache(data: dict[str, Any]) -> Path:
+    return Path(data.get("data_dir") or ".xmlx") / "train-cache"
+
+
 def _default_weights_cache(data: dict[str, Any]) -> Path:
     return Path(data.get("data_dir") or ".xmlx") / "weights-cache"
 
@@ -96,6 +100,16 @@ class Settings(BaseSettings):
     task_soft_time_limit_seconds: int = Field(default=540, ge=1)
     task_hard_time_limit_seconds: int = Field(default=600, ge=1)
     visibility_timeout_seconds: int = Field(default=3600, ge=1)
+    # Training runs in slices on the `train` queue: a task starts no new epoch after
+    # `train_slice_seconds`, checkpoints, and hands over to a fresh task (so a
+    # redeploy or a preempted GPU loses at most an epoch). The time limits bound one
+    # slice plus its last epoch: set them above the longest epoch of your data.
+    train_slice_seconds: int = Field(default=1800, ge=1)
+    train_soft_time_limit_seconds: int = Field(default=6 * 3600, ge=1)
+    train_hard_time_limit_seconds: int = Field(default=6 * 3600 + 600, ge=1)
+    # Decoded uint8 training images (one record file per training) on the worker's
+    # disk: later epochs and later slices read them instead of the object store.
+    train_cache_dir: Path = Field(default_factory=_default_train_cache)
 
     # Workers.
     images_per_batch: int = Field(default=16, ge=1)  # images per heartbeat / forward batch
@@ -135,6 +149,20 @@ class Settings(BaseSettings):
             raise ValueError(
                 "XMLX_VISIBILITY_TIMEOUT_SECONDS must exceed XMLX_TASK_HARD_TIME_LIMIT_SECONDS, "
                 "otherwise Redis delivers running tasks a second time"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_train_limits(self) -> Settings:
+        if not (
+            self.train_slice_seconds
+            < self.train_soft_time_limit_seconds
+            < self.train_hard_time_limit_seconds
+        ):
+            raise ValueError(
+                "XMLX_TRAIN_SLICE_SECONDS < XMLX_TRAIN_SOFT_TIME_LIMIT_SECONDS < "
+                "XMLX_TRAIN_HARD_TIME_LIMIT_SECONDS must hold: a slice ends (and checkpoints) "
+                "at an epoch's end, inside the task's limits"
             )
         return self
 

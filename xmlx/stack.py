@@ -37,7 +37,7 @@ class Stack:
     redis: EmbeddedRedis | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start_worker(self, name: str, queues: str = "gpu,default") -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str, queues: str = "gpu,train,default") -> subprocess.Popen[bytes]:
         """Start (or restart) a Celery worker process named ``name``."""
         args = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
                 "-Q", queues, "--concurrency", "1", "--loglevel", "INFO",

@@ -24,6 +24,7 @@ from xmlx import repository as repo
 from xmlx.dataset_images import images_storage_prefix
 from xmlx.db import session_scope
 from xmlx.models import Job, JobKind, Model, ModelState
+from xmlx.security import request_hash
 from xmlx.weights import PRETRAINED_BASES, weights_record
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -57,25 +58,89 @@ def create_model(
         _check_layer_sizes(training.get("layer_sizes"), dataset.n_labels)
         image_prefix = images_storage_prefix(state.store, dataset)
         model = repo.create_model(session, tenant_id, dataset.id, name=body.name, params=training)
+    return _submit_training(
+        state, tenant_id, model.id, (dataset.manifest_key, image_prefix), training,
+        (idempotency_key, fp), response,
+    )  # fmt: skip
+
+
+@router.post(
+    "/{model_id}/retrain",
+    status_code=202,
+    response_model=ModelCreated,
+    summary="Train a failed model again: a new job for the same model id",
+    responses=problem_responses(401, 404, 409, 422, 429),
+)
+def retrain_model(
+    model_id: str, caller: Caller, state: State, idempotency_key: IdempotencyKey, response: Response
+) -> ModelCreated:
+    """Same model id, same parameters: links and names keep working, the model's jobs
+    list shows every attempt, and the new job resumes from the checkpoints the failed
+    one left (they are kept until the model is ready)."""
+    tenant_id = caller.tenant_id
+    fp = request_hash(f"POST /v1/models/{model_id}/retrain".encode())
+    replay = replayed_job(state, tenant_id, idempotency_key, fp)
+    if replay is not None:
+        mark_replayed(response)
+        return _created(state, tenant_id, replay)
+    model = find_model(state, tenant_id, model_id, ready=False)
+    if model.state != ModelState.FAILED:
+        raise ProblemError(
+            409,
+            "model.not_failed",
+            f"model {model_id} is {model.state}; only a failed one retrains",
+        )
+    training = dict(model.params)
+    _check_weights(state, str(training.get("base", "small")), str(training.get("weights", "none")))
+    with session_scope(state.sessions) as session:
+        dataset = find_dataset(session, tenant_id, model.dataset_id)
+        image_prefix = images_storage_prefix(state.store, dataset)
+    return _submit_training(
+        state, tenant_id, model_id, (dataset.manifest_key, image_prefix), training,
+        (idempotency_key, fp), response, new_model=False,
+    )  # fmt: skip
+
+
+def _submit_training(
+    state: ApiState,
+    tenant_id: str,
+    model_id: str,
+    source: tuple[str, str],
+    training: dict[str, Any],
+    idempotency: tuple[str | None, str],
+    response: Response,
+    *,
+    new_model: bool = True,
+) -> ModelCreated:
+    """Create the training job (its commit moves the model, `xmlx.jobs.model_state`) and
+    enqueue it. A model whose job could not be created is failed with a code, never
+    left pending without a job."""
     params: dict[str, Any] = {
-        "dataset": {"manifest_key": dataset.manifest_key, "image_prefix": image_prefix},
+        "dataset": {"manifest_key": source[0], "image_prefix": source[1]},
         "training": training,
     }
-    created = create_and_enqueue(
-        state,
-        tenant_id,
-        kind=JobKind.TRAIN,
-        item_keys=[TRAIN_ITEM_KEY],
-        params=params,
-        model_id=model.id,
-        idempotency_key=idempotency_key,
-        fp=fp,
-        chunk_size=1,
-    )
-    if not created.created:  # a racing twin won: drop the model row made for this one
-        _delete_model(state, model.id)
+    try:
+        created = create_and_enqueue(
+            state, tenant_id, kind=JobKind.TRAIN, item_keys=[TRAIN_ITEM_KEY], params=params,
+            model_id=model_id, idempotency_key=idempotency[0], fp=idempotency[1], chunk_size=1,
+        )  # fmt: skip
+    except Exception as exc:
+        _fail_unqueued_model(state, model_id, exc)
+        raise
+    if not created.created and new_model:  # a racing twin won: drop this model row
+        _delete_model(state, model_id)
+    if not created.created:
         mark_replayed(response)
     return _created(state, tenant_id, created.job)
+
+
+def _fail_unqueued_model(state: ApiState, model_id: str, exc: Exception) -> None:
+    code = str(getattr(exc, "code", "") or "job.not_created")
+    with session_scope(state.sessions) as session:
+        repo.transition_model(
+            session, model_id, [ModelState.PENDING], ModelState.FAILED,
+            error_code=code, error_message=f"the training job could not be created: {exc}"[:500],
+        )  # fmt: skip
 
 
 def _check_layer_sizes(sizes: list[int] | None, n_labels: int) -> None:

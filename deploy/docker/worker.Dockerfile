@@ -44,7 +44,7 @@ FROM python:${PYTHON_VERSION}-slim-bookworm
 # taking messages, finish the running chunk, exit. That is what makes scale-in lossless,
 # and why the command below starts Celery itself rather than through `xmlx worker`: a
 # wrapper that waits on Celery as a child dies on SIGTERM, and the container goes down
-# with the chunk. Same arguments as `xmlx worker --queues gpu`.
+# with the chunk. Same arguments as `xmlx worker --queues gpu,train`.
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends tini \
     && rm -rf /var/lib/apt/lists/* \
@@ -70,5 +70,5 @@ USER 10001:10001
 HEALTHCHECK --interval=60s --timeout=30s --start-period=120s --retries=3 \
     CMD ["sh", "-c", "celery -A workers.celery_app inspect ping --timeout 20 -d \"celery@$(hostname)\""]
 ENTRYPOINT ["tini", "--"]
-CMD ["celery", "-A", "workers.celery_app", "worker", "-Q", "gpu", "--concurrency", "1", \
+CMD ["celery", "-A", "workers.celery_app", "worker", "-Q", "gpu,train", "--concurrency", "1", \
      "--loglevel", "INFO", "--without-gossip", "--without-mingle"]

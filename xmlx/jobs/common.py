@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from xmlx import repository as repo
+from xmlx.jobs.model_state import follow_job
 from xmlx.models import Job, JobState
 from xmlx.repository import work
 
@@ -22,7 +23,15 @@ def count_and_finalise(
 ) -> bool:
     if done or failed:
         work.add_progress(session, job_id, done=done, failed=failed)
-    return work.finalise_if_complete(session, job_id, now) == 1
+    finalised = work.finalise_if_complete(session, job_id, now) == 1
+    if finalised:
+        settle_model(session, job_id)
+    return finalised
+
+
+def settle_model(session: Session, job_id: str) -> None:
+    """A training job's model follows the job's (new) state (`xmlx.jobs.model_state`)."""
+    follow_job(session, fresh_job(session, job_id))
 
 
 def try_finish_cancel(session: Session, job_id: str, now: datetime) -> None:
@@ -33,3 +42,4 @@ def try_finish_cancel(session: Session, job_id: str, now: datetime) -> None:
     work.finish_cancel(session, job_id, now)
     if fresh_job(session, job_id).state == JobState.CANCELLED:
         work.cancel_pending_items(session, job_id, now)
+    settle_model(session, job_id)

@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, new_id, session_scope, utcnow
+from xmlx.jobs.common import settle_model
 from xmlx.jobs.types import CreatedJob, JobError
 from xmlx.models import MAX_KEY_LENGTH, Job, JobKind, JobState, Priority
 from xmlx.repository import work
@@ -64,6 +65,7 @@ def create_job(
             session.add(job)
             session.flush()
             chunk_ids = work.insert_work(session, job.id, item_keys, chunk_size)
+            settle_model(session, job.id)  # a retrained model: failed -> pending
     except IntegrityError:
         # Two requests raced with the same idempotency key: the loser replays the winner.
         replay = (

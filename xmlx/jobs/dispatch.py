@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, session_scope, utcnow
-from xmlx.jobs.common import count_and_finalise, fresh_job, try_finish_cancel
+from xmlx.jobs.common import count_and_finalise, fresh_job, settle_model, try_finish_cancel
 from xmlx.jobs.types import Claim, ClaimStatus, PendingItem
 from xmlx.models import PRIORITY_RANK, Chunk, ChunkState, JobKind, JobState, Priority
 from xmlx.repository import dispatch, work
@@ -96,7 +96,8 @@ def _lease_in_job(
         lease_until = now + timedelta(seconds=lease_seconds)
         if work.lease_chunk(session, chunk.id, owner, now, lease_until, limits[0]) == 0:
             return None
-        work.start_job(session, job_id, now)
+        if work.start_job(session, job_id, now):
+            settle_model(session, job_id)
         dispatch.mark_served(session, job_id, now)
         session.refresh(chunk)
         items = [
@@ -131,16 +132,22 @@ def exhaust_if_spent(
 
 
 def hand_back_chunk(
-    sessions: SessionFactory, chunk_id: str, owner: str, *, now: datetime | None = None
+    sessions: SessionFactory,
+    chunk_id: str,
+    owner: str,
+    *,
+    count_retry: bool = True,
+    now: datetime | None = None,
 ) -> bool:
     """`owner` hit a transient failure: the chunk is queued again without spending an
-    attempt (those protect against crashes and poison work), and its retries go up.
+    attempt (those protect against crashes and poison work), and its retries go up
+    (not with `count_retry=False`: a training slice handing over to its continuation).
     False when `owner` no longer held it."""
     now = now or utcnow()
     with session_scope(sessions) as session:
         chunk = repo.get_chunk(session, chunk_id)
         if chunk is None or work.lock_job(session, chunk.job_id, now) is None:
             return False
-        handed = dispatch.hand_back(session, chunk_id, owner) == 1
+        handed = dispatch.hand_back(session, chunk_id, owner, count_retry=count_retry) == 1
         try_finish_cancel(session, chunk.job_id, now)
         return handed

@@ -93,9 +93,10 @@ def holds_lease(session: Session, chunk_id: str, owner: str) -> bool:
     return session.scalar(stmt) is not None
 
 
-def hand_back(session: Session, chunk_id: str, owner: str) -> int:
+def hand_back(session: Session, chunk_id: str, owner: str, *, count_retry: bool = True) -> int:
     """The holder gives the chunk back after a transient failure: queued again, the
-    attempt it spent refunded, one retry counted instead."""
+    attempt it spent refunded, one retry counted instead (`count_retry=False`: a
+    training slice that ended on time and checkpointed, which is no failure at all)."""
     return execute_count(
         session,
         update(Chunk)
@@ -103,7 +104,7 @@ def hand_back(session: Session, chunk_id: str, owner: str) -> int:
         .values(
             state=ChunkState.QUEUED,
             attempts=Chunk.attempts - 1,
-            retries=Chunk.retries + 1,
+            retries=Chunk.retries + int(count_retry),
             lease_owner=None,
             lease_expires_at=None,
         ),
