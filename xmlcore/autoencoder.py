@@ -66,6 +66,13 @@ from xmlcore.autoencoder_training import (
     weighted_bce,
     weighted_mse,
 )
+from xmlcore.checkpoint import (
+    EpochCheckpointer,
+    ResumableEarlyStopping,
+    SaveCheckpoint,
+    StageCheckpoint,
+    resumable_fit,
+)
 from xmlcore.errors import ConfigError, ModelError
 from xmlcore.metrics import propensities
 
@@ -220,11 +227,18 @@ class DeepNonNegativeAutoencoder:
     # -- training ------------------------------------------------------------------
 
     def fit(
-        self, V: Any, *, callbacks: Sequence[keras.callbacks.Callback] = ()
+        self,
+        V: Any,
+        *,
+        callbacks: Sequence[keras.callbacks.Callback] = (),
+        checkpoint: SaveCheckpoint | None = None,
+        resume: StageCheckpoint | None = None,
     ) -> DeepNonNegativeAutoencoder:
         """Learn ``H_`` from a label matrix ``V`` (n >= 2, p) of non-negative entries.
 
-        ``callbacks`` are extra Keras callbacks (progress reporting, per-step checks).
+        ``callbacks`` are extra Keras callbacks (progress reporting, per-step checks);
+        ``checkpoint(state)`` is called after every epoch and ``resume`` carries on from
+        such a state (``xmlcore.checkpoint``).
         """
         X = check_label_matrix(V, min_rows=2)
         self._check_params(X.shape[1])
@@ -232,6 +246,7 @@ class DeepNonNegativeAutoencoder:
         rng = np.random.default_rng(self.seed)
         weights = self._label_weights(X)
         bias = prior_logits(X) if self.loss == "bce" else None
+        # Computed on a resume too: the split below draws from the same generator.
         model = self._build(
             X.shape[1], initial_weights(X, self.layer_sizes, self.init, weights, rng), bias
         )
@@ -241,28 +256,29 @@ class DeepNonNegativeAutoencoder:
         )
         train, valid = self._split(X, rng)
         monitor = EpochMonitor(valid, weights, self.loss, bias)
-        stopper = keras.callbacks.EarlyStopping(
+        stopper = ResumableEarlyStopping(
             monitor="loss" if valid is None else "val_loss",
             patience=self.patience,
             min_delta=self.tol * monitor.baseline(train),
             restore_best_weights=True,
         )
-        fitted = model.fit(
-            train,
-            train,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            shuffle=True,
-            callbacks=[monitor, stopper, *callbacks],
-            verbose=self.verbose,
-        )
+        prior = None if resume is None else resume.history
+        saver = EpochCheckpointer("autoencoder", checkpoint, stopper, history=prior)
+
+        def fit(initial_epoch: int) -> None:
+            model.fit(
+                train, train, epochs=self.epochs, batch_size=self.batch_size, shuffle=True,
+                callbacks=[monitor, stopper, saver, *callbacks], verbose=self.verbose,
+                initial_epoch=initial_epoch,
+            )  # fmt: skip
+
+        history = resumable_fit(model, fit, saver, resume, self.epochs)
         layer = model.get_layer("tied_nonneg")
         self.H_ = [np.asarray(ops.convert_to_numpy(h), dtype=np.float32) for h in layer.H]
         self.label_bias_ = (
             None if layer.bias is None else np.asarray(ops.convert_to_numpy(layer.bias), np.float32)
         )
-        self.history_ = {k: [float(v) for v in vals] for k, vals in fitted.history.items()}
-        self.history_["min_h"] = monitor.mins
+        self.history_ = {k: [float(v) for v in vals] for k, vals in history.items()}
         return self
 
     def _label_weights(self, X: np.ndarray) -> np.ndarray:

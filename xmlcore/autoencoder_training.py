@@ -195,6 +195,8 @@ class EpochMonitor(keras.callbacks.Callback):
         layer = self.model.get_layer("tied_nonneg")
         H = [np.asarray(ops.convert_to_numpy(w), dtype=np.float64) for w in layer.H]
         self.mins.append(min(float(h.min()) for h in H))
+        if logs is not None:  # in the logs, so the history (and a checkpoint's) has it
+            logs["min_h"] = self.mins[-1]
         if self.valid is not None and logs is not None:
             bias = None if layer.bias is None else ops.convert_to_numpy(layer.bias)
             logs["val_loss"] = _numpy_loss(

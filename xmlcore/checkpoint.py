@@ -165,7 +165,7 @@ class EpochCheckpointer(keras.callbacks.Callback):
                 optimizer=[np.array(v) for v in model.optimizer.variables],
                 best_weights=None if best is None else [np.array(w) for w in best],
                 early_stopping=self.stopper.state(),
-                history=self.history,
+                history={k: list(v) for k, v in self.history.items()},
                 rng=self.rng_source.get_rng_state() if self.rng_source is not None else {},
             )
         )

@@ -14,6 +14,7 @@ differentiable ``keras_model`` applies the same clip with a ReLU.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,7 @@ from xmlcore.artifacts import (
 )
 from xmlcore.autoencoder import DeepNonNegativeAutoencoder, default_layer_sizes
 from xmlcore.backbones import BACKBONES
+from xmlcore.checkpoint import SaveCheckpoint, StageCheckpoint
 from xmlcore.cnn import LatentLabelRegressor
 from xmlcore.errors import ConfigError, ModelError, XmlcoreError
 from xmlcore.explain.device_sampling import PerturbingPredictor
@@ -225,6 +227,8 @@ def train_two_step(
     regressor_params: dict[str, Any] | None = None,
     model_id: str | None = None,
     on_epoch: EpochCallback | None = None,
+    checkpoint: SaveCheckpoint | None = None,
+    resume: StageCheckpoint | None = None,
 ) -> TwoStepModel:
     """Fit the autoencoder on ``label_space.matrix`` then the CNN on (images, W_L).
 
@@ -235,13 +239,16 @@ def train_two_step(
     ``regressor_params`` to ``LatentLabelRegressor`` (head_units, patience, augment, ...).
     ``on_epoch(stage, epoch, logs)`` reports progress, stage ``"autoencoder"`` or
     ``"regressor"``. Both stages' per-epoch history lands in ``metadata.history``.
+    ``checkpoint(state)`` gets each stage's state after every epoch; ``resume`` (the
+    last state it got) carries on from there (``xmlcore.checkpoint``).
     """
     if layer_sizes is None:
         layer_sizes = default_layer_sizes(int(label_space.matrix.shape[1]))
-    autoencoder = DeepNonNegativeAutoencoder(
-        layer_sizes=layer_sizes, loss=ae_loss, seed=seed, **(ae_params or {})
-    )
-    autoencoder.fit(label_space.matrix, callbacks=_stage_callbacks("autoencoder", on_epoch))
+    autoencoder = _fit_autoencoder(
+        label_space.matrix, DeepNonNegativeAutoencoder(
+            layer_sizes=layer_sizes, loss=ae_loss, seed=seed, **(ae_params or {})
+        ), on_epoch, checkpoint, resume,
+    )  # fmt: skip
     codes = autoencoder.codes(label_space.matrix)
     latent = codes[-1]
     regressor = LatentLabelRegressor(
@@ -263,12 +270,41 @@ def train_two_step(
         # the lower layers' codes: an auxiliary target when regressor aux_weight > 0
         "aux_targets": np.concatenate(codes[:-1], axis=1) if len(codes) > 1 else None,
     }
+    resumable: dict[str, Any] = {
+        "resume": resume if resume is not None and resume.stage == "regressor" else None,
+        "checkpoint": None if checkpoint is None else _with_autoencoder(checkpoint, autoencoder),
+    }
     if hasattr(images, "with_targets"):
-        regressor.fit(images.with_targets(latent), on_epoch=stage_cb, **decoder)
+        regressor.fit(images.with_targets(latent), on_epoch=stage_cb, **decoder, **resumable)
     else:
-        regressor.fit(images, latent, on_epoch=stage_cb, **decoder)
+        regressor.fit(images, latent, on_epoch=stage_cb, **decoder, **resumable)
     metadata = _training_metadata(regressor, autoencoder, label_space, model_id)
     return TwoStepModel(regressor, autoencoder, label_space.vocabulary, metadata)
+
+
+def _fit_autoencoder(
+    V: Any,
+    autoencoder: DeepNonNegativeAutoencoder,
+    on_epoch: EpochCallback | None,
+    checkpoint: SaveCheckpoint | None,
+    resume: StageCheckpoint | None,
+) -> DeepNonNegativeAutoencoder:
+    """Fit (or resume) the first stage; a regressor checkpoint carries it fitted."""
+    if resume is not None and resume.stage == "regressor" and resume.autoencoder is not None:
+        return DeepNonNegativeAutoencoder.from_state(resume.autoencoder)
+    return autoencoder.fit(
+        V,
+        callbacks=_stage_callbacks("autoencoder", on_epoch),
+        checkpoint=checkpoint,
+        resume=resume if resume is not None and resume.stage == "autoencoder" else None,
+    )
+
+
+def _with_autoencoder(
+    save: SaveCheckpoint, autoencoder: DeepNonNegativeAutoencoder
+) -> SaveCheckpoint:
+    state = autoencoder.get_state()
+    return lambda checkpoint: save(dataclasses.replace(checkpoint, autoencoder=state))
 
 
 def _stage_callbacks(stage: str, on_epoch: EpochCallback | None) -> list[Any]:
