@@ -52,13 +52,11 @@ def test_a_resumed_training_trains_only_the_epochs_left(data) -> None:
     epochs_run: list[int] = []
     resumed = _train(
         data, resume=StageCheckpoint.from_bytes(mid.to_bytes()),
-        on_epoch=lambda stage, epoch, logs: epochs_run.append(epoch) if stage == "regressor" else None,
+        on_epoch=lambda stage, epoch, _: epochs_run.append(epoch) if stage == "regressor" else None,
     )  # fmt: skip
     assert epochs_run == [2, 3]  # epochs 3 and 4 (0-based), nothing of the autoencoder
     assert len(resumed.metadata.history["regressor"]["loss"]) == EPOCHS
-    np.testing.assert_allclose(
-        resumed.autoencoder.H_[0], full.autoencoder.H_[0], rtol=0, atol=0
-    )
+    np.testing.assert_allclose(resumed.autoencoder.H_[0], full.autoencoder.H_[0], rtol=0, atol=0)
     images, _ = data
     diff = np.abs(resumed.predict_latent(images) - full.predict_latent(images)).mean()
     assert diff < 0.5 * np.abs(full.predict_latent(images)).mean()

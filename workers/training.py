@@ -1,15 +1,29 @@
 """Training a two-step model: a job with one item (the model) and one chunk.
 
 Using the same chunk and lease machinery as explanation batches means a training job
-gets progress, cancel, retries after a worker dies and reconciliation for free. The
-images are read once, decoded in parallel threads, and a seeded hold-out split gives
-the P@k / PSP@k figures stored with the model (below ten images there is no
-hold-out, and the metrics say so instead of scoring the training images).
+gets progress, cancel, retries after a worker dies and reconciliation for free. What
+makes it survive hours on workers that die (docs/DESIGN.md, "Long training"):
+
+- slices: a task trains until `train_slice_seconds` have passed, then (at an epoch's
+  end, after its checkpoint) hands the chunk back without spending an attempt and sends
+  its continuation; the `train` queue's own time limits bound one slice;
+- checkpoints after every epoch of both stages (`workers.train_state`), so a
+  redelivered, reclaimed or continued training resumes where the last one stopped;
+- streamed input: images decoded once into a record file on the worker's disk by a
+  bounded loading pass, then read a batch at a time (`xmlcore.records`), so memory
+  does not grow with the dataset;
+- the model's state is never set here: the kernel moves it with its job
+  (`xmlx.jobs.model_state`) on every end: success, failure, cancel, exhaustion.
+
+A seeded hold-out split gives the P@k / PSP@k figures stored with the model (below ten
+images there is no hold-out, and the metrics say so instead of scoring the training
+images).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -17,20 +31,20 @@ from sqlalchemy.exc import OperationalError
 
 from workers.context import WorkerContext, configure_accelerator
 from workers.lease import ChunkStoppedError, LeaseKeeper, hand_back, is_transient
+from workers.train_state import CheckpointStore, cached_images, drop_cached_images
 from xmlcore.autoencoder import default_layer_sizes
 from xmlcore.errors import XmlcoreError
-from xmlcore.images import decode_image
 from xmlcore.labels import LabelSpace, read_manifest
 from xmlcore.metrics import evaluate_ranking, propensities
 from xmlcore.model import TwoStepModel, train_two_step
+from xmlcore.records import RecordBatches
 from xmlx import jobs
-from xmlx import repository as repo
-from xmlx.db import session_scope
 from xmlx.keys import attempt_token, model_artifact_key
-from xmlx.models import Job, ModelState
+from xmlx.models import Job, JobKind
 from xmlx.storage import StorageError
 from xmlx.weights import WeightsError, cached_weights_file, weights_record
 
+log = logging.getLogger("xmlx.worker")
 TRAIN_ITEM_KEY = "model"
 HOLDOUT_FRACTION = 0.1
 MIN_IMAGES_FOR_HOLDOUT = 10
@@ -46,6 +60,10 @@ DECODE_THREADS = 4
 TrainingCancelledError = ChunkStoppedError
 
 
+class SliceEndedError(Exception):
+    """This task's slice of training time is spent; the last epoch is checkpointed."""
+
+
 def run_training(ctx: WorkerContext, chunk_id: str) -> str:
     """Train the model of the training job whose chunk is `chunk_id`."""
     settings = ctx.settings
@@ -57,41 +75,60 @@ def run_training(ctx: WorkerContext, chunk_id: str) -> str:
 
 
 def run_training_claimed(ctx: WorkerContext, claim: jobs.Claim) -> str:
-    """Train for a chunk `ctx.owner` has leased. The `model.zip` goes to a key unique to
-    this attempt; the model row points at it only if this worker still holds the lease
-    when it records (`jobs.record_model_trained`), so a trainer that lost its lease can
-    neither overwrite nor replace the current model."""
+    """Train (one slice) for a chunk `ctx.owner` has leased. The `model.zip` goes to a
+    key unique to this attempt; the model row points at it only if this worker still
+    holds the lease when it records (`jobs.record_model_trained`)."""
     if not claim.claimed or claim.job is None:
         return claim.status.value
     job, chunk_id = claim.job, claim.chunk_id
-    model_id = str(job.model_id)
-    _set_model_state(ctx, model_id, ModelState.TRAINING)
+    checkpoints = CheckpointStore(
+        ctx, job.tenant_id, str(job.model_id), attempt_token(claim.attempt, ctx.owner)
+    )
     try:
         with LeaseKeeper(ctx, chunk_id) as keeper:
-            model, metrics = _train(ctx, job, keeper)
+            model, metrics = _train(ctx, job, keeper, checkpoints)
+    except SliceEndedError:
+        return _continue_later(ctx, chunk_id)
     except ChunkStoppedError as stop:
         if stop.lease_lost:
             return "lease_lost"
-        jobs.release_chunk(ctx.sessions, chunk_id, ctx.owner)
-        _set_model_state(ctx, model_id, ModelState.FAILED, error_code="job.cancelled")
+        jobs.release_chunk(ctx.sessions, chunk_id, ctx.owner)  # the kernel fails the model
+        drop_cached_images(ctx, str(job.model_id))
         return "cancelled"
     except (XmlcoreError, StorageError, WeightsError) as exc:
         if is_transient(exc):
             hand_back(ctx, chunk_id)  # a transient failure does not spend an attempt
             raise
-        _set_model_state(
-            ctx, model_id, ModelState.FAILED, error_code=exc.code, error_message=exc.message
-        )
         lease = jobs.LeaseRef(chunk_id, ctx.owner)
         jobs.record_item_failure(
             ctx.sessions, job.id, TRAIN_ITEM_KEY, code=exc.code, message=exc.message, lease=lease
         )
         jobs.complete_chunk(ctx.sessions, chunk_id, ctx.owner)
+        drop_cached_images(ctx, str(job.model_id))
         return "failed"
     except (OperationalError, ConnectionError):
         hand_back(ctx, chunk_id)
         raise
-    return _store_model(ctx, claim, model, metrics)
+    status = _store_model(ctx, claim, model, metrics)
+    if status == "done":
+        checkpoints.clear()
+        drop_cached_images(ctx, str(job.model_id))
+    return status
+
+
+def _continue_later(ctx: WorkerContext, chunk_id: str) -> str:
+    """Queue the chunk again (no attempt, no retry spent) and send its wake-up; if the
+    broker is down, the reconciler sends it after its grace."""
+    from workers.celery_app import send_chunks
+
+    if not jobs.hand_back_chunk(ctx.sessions, chunk_id, ctx.owner, count_retry=False):
+        return "lease_lost"
+    try:
+        send_chunks([(chunk_id, JobKind.TRAIN.value)])
+        jobs.mark_dispatched(ctx.sessions, [chunk_id])
+    except Exception:
+        log.warning("continuation not sent", extra={"chunk_id": chunk_id})
+    return "continued"
 
 
 def _store_model(
@@ -118,37 +155,63 @@ def _store_model(
 
 
 def _train(
-    ctx: WorkerContext, job: Job, keeper: LeaseKeeper
+    ctx: WorkerContext, job: Job, keeper: LeaseKeeper, checkpoints: CheckpointStore
 ) -> tuple[TwoStepModel, dict[str, Any]]:
     params = dict(job.params)
     dataset = params.pop("dataset")
     space = read_manifest(ctx.store.get_bytes(dataset["manifest_key"]))
     train_params = params.get("training", {})
     size = tuple(train_params.get("image_size") or (64, 64))
-    images, kept = _load_images(ctx, dataset["image_prefix"], space, (size[0], size[1]))
+    records, kept = cached_images(
+        ctx, str(job.model_id), dataset["image_prefix"], space.image_keys, (size[0], size[1])
+    )
+    if len(kept) < 2:
+        raise XmlcoreError(
+            "dataset.no_images", "fewer than two images of the dataset could be read"
+        )
     n_listed = space.n_images
     space = space.subset(kept)
     train_rows, test_rows = _split(space.n_images, int(train_params.get("seed", 0)))
-
-    def on_epoch(stage: str, epoch: int, logs: dict[str, float]) -> None:
-        keeper.beat()
-
     kwargs = _training_kwargs(train_params)
     if kwargs.get("layer_sizes") is None:
         kwargs["layer_sizes"] = default_layer_sizes(space.n_labels)
     configure_accelerator(ctx.settings)
     weights_sha256 = _use_imported_weights(ctx, kwargs)
+    batch = int(kwargs.get("batch_size", 32))
+    resume = checkpoints.load()
     model = train_two_step(
-        images[train_rows], space.subset(train_rows), model_id=job.model_id,
-        on_epoch=on_epoch, **kwargs,
+        RecordBatches(records, kept[train_rows], batch_size=batch, workers=DECODE_THREADS),
+        space.subset(train_rows), model_id=job.model_id,
+        on_epoch=_epoch_callback(ctx, keeper), resume=resume,
+        checkpoint=lambda state: checkpoints.save(state, keeper.beat), **kwargs,
     )  # fmt: skip
-    metrics = _evaluate(model, images[test_rows], space, train_rows, test_rows)
+    test = (
+        RecordBatches(records, kept[test_rows], batch_size=batch, workers=DECODE_THREADS)
+        if len(test_rows)
+        else None
+    )
+    metrics = _evaluate(model, test, space, train_rows, test_rows)
     metrics["images_unreadable"] = n_listed - len(kept)
+    if resume is not None:
+        metrics["resumed_from"] = f"{resume.stage}:{resume.epoch}"
     if weights_sha256 is not None:
         # The model records what it started from, not this worker's cache path.
         model.metadata.weights = model.metadata.regressor_params["weights"] = "imagenet"
         metrics["imagenet_weights_sha256"] = weights_sha256
     return model, metrics
+
+
+def _epoch_callback(ctx: WorkerContext, keeper: LeaseKeeper) -> Any:
+    """After each epoch (and its checkpoint): heartbeat (stops on cancel or a lost
+    lease), then end the slice once its time is spent."""
+    deadline = time.monotonic() + ctx.settings.train_slice_seconds
+
+    def on_epoch(stage: str, epoch: int, logs: dict[str, float]) -> None:
+        keeper.beat()
+        if time.monotonic() >= deadline:
+            raise SliceEndedError(f"slice ended after {stage} epoch {epoch + 1}")
+
+    return on_epoch
 
 
 def _use_imported_weights(ctx: WorkerContext, kwargs: dict[str, Any]) -> str | None:
@@ -176,33 +239,6 @@ def _training_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _load_images(
-    ctx: WorkerContext, prefix: str, space: LabelSpace, size: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded images in manifest order, and the rows whose image could be read."""
-    settings = ctx.settings
-
-    def load(key: str) -> np.ndarray | None:
-        try:
-            data = ctx.store.get_bytes(prefix + key, max_bytes=settings.max_image_bytes)
-            return decode_image(data, size=size, max_pixels=settings.max_image_pixels)
-        except StorageError as exc:
-            if exc.transient:
-                raise
-            return None
-        except XmlcoreError:
-            return None
-
-    with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        decoded = list(pool.map(load, space.image_keys))
-    kept = np.array([i for i, image in enumerate(decoded) if image is not None], dtype=np.int64)
-    if len(kept) < 2:
-        raise XmlcoreError(
-            "dataset.no_images", "fewer than two images of the dataset could be read"
-        )
-    return np.stack([decoded[i] for i in kept]), kept
-
-
 def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, held-out rows); no held-out rows below MIN_IMAGES_FOR_HOLDOUT."""
     order = np.random.default_rng(seed).permutation(n)
@@ -211,11 +247,11 @@ def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _evaluate(
-    model: TwoStepModel, test_images: np.ndarray, space: LabelSpace,
+    model: TwoStepModel, test_images: RecordBatches | None, space: LabelSpace,
     train_rows: np.ndarray, test_rows: np.ndarray,
 ) -> dict[str, Any]:  # fmt: skip
     metrics: dict[str, Any] = {}
-    if len(test_rows):
+    if test_images is not None:
         Y_test = space.subset(test_rows).matrix
         scores = model.predict_scores(test_images)
         prop = propensities(space.subset(train_rows).matrix)
@@ -228,9 +264,3 @@ def _evaluate(
     assignment = model.hierarchy().label_assignment()
     metrics["hierarchy_units_used"] = len(set(assignment.tolist()))
     return metrics
-
-
-def _set_model_state(ctx: WorkerContext, model_id: str, state: str, **fields: Any) -> None:
-    with session_scope(ctx.sessions) as session:
-        sources = [s for s in ModelState if s not in (ModelState.READY,)]
-        repo.transition_model(session, model_id, sources, state, **fields)

@@ -53,7 +53,7 @@ class StageCheckpoint:
             "early_stopping": self.early_stopping, "history": self.history, "rng": self.rng,
             "has_best": self.best_weights is not None,
         }  # fmt: skip
-        arrays: dict[str, np.ndarray] = {}
+        arrays: dict[str, Any] = {}
         groups = {"w": self.weights, "o": self.optimizer, "b": self.best_weights or []}
         if self.autoencoder is not None:
             state = self.autoencoder

@@ -49,7 +49,7 @@ class ImageBatches(keras.utils.PyDataset):
             raise ConfigError("config.empty", "ImageBatches needs at least one image")
         if targets is not None and len(targets) != len(items):
             raise ConfigError("config.shape", f"{len(items)} images but {len(targets)} target rows")
-        self.items = list(items)
+        self.items: Any = list(items)
         self.targets = None if targets is None else np.asarray(targets, dtype="float32")
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.batch_size = int(batch_size)

@@ -76,7 +76,7 @@ class RecordBatches(ImageBatches):
         **kwargs: Any,
     ) -> None:  # fmt: skip
         kwargs.setdefault("image_size", records.image_size)
-        super().__init__(np.asarray(rows, dtype=np.int64), targets, **kwargs)
+        super().__init__(np.asarray(rows, dtype=np.int64).tolist(), targets, **kwargs)
         self.items = np.asarray(rows, dtype=np.int64)  # not a list: 8 bytes a row
         self.records = records
 
