@@ -257,7 +257,7 @@ def test_a_trained_model_is_made_ready_only_by_the_lease_holder(
 
     assert not trained("stale", stale).lease_held
     with session_scope(sessions) as session:
-        assert repo.get_model(session, a, model_id).state == ModelState.PENDING  # type: ignore[union-attr]
+        assert repo.get_model(session, a, model_id).state == ModelState.TRAINING  # type: ignore[union-attr]
     assert trained("winner", winner).recorded
     with session_scope(sessions) as session:
         model = repo.get_model(session, a, model_id)
