@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from workers.context import WorkerContext, configure_accelerator
 from workers.lease import ChunkStoppedError, LeaseKeeper, hand_back, is_transient
+from workers.progress import start_progress
 from xmlcore.autoencoder import default_layer_sizes
 from xmlcore.errors import XmlcoreError
 from xmlcore.images import decode_image
@@ -120,6 +121,7 @@ def _store_model(
 def _train(
     ctx: WorkerContext, job: Job, keeper: LeaseKeeper
 ) -> tuple[TwoStepModel, dict[str, Any]]:
+    progress = start_progress(ctx.sessions, job, jobs.LeaseRef(keeper.chunk_id, ctx.owner))
     params = dict(job.params)
     dataset = params.pop("dataset")
     space = read_manifest(ctx.store.get_bytes(dataset["manifest_key"]))
@@ -132,6 +134,7 @@ def _train(
 
     def on_epoch(stage: str, epoch: int, logs: dict[str, float]) -> None:
         keeper.beat()
+        progress.epoch(stage, epoch, logs)
 
     kwargs = _training_kwargs(train_params)
     if kwargs.get("layer_sizes") is None:
@@ -140,8 +143,9 @@ def _train(
     weights_sha256 = _use_imported_weights(ctx, kwargs)
     model = train_two_step(
         images[train_rows], space.subset(train_rows), model_id=job.model_id,
-        on_epoch=on_epoch, **kwargs,
+        on_epoch=on_epoch, on_stage=progress.stage, **kwargs,
     )  # fmt: skip
+    progress.stage("evaluating")
     metrics = _evaluate(model, images[test_rows], space, train_rows, test_rows)
     metrics["images_unreadable"] = n_listed - len(kept)
     if weights_sha256 is not None:

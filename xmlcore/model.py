@@ -225,6 +225,7 @@ def train_two_step(
     regressor_params: dict[str, Any] | None = None,
     model_id: str | None = None,
     on_epoch: EpochCallback | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> TwoStepModel:
     """Fit the autoencoder on ``label_space.matrix`` then the CNN on (images, W_L).
 
@@ -234,13 +235,16 @@ def train_two_step(
     ``ae_params`` go to ``DeepNonNegativeAutoencoder`` (epochs, learning_rate, ...),
     ``regressor_params`` to ``LatentLabelRegressor`` (head_units, patience, augment, ...).
     ``on_epoch(stage, epoch, logs)`` reports progress, stage ``"autoencoder"`` or
-    ``"regressor"``. Both stages' per-epoch history lands in ``metadata.history``.
+    ``"regressor"``; ``on_stage(stage)`` is called as each stage begins (the first epoch
+    of a big CNN can take minutes). Both stages' history lands in ``metadata.history``.
     """
     if layer_sizes is None:
         layer_sizes = default_layer_sizes(int(label_space.matrix.shape[1]))
     autoencoder = DeepNonNegativeAutoencoder(
         layer_sizes=layer_sizes, loss=ae_loss, seed=seed, **(ae_params or {})
     )
+    if on_stage is not None:
+        on_stage("autoencoder")
     autoencoder.fit(label_space.matrix, callbacks=_stage_callbacks("autoencoder", on_epoch))
     codes = autoencoder.codes(label_space.matrix)
     latent = codes[-1]
@@ -263,6 +267,8 @@ def train_two_step(
         # the lower layers' codes: an auxiliary target when regressor aux_weight > 0
         "aux_targets": np.concatenate(codes[:-1], axis=1) if len(codes) > 1 else None,
     }
+    if on_stage is not None:
+        on_stage("regressor")
     if hasattr(images, "with_targets"):
         regressor.fit(images.with_targets(latent), on_epoch=stage_cb, **decoder)
     else:
