@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,15 +19,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
-from api.app import create_app
+from tests.api_fixtures import serve_app
 from tests.test_web import FAILED, Gallery, finish_items, make_gallery
 from xmlcore.datasets import generate_dishes
 from xmlx import jobs
 from xmlx.db import SessionFactory
-from xmlx.embedded_redis import free_port
 from xmlx.settings import Settings
 from xmlx.storage import make_object_store
 
@@ -68,21 +64,8 @@ PIXEL_VARIANCE = """img => {
 @pytest.fixture(scope="module")
 def served(make_api_settings: Any) -> Iterator[tuple[str, Settings]]:
     """The app on a free loopback port; presigned file URLs point at it."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    settings: Settings = make_api_settings(public_base_url=base)
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on")  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield base, settings
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(make_api_settings) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

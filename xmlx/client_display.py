@@ -25,11 +25,12 @@ def describe_training(training: Mapping[str, Any] | None) -> str:
         if training.get(key) is not None:
             parts.append(f"{name} {training[key]:.4g}")
     if training.get("eta_seconds") is not None:
-        parts.append(f"ETA {_duration(float(training['eta_seconds']))}")
+        parts.append(f"ETA {format_duration(float(training['eta_seconds']))}")
     return " ".join(parts)
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """`42 s`, `3 min 05 s`, `2 h 07 min`."""
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     if hours:

@@ -74,7 +74,9 @@ def merge_progress(
     }
     for record in update.records:
         _put_epoch(history, record)
-    last = update.records[-1] if update.records else None
+    # The epoch and losses shown are the current stage's (a stage change also carries
+    # the previous stage's last epochs).
+    last = next((r for r in reversed(update.records) if r.stage == update.stage), None)
     previous = current or {}
     same_stage = previous.get("stage") == update.stage
     value: dict[str, Any] = {
