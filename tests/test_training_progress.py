@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,12 +16,18 @@ from typer.testing import CliRunner
 
 from tests.api_fixtures import ApiUser, serve_app
 from tests.test_api_batches import small_dataset
+from tests.test_web import register_dishes, sign_in
+from workers.context import WorkerContext
 from workers.progress import TrainingProgress, stage_epochs
+from workers.training import run_training
+from xmlcore.datasets import generate_dishes
 from xmlx import jobs
 from xmlx import repository as repo
 from xmlx.cli import app as cli_app
 from xmlx.db import SessionFactory, session_scope, utcnow
 from xmlx.jobs.progress import EpochRecord, ProgressUpdate, merge_progress
+from xmlx.settings import Settings
+from xmlx.storage import make_object_store
 
 LEASE_SECONDS = 60
 
@@ -200,3 +207,49 @@ def test_cli_status_watch_follows_the_epochs(
     assert "ETA 3 s" in watched.output
     assert any(f"job {job_id} (train): succeeded" in line for line in lines), lines
     assert "training: cnn epoch 3/3 loss 0.3333 val 0.4333" in final.output
+
+
+def test_a_real_training_leaves_its_curves_and_the_panel_shows_them(
+    client: TestClient,
+    api_user: ApiUser,
+    api_settings: Settings,
+    session_factory: SessionFactory,
+    make_api_user: Callable[[], ApiUser],
+    tmp_path: Path,
+) -> None:
+    dataset_id = register_dishes(client, api_user, generate_dishes("tiny"), tmp_path)
+    body = {"dataset_id": dataset_id,
+            "training": {"epochs": 3, "image_size": [32, 32], "layer_sizes": [8, 4]}}  # fmt: skip
+    created = client.post("/v1/models", json=body, headers=api_user.headers).json()
+    job_id, model_id = created["job"]["id"], created["model"]["id"]
+    with session_scope(session_factory) as session:
+        chunk_id = repo.chunk_ids(session, job_id)[0]
+    worker = WorkerContext(api_settings, session_factory, make_object_store(api_settings), "w1")
+    assert run_training(worker, chunk_id) == "done"
+
+    training = client.get(f"/v1/jobs/{job_id}", headers=api_user.headers).json()["training"]
+    model = client.get(f"/v1/models/{model_id}", headers=api_user.headers).json()
+    assert training["stage"] == "evaluating" and training["eta_seconds"] is None
+    for stage, keras_stage in (("autoencoder", "autoencoder"), ("cnn", "regressor")):
+        kept = model["history"][keras_stage]  # what Keras recorded, stored with the model
+        shown = training["history"][stage]
+        assert shown["epoch"] == list(range(1, len(kept["loss"]) + 1))
+        assert shown["loss"] == pytest.approx(kept["loss"])
+        assert shown["val_loss"] == pytest.approx(kept["val_loss"])
+    assert training["history"]["cnn"]["epoch"] == [1, 2, 3]
+
+    try:
+        sign_in(client, api_user.key)
+        panel = client.get(f"/ui/jobs/{job_id}/training")
+        assert panel.status_code == 200 and 'data-final="succeeded"' in panel.text
+        assert panel.text.count("<polyline") == 4  # loss and val loss of both stages
+        assert 'data-stage="cnn"' in panel.text
+        assert '· cnn: <span class="epochs-done">3</span> epochs' in panel.text
+        job_page = client.get(f"/ui/jobs/{job_id}").text
+        assert '<section class="training" data-final="succeeded">' in job_page
+        assert "<h2>Training</h2>" not in client.get(f"/ui/models/{model_id}").text  # ready
+        sign_in(client, make_api_user().key)  # another tenant
+        assert client.get(f"/ui/jobs/{job_id}/training").status_code == 404
+    finally:
+        client.cookies.clear()
+    assert client.get(f"/ui/jobs/{job_id}/training").status_code == 401
