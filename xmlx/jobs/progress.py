@@ -79,7 +79,7 @@ def merge_progress(
     last = next((r for r in reversed(update.records) if r.stage == update.stage), None)
     previous = current or {}
     same_stage = previous.get("stage") == update.stage
-    value: dict[str, Any] = {
+    return {
         "stage": update.stage,
         "epoch": last.epoch if last else (previous.get("epoch") if same_stage else None),
         "epochs": update.epochs,
@@ -89,7 +89,6 @@ def merge_progress(
         "updated_at": now.isoformat(),
         "history": history,
     }
-    return value
 
 
 def _put_epoch(history: dict[str, dict[str, list[Any]]], record: EpochRecord) -> None:
