@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -29,6 +29,34 @@ class Progress(BaseModel):
     pending: int
 
 
+class EpochSeries(BaseModel):
+    """One stage's finished epochs, as parallel lists (one entry per epoch)."""
+
+    epoch: list[int] = Field(description="1-based; a resumed training continues the count")
+    loss: list[float | None]
+    val_loss: list[float | None]
+    seconds: list[float] = Field(description="wall time of each epoch")
+
+
+class TrainingProgress(BaseModel):
+    """A training job's live progress, updated by its worker about once a second."""
+
+    stage: Literal["loading", "autoencoder", "cnn", "evaluating"]
+    epoch: int | None = Field(description="the stage's last finished epoch (1-based)")
+    epochs: int | None = Field(
+        description="the stage's most epochs (early stopping may end it sooner)"
+    )
+    loss: float | None = Field(description="training loss of the last finished epoch")
+    val_loss: float | None = Field(description="validation loss of the last finished epoch")
+    eta_seconds: float | None = Field(
+        description="time left in this stage, from its recent epoch times (an upper bound)"
+    )
+    updated_at: datetime
+    history: dict[str, EpochSeries] = Field(
+        description="per stage (`autoencoder`, `cnn`): every epoch so far, the curves"
+    )
+
+
 class JobLinks(BaseModel):
     self: str
     results: str
@@ -42,6 +70,9 @@ class JobOut(BaseModel):
     state: str
     model_id: str | None
     progress: Progress
+    training: TrainingProgress | None = Field(
+        default=None, description="training jobs: stage, epoch, losses, ETA, curves"
+    )
     duplicates: int = Field(
         description="work delivered twice and ignored: chunk messages for work already "
         "done or held by another worker, and item results written twice"
@@ -140,6 +171,9 @@ def job_out(job: Job, errors_by_code: dict[str, int], now: datetime) -> JobOut:
             failed=job.failed,
             pending=job.total - job.done - job.failed,
         ),
+        training=TrainingProgress.model_validate(job.training_progress)
+        if job.training_progress
+        else None,
         duplicates=job.duplicates,
         cancel_requested=job.cancel_requested,
         priority=job.priority or "normal",

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,13 +24,14 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import uvicorn
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from xmlx import jobs
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, session_scope
-from xmlx.embedded_redis import EmbeddedRedis
+from xmlx.embedded_redis import EmbeddedRedis, free_port
 from xmlx.jobs import Preparation
 from xmlx.models import ModelState
 from xmlx.settings import Settings
@@ -91,6 +95,29 @@ def api_settings(make_api_settings: Callable[..., Settings]) -> Settings:
 def session_client(api_settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(api_settings)) as client:
         yield client
+
+
+@contextmanager
+def serve_app(make_settings: Callable[..., Settings]) -> Iterator[tuple[str, Settings]]:
+    """The app served by uvicorn over real HTTP on a free loopback port (for a browser
+    or the CLI); presigned file URLs point at it. Yields (base URL, settings)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = make_settings(public_base_url=base)
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                            log_level="warning", lifespan="on")  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield base, settings
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture

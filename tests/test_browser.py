@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,16 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
-from api.app import create_app
+from tests.api_fixtures import serve_app
 from tests.test_web import FAILED, Gallery, finish_items, make_gallery
+from workers.context import WorkerContext
+from workers.training import run_training
 from xmlcore.datasets import generate_dishes
 from xmlx import jobs
-from xmlx.db import SessionFactory
-from xmlx.embedded_redis import free_port
+from xmlx import repository as repo
+from xmlx.db import SessionFactory, session_scope
 from xmlx.settings import Settings
 from xmlx.storage import make_object_store
 
@@ -68,21 +68,8 @@ PIXEL_VARIANCE = """img => {
 @pytest.fixture(scope="module")
 def served(make_api_settings: Any) -> Iterator[tuple[str, Settings]]:
     """The app on a free loopback port; presigned file URLs point at it."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    settings: Settings = make_api_settings(public_base_url=base)
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on")  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield base, settings
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(make_api_settings) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +190,64 @@ def test_model_page(page: Any, gallery: Gallery, tmp_path: Path) -> None:
     assert inner.first.locator("ul.members li").first.is_visible()
     page.set_viewport_size({"width": 1280, "height": 1100})
     screenshot(page, tmp_path, "model-page.png", full_page=True)
+
+
+# The page's epoch counter and the CNN curve's point count, or nulls before they show.
+TRAINING_SHOWN = """() => {
+  const epoch = document.querySelector("section.training .epoch");
+  const line = document.querySelector('figure[data-stage="cnn"] polyline');
+  if (!epoch || !line) return null;
+  return [parseInt(epoch.textContent), line.getAttribute("points").trim().split(/\\s+/).length];
+}"""
+# Rather than a fixed number of epochs, a CNN that keeps going until they are all done
+# (no early stop), on real images, with small batches: the run lasts long enough that
+# the page must show it move, and no sleep slows it.
+TRAINING = {"epochs": 40, "image_size": [32, 32], "batch_size": 4, "layer_sizes": [8, 4],
+            "regressor_params": {"patience": 40}}  # fmt: skip
+
+
+def start_training(sessions: SessionFactory, tenant_id: str, dataset_id: str) -> tuple[str, str]:
+    """A model and its training job, as `POST /v1/models` makes them (the API does not
+    take `regressor_params`: the worker does)."""
+    with session_scope(sessions) as session:
+        dataset = repo.get_dataset(session, tenant_id, dataset_id)
+        assert dataset is not None
+        model = repo.create_model(session, tenant_id, dataset_id, name="live", params=TRAINING)
+        source = {"manifest_key": dataset.manifest_key, "image_prefix": dataset.image_prefix}
+    params = {"dataset": source, "training": TRAINING}
+    job = jobs.create_job(sessions, tenant_id=tenant_id, kind="train", item_keys=["model"],
+                          params=params, model_id=model.id, chunk_size=1).job  # fmt: skip
+    with session_scope(sessions) as session:
+        return model.id, repo.chunk_ids(session, job.id)[0]
+
+
+def test_the_model_page_shows_a_running_training_grow(
+    page: Any, gallery: Gallery, served: tuple[str, Settings], session_factory: SessionFactory
+) -> None:
+    model_id, chunk_id = start_training(session_factory, gallery.user.tenant_id,
+                                        gallery.dataset_id)  # fmt: skip
+    page.goto(f"/ui/models/{model_id}")
+    assert "Waiting for a worker" in page.locator("section.training").inner_text()
+    settings = served[1]
+    worker = WorkerContext(settings, session_factory, make_object_store(settings), "browser-w1")
+    outcome: list[str] = []
+    thread = threading.Thread(target=lambda: outcome.append(run_training(worker, chunk_id)))
+    thread.start()
+    try:
+        seen = [page.wait_for_function(TRAINING_SHOWN, timeout=120_000).json_value()]
+        for _ in range(2):  # the counter and the curve move, twice, without a reload
+            seen.append(page.wait_for_function(
+                f"() => {{ const s = ({TRAINING_SHOWN})(); "
+                f"return s && s[0] > {seen[-1][0]} && s[1] > {seen[-1][1]} && s; }}",
+                timeout=60_000,
+            ).json_value())  # fmt: skip
+        status = page.locator("section.training .training-status").inner_text()
+        assert "cnn" in status and "/ 40" in status and "left in this stage" in status
+        assert page.locator('figure[data-stage="autoencoder"] svg.curve').count() == 1
+    finally:
+        thread.join(timeout=300)
+    assert outcome == ["done"]
+    assert seen[0][0] < seen[1][0] < seen[2][0] <= 40, seen
+    page.locator("section.training[data-final]").wait_for(timeout=10_000)
+    final = page.locator("section.training .training-status").inner_text()
+    assert final.startswith("Training succeeded") and "cnn: 40 epochs" in final

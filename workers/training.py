@@ -31,6 +31,7 @@ from sqlalchemy.exc import OperationalError
 
 from workers.context import WorkerContext, configure_accelerator
 from workers.lease import ChunkStoppedError, LeaseKeeper, hand_back, is_transient
+from workers.progress import start_progress
 from workers.train_state import CheckpointStore, cached_images, drop_cached_images
 from xmlcore.autoencoder import default_layer_sizes
 from xmlcore.errors import XmlcoreError
@@ -157,6 +158,7 @@ def _store_model(
 def _train(
     ctx: WorkerContext, job: Job, keeper: LeaseKeeper, checkpoints: CheckpointStore
 ) -> tuple[TwoStepModel, dict[str, Any]]:
+    progress = start_progress(ctx.sessions, job, jobs.LeaseRef(keeper.chunk_id, ctx.owner))
     params = dict(job.params)
     dataset = params.pop("dataset")
     space = read_manifest(ctx.store.get_bytes(dataset["manifest_key"]))
@@ -182,7 +184,8 @@ def _train(
     model = train_two_step(
         RecordBatches(records, kept[train_rows], batch_size=batch, workers=DECODE_THREADS),
         space.subset(train_rows), model_id=job.model_id,
-        on_epoch=_epoch_callback(ctx, keeper), resume=resume,
+        on_epoch=_epoch_callback(ctx, keeper, progress), on_stage=progress.stage,
+        resume=resume,
         checkpoint=lambda state: checkpoints.save(state, keeper.beat), **kwargs,
     )  # fmt: skip
     test = (
@@ -190,6 +193,7 @@ def _train(
         if len(test_rows)
         else None
     )
+    progress.stage("evaluating")
     metrics = _evaluate(model, test, space, train_rows, test_rows)
     metrics["images_unreadable"] = n_listed - len(kept)
     if resume is not None:
@@ -201,13 +205,14 @@ def _train(
     return model, metrics
 
 
-def _epoch_callback(ctx: WorkerContext, keeper: LeaseKeeper) -> Any:
+def _epoch_callback(ctx: WorkerContext, keeper: LeaseKeeper, progress: Any) -> Any:
     """After each epoch (and its checkpoint): heartbeat (stops on cancel or a lost
-    lease), then end the slice once its time is spent."""
+    lease), record the live progress, then end the slice once its time is spent."""
     deadline = time.monotonic() + ctx.settings.train_slice_seconds
 
     def on_epoch(stage: str, epoch: int, logs: dict[str, float]) -> None:
         keeper.beat()
+        progress.epoch(stage, epoch, logs)
         if time.monotonic() >= deadline:
             raise SliceEndedError(f"slice ended after {stage} epoch {epoch + 1}")
 

@@ -229,6 +229,7 @@ def train_two_step(
     on_epoch: EpochCallback | None = None,
     checkpoint: SaveCheckpoint | None = None,
     resume: StageCheckpoint | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> TwoStepModel:
     """Fit the autoencoder on ``label_space.matrix`` then the CNN on (images, W_L).
 
@@ -238,12 +239,15 @@ def train_two_step(
     ``ae_params`` go to ``DeepNonNegativeAutoencoder`` (epochs, learning_rate, ...),
     ``regressor_params`` to ``LatentLabelRegressor`` (head_units, patience, augment, ...).
     ``on_epoch(stage, epoch, logs)`` reports progress, stage ``"autoencoder"`` or
-    ``"regressor"``. Both stages' per-epoch history lands in ``metadata.history``.
+    ``"regressor"``; ``on_stage(stage)`` is called as each stage begins (the first epoch
+    of a big CNN can take minutes). Both stages' history lands in ``metadata.history``.
     ``checkpoint(state)`` gets each stage's state after every epoch; ``resume`` (the
     last state it got) carries on from there (``xmlcore.checkpoint``).
     """
     if layer_sizes is None:
         layer_sizes = default_layer_sizes(int(label_space.matrix.shape[1]))
+    if on_stage is not None:
+        on_stage("autoencoder")
     autoencoder = _fit_autoencoder(
         label_space.matrix, DeepNonNegativeAutoencoder(
             layer_sizes=layer_sizes, loss=ae_loss, seed=seed, **(ae_params or {})
@@ -274,6 +278,8 @@ def train_two_step(
         "resume": resume if resume is not None and resume.stage == "regressor" else None,
         "checkpoint": None if checkpoint is None else _with_autoencoder(checkpoint, autoencoder),
     }
+    if on_stage is not None:
+        on_stage("regressor")
     if hasattr(images, "with_targets"):
         regressor.fit(images.with_targets(latent), on_epoch=stage_cb, **decoder, **resumable)
     else:

@@ -118,6 +118,8 @@ def _print_status(job: JobStatus) -> None:
     raw: dict[str, Any] = job.raw
     console.print(f"job {job.id} ({job.kind}): [bold]{job.state}[/bold] "
                   f"{job.done} done, {job.failed} failed of {job.total}")  # fmt: skip
+    if job.training:
+        console.print(f"training: {job.training_line()}", highlight=False)
     errors = raw.get("errors") or raw.get("error_summary")
     if errors:
         console.print(f"errors: {errors}")

@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from xmlx.client_display import ProgressDisplay, describe_training
+
 FINAL_STATES = frozenset({"succeeded", "partially_succeeded", "failed", "cancelled"})
 UPLOAD_BATCH = 500
 
@@ -41,10 +43,18 @@ class JobStatus:
     done: int
     failed: int
     raw: dict[str, Any]
+    # A training job's live progress (stage, epoch, epochs, loss, val_loss, eta_seconds,
+    # history per stage), as the API's `training` field; None for other jobs.
+    training: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:
         return self.state in FINAL_STATES
+
+    def training_line(self) -> str:
+        """The training progress in one line, e.g. `cnn epoch 7/30 loss 0.12 val 0.15
+        ETA 42 s`; empty when the job reports none."""
+        return describe_training(self.training)
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> JobStatus:
@@ -57,6 +67,7 @@ class JobStatus:
             done=int(progress.get("done", 0)),
             failed=int(progress.get("failed", 0)),
             raw=dict(body),
+            training=body.get("training"),
         )
 
 
@@ -186,7 +197,7 @@ class Client:
     ) -> JobStatus:
         """Poll until the job reaches a final state; a rich progress bar with ``progress``."""
         deadline = time.monotonic() + timeout
-        bar = _ProgressBar(job_id) if progress else None
+        bar = ProgressDisplay(job_id) if progress else None
         try:
             while True:
                 status = self.job(job_id)
@@ -252,33 +263,6 @@ class Client:
                 path.write_bytes(response.content)
                 written.append(path)
         return written
-
-
-class _ProgressBar:
-    def __init__(self, job_id: str) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[state]}"), TimeElapsedColumn(),
-        )  # fmt: skip
-        self.task = self.progress.add_task(f"job {job_id}", total=None, state="queued")
-        self.progress.start()
-
-    def update(self, status: JobStatus) -> None:
-        self.progress.update(
-            self.task, total=status.total or None, completed=status.done + status.failed,
-            state=status.state,
-        )  # fmt: skip
-
-    def close(self) -> None:
-        self.progress.stop()
 
 
 def _api_error(response: httpx.Response) -> ApiError:

@@ -182,6 +182,9 @@ class Job(Base):
     # Where a preparing job's items come from ({"prefix": ...} or {"manifest": ...}, both
     # server-built storage keys); NULL for jobs created with their items.
     source: Mapped[dict[str, Any] | None]
+    # A training job's live progress (stage, epoch, losses, ETA, per-epoch history),
+    # written by its lease holder (`xmlx.jobs.progress`); NULL for other jobs.
+    training_progress: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     prepared_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]

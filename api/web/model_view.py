@@ -11,6 +11,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
+from xmlx.models import FINAL_JOB_STATES
 from xmlx.report import hierarchy_units
 
 METRIC_COLUMNS = (("p", "P@k"), ("psp", "PSP@k"), ("ndcg", "nDCG@k"), ("coverage", "coverage@k"))
@@ -132,3 +133,25 @@ def curves_svg(title: str, series: dict[str, Any]) -> Markup | None:
         )
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def training_panel(job: Any) -> dict[str, Any]:
+    """What `_training.html` shows of a training job: its live progress, one loss curve
+    per stage that has epochs (growing while it trains), and whether it is over."""
+    progress = job.training_progress or None
+    curves = []
+    for stage, series in ((progress or {}).get("history") or {}).items():
+        numeric = {
+            name: [math.nan if v is None else v for v in values]
+            for name, values in series.items()
+            if name.endswith("loss")
+        }
+        svg = curves_svg(f"{stage} loss per epoch", numeric)
+        if svg is not None:
+            curves.append((stage, svg))
+    return {
+        "job": job,
+        "training": progress,
+        "training_curves": curves,
+        "training_final": job.state in FINAL_JOB_STATES,
+    }

@@ -91,6 +91,19 @@ def job_progress(request: Request, job_id: str) -> Response:
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
+@router.get("/ui/jobs/{job_id}/training", response_model=None)
+def training_progress(request: Request, job_id: str) -> Response:
+    """The training panel alone, re-fetched every second while a training runs."""
+    user = current_user(request)
+    if user is None:
+        return JSONResponse({"code": "auth.invalid"}, status_code=401)
+    with session_scope(get_state(request).sessions) as session:
+        job = repo.get_job(session, user.tenant_id, job_id)
+    if job is None or job.kind != JobKind.TRAIN:
+        return JSONResponse({"code": "job.not_found"}, status_code=404)
+    return render(request, "_training.html", model_view.training_panel(job))
+
+
 @router.get("/ui/jobs/{job_id}", response_model=None)
 def job_page(
     request: Request,
@@ -160,6 +173,7 @@ def _job_context(
         "errors": errors,
         "truth_known": truth is not None,
         "cursor": cursor,
+        **(model_view.training_panel(job) if job.kind == JobKind.TRAIN else {}),
     }
 
 
@@ -184,6 +198,7 @@ def model_page(request: Request, model_id: str) -> Response:
     with session_scope(get_state(request).sessions) as session:
         model = repo.get_model(session, user.tenant_id, model_id)
         training_job = repo.training_job_id(session, user.tenant_id, model_id) if model else None
+        job = repo.get_job(session, user.tenant_id, training_job) if training_job else None
     if model is None:
         return not_found(request, f"You have no model {model_id}.")
     header, rows, other_metrics = model_view.metrics_table(model.metrics or {})
@@ -200,5 +215,6 @@ def model_page(request: Request, model_id: str) -> Response:
         "other_metrics": other_metrics,
         "curves": [c for c in curves if c is not None],
         "training_job": training_job,
+        **(model_view.training_panel(job) if job is not None else {}),
     }
     return render(request, "model.html", context)

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from xmlx.client_display import format_duration
 from xmlx.models import FINAL_JOB_STATES
 
 HERE = Path(__file__).resolve().parent
@@ -44,6 +45,7 @@ def _percent(done: int, total: int) -> int:
 
 
 templates.env.filters["when"] = _when
+templates.env.filters["duration"] = format_duration
 templates.env.globals["percent"] = _percent
 templates.env.globals["final_states"] = FINAL_JOB_STATES
 

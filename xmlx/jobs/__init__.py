@@ -22,6 +22,8 @@ after any crash or duplicate delivery:
   Counters move in the same transaction and the write that brings done + failed to
   total finalises the job (no chords).
   `record_items_success` records a worker's whole batch in one transaction.
+- `record_training_progress`: a training's stage, epochs, losses and ETA, written by
+  the lease holder (see `xmlx.jobs.progress`).
 - `request_cancel` is cooperative: workers see it through `heartbeat`.
 - `reconcile` finds chunks to send again (lost messages, dead workers).
 
@@ -41,6 +43,7 @@ from xmlx.jobs.prepare import (
     stalled_preparations,
     start_preparing,
 )
+from xmlx.jobs.progress import EpochRecord, ProgressUpdate, record_training_progress
 from xmlx.jobs.results import (
     ItemSuccess,
     record_item_failure,
@@ -65,6 +68,7 @@ __all__ = [
     "Claim",
     "ClaimStatus",
     "CreatedJob",
+    "EpochRecord",
     "Heartbeat",
     "ItemOutcome",
     "ItemSuccess",
@@ -72,6 +76,7 @@ __all__ = [
     "LeaseRef",
     "PendingItem",
     "Preparation",
+    "ProgressUpdate",
     "check_job_cost",
     "claim_chunk",
     "claim_next",
@@ -89,6 +94,7 @@ __all__ = [
     "record_item_success",
     "record_items_success",
     "record_model_trained",
+    "record_training_progress",
     "release_chunk",
     "request_cancel",
     "stalled_preparations",

@@ -1,8 +1,12 @@
 // Live progress: every element with data-poll="<job id>" asks /ui/jobs/<id>/progress
-// every 2 s until the job is final. Plain fetch, same-origin cookie, no library.
+// every 2 s until the job is final; a training panel (data-training="<job id>") is
+// re-fetched whole from /ui/jobs/<id>/training every second (its worker writes about
+// once a second), so its epoch counter and curves grow while it trains. Plain fetch,
+// same-origin cookie, no library.
 "use strict";
 
 const POLL_MS = 2000;
+const TRAINING_POLL_MS = 1000;
 
 function percent(n, total) {
   return total ? Math.round((100 * n) / total) : 0;
@@ -46,4 +50,30 @@ function poll(el) {
   setTimeout(tick, POLL_MS);
 }
 
+function pollTraining(el) {
+  const url = `/ui/jobs/${encodeURIComponent(el.dataset.training)}/training`;
+  let current = el;
+  const tick = async () => {
+    try {
+      const answer = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+      if (answer.status === 401 || answer.status === 404) return;
+      if (answer.ok) {
+        const holder = document.createElement("div");
+        holder.innerHTML = await answer.text();
+        const fresh = holder.querySelector("section.training");
+        if (fresh) {
+          current.replaceWith(fresh);
+          current = fresh;
+          if (!fresh.dataset.training) return; // the job is final
+        }
+      }
+    } catch (_) {
+      // Network hiccup: try again at the next tick.
+    }
+    setTimeout(tick, TRAINING_POLL_MS);
+  };
+  setTimeout(tick, TRAINING_POLL_MS);
+}
+
 document.querySelectorAll("[data-poll]").forEach(poll);
+document.querySelectorAll("[data-training]").forEach(pollTraining);
