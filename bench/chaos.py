@@ -482,11 +482,16 @@ def stopped_worker(chaos: Chaos) -> dict[str, Any]:
     refused = _wait_for_log(chaos, victim, log_mark, "lease_lost", timeout=120)
     # Its clean-up deletes run right after the refused record: on a loaded machine
     # that takes a while, so wait for them (bounded) rather than a fixed pause.
+    # Files carrying the victim's token that no item names: before the stop it may have
+    # finished other chunks of the job, whose files it recorded legitimately.
     prefix = f"tenants/{_tenant(chaos, job_id)}/jobs/{job_id}/items/"
     deadline = time.monotonic() + 60
     while True:
+        named = set(_recorded_bytes(chaos, job_id))
         stored = _list_keys(chaos, prefix)
-        stale_files = [key for key in stored if any(f"-{t}/" in key for t in stale_tokens)]
+        stale_files = [
+            key for key in stored if key not in named and any(f"-{t}/" in key for t in stale_tokens)
+        ]
         if not stale_files or time.monotonic() > deadline:
             break
         time.sleep(0.5)
