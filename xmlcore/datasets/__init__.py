@@ -10,14 +10,27 @@ visible label in every image, so explanations and hierarchy recovery can be scor
 
     ds = generate_dishes("small", seed=0)        # or "tiny", "paper"; overrides by keyword
     manifest = write_dataset(ds, "out/")          # images/, manifest.csv, groups.json, ...
+
+Real data: ``generate_digit_scenes("digits")`` composes scikit-learn's bundled
+handwritten digits into multi-label scenes (10 digit labels + 4 group labels).
 """
 
+from xmlcore.datasets.digits import (
+    DIGIT_PRESETS,
+    DigitScenePreset,
+    DigitScenes,
+    generate_digit_scenes,
+)
 from xmlcore.datasets.generate import GeneratedDataset, generate_dishes, sample_recipes
 from xmlcore.datasets.presets import PRESETS, DatasetPreset
 from xmlcore.datasets.recipes import PANTRY, RecipeBook
 from xmlcore.datasets.storage import read_masks, write_dataset
 
 __all__ = [
+    "DIGIT_PRESETS",
+    "DigitScenePreset",
+    "DigitScenes",
+    "generate_digit_scenes",
     "PANTRY",
     "PRESETS",
     "DatasetPreset",
