@@ -51,9 +51,9 @@ from typing import Any
 
 import numpy as np
 
-from xmlcore.autoencoder import default_layer_sizes
 from xmlcore.baselines import BinaryRelevanceModel, NMFTwoStepModel
-from xmlcore.datasets import PRESETS, generate_dishes
+from xmlcore.code_size import choose_layer_sizes
+from xmlcore.datasets import DIGIT_PRESETS, PRESETS, generate_digit_scenes, generate_dishes
 from xmlcore.metrics import (
     assign_groups_from_weights,
     evaluate_ranking,
@@ -62,7 +62,7 @@ from xmlcore.metrics import (
 )
 from xmlcore.model import DEFAULT_REGRESSOR_PARAMS, train_two_step
 
-REPORTED = ("p@1", "p@5", "psp@5", "coverage@5")
+REPORTED = ("p@1", "p@3", "p@5", "psp@5", "coverage@5")
 MODELS = (
     "two_step", "two_step_paper", "two_step_tail", "two_step_bce", "binary_relevance", "nmf",
     "random",
@@ -83,7 +83,7 @@ QUICK = {
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small preset, CPU-sized run")
-    parser.add_argument("--preset", default="small")
+    parser.add_argument("--preset", default="small", choices=[*PRESETS, *DIGIT_PRESETS])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--test-fraction", type=float, default=0.2, help="sets n_train")
     parser.add_argument("--n-test", type=int, default=None, help="default: test fraction")
@@ -114,7 +114,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def split_sizes(args: argparse.Namespace) -> tuple[int, int, int]:
     """(n_train, n_val, n_test): train as the preset's split, val and test on top."""
-    n_preset = PRESETS[args.preset].n_images
+    n_preset = {**PRESETS, **DIGIT_PRESETS}[args.preset].n_images
     n_train = n_preset - max(1, round(n_preset * args.test_fraction))
     n_test = n_preset - n_train if args.n_test is None else args.n_test
     return n_train, args.n_val, n_test
@@ -195,19 +195,39 @@ def pick_alpha(Y: Any, scores: np.ndarray, propensity: np.ndarray, slack: float 
     return ALPHAS[max(allowed, key=lambda i: figures[i]["psp@5"])]
 
 
+def make_data(args: argparse.Namespace, seed: int) -> tuple[Any, list[np.ndarray]]:
+    """The generated data set and its (train, val, test) rows. Digit scenes: the val and
+    test scenes are drawn from held-out scans (handwriting no training scene shows)."""
+    sizes = split_sizes(args)
+    if args.preset not in DIGIT_PRESETS:
+        ds = generate_dishes(args.preset, seed=seed, n_images=sum(sizes), **_size_override(args))
+        return ds, split_rows(sizes, seed)
+    n_train, n_held = sizes[0], sizes[1] + sizes[2]
+    ds = generate_digit_scenes(args.preset, seed=seed, n_images=sum(sizes),
+                               held_out_rows=n_held, **_size_override(args))  # fmt: skip
+    val, test = split_rows(sizes[1:], seed)
+    return ds, [np.arange(n_train), val + n_train, test + n_train]
+
+
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """Generate, split, train, evaluate one seed; returns per-model figures."""
-    sizes = split_sizes(args)
-    ds = generate_dishes(args.preset, seed=seed, n_images=sum(sizes), **_size_override(args))
+    ds, (train, val, test) = make_data(args, seed)
     space = ds.label_space
-    train, val, test = split_rows(sizes, seed)
     propensity = propensities(space.matrix[train])
 
     def evaluate(rows: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-        return evaluate_ranking(space.matrix[rows], scores, ks=(1, 5), propensity=propensity)
+        return evaluate_ranking(space.matrix[rows], scores, ks=(1, 3, 5), propensity=propensity)
 
     out: dict[str, Any] = {"tail_curve": {}}
-    for name, fit in model_fitters(args, seed).items():
+    layers = args.layers
+    if layers is None:  # what a user gets: the sizes chosen on the training labels
+        choice = choose_layer_sizes(space.matrix[train], seed=seed)
+        layers, out["code_size"] = choice.layer_sizes, choice.metrics()
+        print(f"seed {seed}: code size {layers}, table {choice.table}", file=sys.stderr)
+    out["layers"] = [int(k) for k in layers]
+    for name, fit in model_fitters(
+        argparse.Namespace(**{**vars(args), "layers": layers}), seed
+    ).items():
         start = time.perf_counter()
         model = fit(ds.images[train], space.subset(train))
         seconds = time.perf_counter() - start
@@ -297,8 +317,6 @@ def paired_seeds(runs: list[dict[str, Any]], other: str) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every seed, aggregated; returns the JSON-ready result."""
-    if args.layers is None:  # what a user gets: the library's default for the vocabulary
-        args.layers = default_layer_sizes(PRESETS[args.preset].n_labels)
     runs = [run_seed(args, seed) for seed in args.seeds]
     result = aggregate(runs)
     result["targets"] = target_checks(result, runs)
@@ -309,8 +327,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["setup"] = {
         "preset": args.preset, "n_train": n_train, "n_val": n_val, "n_test": n_test,
         "n_labels": runs[0]["n_labels"], "image_size": runs[0]["image_size"],
-        "base": args.base, "epochs": args.epochs, "layers": list(args.layers),
+        "base": args.base, "epochs": args.epochs, "layers": [run["layers"] for run in runs],
         "seeds": list(args.seeds), "tail_power": args.tail_power, "models": list(args.models),
+        "code_size": [run.get("code_size") for run in runs],
     }  # fmt: skip
     return result
 

@@ -35,10 +35,11 @@ from xmlcore.artifacts import (
     unzip_artifact,
     zip_directory,
 )
-from xmlcore.autoencoder import DeepNonNegativeAutoencoder, default_layer_sizes
+from xmlcore.autoencoder import DeepNonNegativeAutoencoder
 from xmlcore.backbones import BACKBONES
 from xmlcore.checkpoint import SaveCheckpoint, StageCheckpoint
 from xmlcore.cnn import LatentLabelRegressor
+from xmlcore.code_size import CodeSizeChoice, choose_layer_sizes
 from xmlcore.errors import ConfigError, ModelError, XmlcoreError
 from xmlcore.explain.device_sampling import PerturbingPredictor
 
@@ -234,8 +235,10 @@ def train_two_step(
     """Fit the autoencoder on ``label_space.matrix`` then the CNN on (images, W_L).
 
     ``images``: uint8 ``(n, H, W, 3)`` in ``label_space.image_keys`` order, or an
-    ``ImageBatches`` over them (its targets are replaced by W_L). ``layer_sizes``
-    defaults to ``default_layer_sizes(p)`` (the paper's (64, 16) from 128 labels up).
+    ``ImageBatches`` over them (its targets are replaced by W_L). Without
+    ``layer_sizes`` they are chosen on the labels by ``xmlcore.code_size`` (the
+    narrowest code whose decoder ceiling is within tolerance of the best); the choice
+    and every candidate's ceiling land in ``metadata.metrics`` (``decoder_ceiling*``).
     ``ae_params`` go to ``DeepNonNegativeAutoencoder`` (epochs, learning_rate, ...),
     ``regressor_params`` to ``LatentLabelRegressor`` (head_units, patience, augment, ...).
     ``on_epoch(stage, epoch, logs)`` reports progress, stage ``"autoencoder"`` or
@@ -244,8 +247,14 @@ def train_two_step(
     ``checkpoint(state)`` gets each stage's state after every epoch; ``resume`` (the
     last state it got) carries on from there (``xmlcore.checkpoint``).
     """
+    choice: CodeSizeChoice | None = None
     if layer_sizes is None:
-        layer_sizes = default_layer_sizes(int(label_space.matrix.shape[1]))
+        # the candidates train briefly: the user's epochs / patience are for the final fit
+        brief = {k: v for k, v in (ae_params or {}).items() if k not in ("epochs", "patience")}
+        choice = choose_layer_sizes(
+            label_space.matrix, ae_params={"loss": ae_loss, **brief}, seed=seed
+        )
+        layer_sizes = choice.layer_sizes
     if on_stage is not None:
         on_stage("autoencoder")
     autoencoder = _fit_autoencoder(
@@ -285,6 +294,7 @@ def train_two_step(
     else:
         regressor.fit(images, latent, on_epoch=stage_cb, **decoder, **resumable)
     metadata = _training_metadata(regressor, autoencoder, label_space, model_id)
+    metadata.metrics.update(choice.metrics() if choice else {"code_size_chosen": 0.0})
     return TwoStepModel(regressor, autoencoder, label_space.vocabulary, metadata)
 
 

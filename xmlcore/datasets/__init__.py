@@ -28,14 +28,14 @@ from xmlcore.datasets.storage import read_masks, write_dataset
 
 __all__ = [
     "DIGIT_PRESETS",
-    "DigitScenePreset",
-    "DigitScenes",
-    "generate_digit_scenes",
     "PANTRY",
     "PRESETS",
     "DatasetPreset",
+    "DigitScenePreset",
+    "DigitScenes",
     "GeneratedDataset",
     "RecipeBook",
+    "generate_digit_scenes",
     "generate_dishes",
     "read_masks",
     "sample_recipes",

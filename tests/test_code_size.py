@@ -1,0 +1,84 @@
+"""xmlcore.code_size: the autoencoder's sizes chosen by the decoder ceiling on the labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from xmlcore.code_size import candidate_sizes, choose_layer_sizes, code_floor
+from xmlcore.errors import ConfigError
+
+
+def planted_blocks(n_blocks: int, block: int, n: int = 400, seed: int = 0) -> np.ndarray:
+    """0/1 rows of 1-2 whole label blocks: the labels need about n_blocks code units."""
+    rng = np.random.default_rng(seed)
+    V = np.zeros((n, n_blocks * block), dtype=np.float32)
+    for i in range(n):
+        for b in rng.choice(n_blocks, size=rng.integers(1, 3), replace=False):
+            V[i, b * block : (b + 1) * block] = 1.0
+    return V
+
+
+def test_a_code_narrower_than_the_structure_is_refused() -> None:
+    # 16 independent blocks: 4 units cannot hold which 1-2 of 16 are on, 16 can
+    V = planted_blocks(16, 4)
+    choice = choose_layer_sizes(V, candidates=[(32, 4), (32, 16)], k=4, epochs=80)
+    ceilings = {row["layer_sizes"]: row["ceiling"] for row in choice.table}
+    assert ceilings[(32, 16)] > ceilings[(32, 4)] + 0.1
+    assert choice.layer_sizes == (32, 16)
+    assert [row["eligible"] for row in choice.table] == [False, True]
+    assert choice.ceiling == ceilings[(32, 16)] == choice.best
+
+
+def test_the_narrowest_adequate_code_wins_but_not_below_the_floor() -> None:
+    # 4 blocks of 8 labels (p = 32): 4 units decode it as well as 16 do, so the
+    # narrower is chosen; 2 units would fit the tolerance on 2 blocks but are below
+    # the floor ceil(log2 32) = 5 units that telling 32 labels apart takes
+    V = planted_blocks(4, 8)
+    choice = choose_layer_sizes(V, candidates=[(12, 8), (24, 16)], k=4, epochs=80)
+    assert choice.layer_sizes == (12, 8)
+    assert choice.table[0]["ceiling"] >= choice.best - choice.tolerance
+    two_blocks = planted_blocks(2, 16, seed=1)
+    floored = choose_layer_sizes(two_blocks, candidates=[(4, 2), (12, 6)], k=4, epochs=80)
+    assert floored.floor == code_floor(32) == 5
+    narrow = floored.table[0]
+    assert narrow["layer_sizes"] == (4, 2) and narrow["ceiling"] >= floored.best - 0.01
+    assert not narrow["eligible"] and floored.layer_sizes == (12, 6)
+
+
+def test_sparse_input_row_sample_and_metrics() -> None:
+    V = sp.csr_matrix(planted_blocks(4, 8, n=300))
+    choice = choose_layer_sizes(V, candidates=[(12, 8)], max_rows=100, epochs=5)
+    # 8 or 16 labels a row: k is the typical count, capped at 5
+    assert choice.n_rows == 100 and choice.k == 5
+    metrics = choice.metrics()
+    assert metrics["code_size_chosen"] == 1.0 and metrics["decoder_ceiling[12-8]"] == round(
+        choice.ceiling, 4
+    )
+    assert all(isinstance(v, float) for v in metrics.values())
+
+
+def test_candidates_are_valid_for_the_vocabulary() -> None:
+    assert candidate_sizes(14) == [(4, 2), (7, 3), (13, 6), (13, 12)]
+    assert (64, 16) in candidate_sizes(708)  # the paper's sizes stay a candidate
+    for p in (3, 5, 14, 60, 708):
+        for first, last in candidate_sizes(p):
+            assert p > first > last >= 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"tolerance": 1.5}, {"holdout_fraction": 0.0}, {"k": 0}, {"candidates": [(40, 8)]}],
+)
+def test_bad_settings_are_config_errors(kwargs) -> None:
+    with pytest.raises(ConfigError):
+        choose_layer_sizes(planted_blocks(4, 8, n=60), epochs=1, **kwargs)
+
+
+def test_too_few_labelled_rows_is_a_config_error() -> None:
+    V = np.zeros((50, 10), dtype=np.float32)
+    V[:5, 0] = 1
+    with pytest.raises(ConfigError) as err:
+        choose_layer_sizes(V, epochs=1)
+    assert err.value.code == "autoencoder.too_few_rows"
