@@ -74,8 +74,8 @@ class DatasetRequest(Strict):
 
 
 class TrainingParams(Strict):
-    # None: the paper's (64, 16) when the vocabulary is large enough, else scaled down
-    # to it (xmlcore.autoencoder.default_layer_sizes, applied by the worker).
+    # None: chosen on the training labels (xmlcore.code_size, in train_two_step): the
+    # narrowest code whose decoder ceiling is within tolerance of the best candidate's.
     layer_sizes: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(
         default=None, min_length=1, max_length=6
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from xmlcore.code_size import candidate_sizes, choose_layer_sizes, code_floor
+from xmlcore.code_size import candidate_sizes, choose_layer_sizes, code_floor, code_size_metrics
 from xmlcore.errors import ConfigError
 
 
@@ -82,3 +82,23 @@ def test_too_few_labelled_rows_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as err:
         choose_layer_sizes(V, epochs=1)
     assert err.value.code == "autoencoder.too_few_rows"
+
+
+def test_train_two_step_records_the_choice_in_its_metadata() -> None:
+    from xmlcore.datasets import generate_dishes
+    from xmlcore.model import train_two_step
+
+    data = generate_dishes("tiny", seed=0)
+    model = train_two_step(
+        data.images, data.label_space, ae_params={"epochs": 3}, epochs=1,
+        regressor_params={"head_units": (8,)},
+    )  # fmt: skip
+    metrics = model.metadata.metrics
+    sizes = tuple(model.metadata.layer_sizes)
+    assert metrics["code_size_chosen"] == 1.0 and sizes in candidate_sizes(24)
+    assert metrics[f"decoder_ceiling[{sizes[0]}-{sizes[1]}]"] == metrics["decoder_ceiling"]
+    assert metrics["decoder_ceiling"] >= metrics["decoder_ceiling_best"] - 0.01
+    assert sizes[-1] >= metrics["code_size_floor"] == code_floor(24)
+    assert code_size_metrics(metrics) == {
+        k: v for k, v in metrics.items() if "ceiling" in k or "code_size" in k
+    }

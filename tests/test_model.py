@@ -42,6 +42,7 @@ def test_training_records_both_stages(trained, data) -> None:
     assert meta.base == "small" and meta.preprocessing == "unit" and meta.keras_backend
     assert len(meta.history["regressor"]["loss"]) == 2 and meta.history["autoencoder"]["loss"]
     assert meta.metrics["regressor_epochs"] == 2.0
+    assert meta.metrics["code_size_chosen"] == 0.0  # layer_sizes given: nothing chosen
     assert meta.regressor_params["label_loss"] == "mse"  # decoder-aware step 2 by default
     assert set(meta.versions) == {"keras", "numpy", "xmlcore"}
 

@@ -33,7 +33,7 @@ from workers.context import WorkerContext, configure_accelerator
 from workers.lease import ChunkStoppedError, LeaseKeeper, hand_back, is_transient
 from workers.progress import start_progress
 from workers.train_state import CheckpointStore, cached_images, drop_cached_images
-from xmlcore.autoencoder import default_layer_sizes
+from xmlcore.code_size import code_size_metrics
 from xmlcore.errors import XmlcoreError
 from xmlcore.labels import LabelSpace, read_manifest
 from xmlcore.metrics import evaluate_ranking, propensities
@@ -175,8 +175,6 @@ def _train(
     space = space.subset(kept)
     train_rows, test_rows = _split(space.n_images, int(train_params.get("seed", 0)))
     kwargs = _training_kwargs(train_params)
-    if kwargs.get("layer_sizes") is None:
-        kwargs["layer_sizes"] = default_layer_sizes(space.n_labels)
     configure_accelerator(ctx.settings)
     weights_sha256 = _use_imported_weights(ctx, kwargs)
     batch = int(kwargs.get("batch_size", 32))
@@ -198,6 +196,7 @@ def _train(
     metrics["images_unreadable"] = n_listed - len(kept)
     if resume is not None:
         metrics["resumed_from"] = f"{resume.stage}:{resume.epoch}"
+    metrics.update(code_size_metrics(model.metadata.metrics))  # how the code was sized
     if weights_sha256 is not None:
         # The model records what it started from, not this worker's cache path.
         model.metadata.weights = model.metadata.regressor_params["weights"] = "imagenet"

@@ -78,6 +78,11 @@ class CodeSizeChoice:
         return out
 
 
+def code_size_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The code-size figures among a model's ``metadata.metrics`` (for a job's result)."""
+    return {k: v for k, v in metrics.items() if k.startswith(("code_size", METRIC_PREFIX))}
+
+
 def candidate_sizes(n_labels: int) -> list[tuple[int, int]]:
     """``default_layer_sizes(p)`` scaled by ``SCALES``, valid for p, narrowest first."""
     if n_labels < 3:
