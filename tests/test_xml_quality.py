@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from tests.bench_scripts import load_bench_script
-from xmlcore.autoencoder import default_layer_sizes
+from xmlcore.code_size import candidate_sizes
 
 MODELS = (
     "two_step", "two_step_paper", "two_step_tail", "two_step_bce", "binary_relevance", "nmf",
@@ -30,7 +30,7 @@ def test_bench_prints_every_figure_as_json(capsys) -> None:
     chance = result["random"]["p@5"]
     assert 0.1 < chance < 0.35  # the labels per image / n_labels of the tiny preset
     for name in MODELS:
-        assert {"p@1", "p@5", "psp@5", "coverage@5"} <= set(result[name])
+        assert {"p@1", "p@3", "p@5", "psp@5", "coverage@5"} <= set(result[name])
         assert 0.0 <= result[name]["p@5"] <= 1.0
     for name in DECODED:
         assert result[name]["p@5"] > chance + ABOVE_CHANCE, name
@@ -47,7 +47,9 @@ def test_bench_prints_every_figure_as_json(capsys) -> None:
     assert len(targets["two_step_p@5_minus_nmf_per_seed"]) == 1
     setup = result["setup"]
     assert setup["preset"] == "tiny" and setup["n_labels"] == 24
-    assert setup["layers"] == list(default_layer_sizes(24))  # what users get by default
+    # what users get by default: sizes chosen on the training labels, with the table
+    assert tuple(setup["layers"][0]) in candidate_sizes(24)
+    assert setup["code_size"][0]["code_size_chosen"] == 1.0
     assert (setup["n_train"], setup["n_val"], setup["n_test"]) == (48, 20, 30)
 
 
@@ -113,3 +115,15 @@ def test_seed_spread_and_alpha_choice() -> None:
     scores[4:, 6] = 0.0
     assert bench.pick_alpha(Y, scores, propensity) > 0
     np.testing.assert_allclose(bench.rerank(scores, propensity, 0.0), scores)
+
+
+def test_digits_preset_trains_on_real_digit_scenes() -> None:
+    bench = load_bench_script("xml_quality")
+    argv = ["--preset", "digits", "--test-fraction", "0.98", "--n-test", "20", "--n-val", "10"]
+    argv += ["--epochs", "1", "--ae-epochs", "3", "--layers", "13", "12"]
+    result = bench.main([*argv, "--models", "two_step", "binary_relevance"])
+    setup = result["setup"]
+    assert setup["n_labels"] == 14 and setup["image_size"] == 48 and setup["n_train"] == 30
+    assert setup["layers"] == [[13, 12]] and setup["code_size"] == [None]
+    assert 0.0 <= result["two_step"]["p@3"] <= 1.0
+    assert 0.0 <= result["binary_relevance"]["p@3"] <= 1.0

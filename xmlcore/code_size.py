@@ -124,17 +124,19 @@ def choose_layer_sizes(
     k = _default_k(fit_rows) if k is None else int(k)
     if not 1 <= k <= p:
         raise ConfigError("config.k", f"k must be in 1..{p}, got {k}")
-    sizes = [tuple(int(s) for s in c) for c in (candidates or candidate_sizes(p))]
+    sizes = sorted(
+        (tuple(int(s) for s in c) for c in (candidates or candidate_sizes(p))),
+        key=lambda c: (c[-1], c[0]),  # narrowest code first
+    )
     params = {"patience": 5, **(ae_params or {}), "epochs": epochs, "seed": seed}
     ceilings = [_ceiling(fit_rows, held_rows, c, k, params) for c in sizes]
     best, floor = max(ceilings), code_floor(p)
+    ok = [c[-1] >= floor and v >= best - tolerance for c, v in zip(sizes, ceilings, strict=True)]
     table = [
-        {"layer_sizes": c, "ceiling": v, "eligible": c[-1] >= floor and v >= best - tolerance}
-        for c, v in zip(sizes, ceilings, strict=True)
+        {"layer_sizes": c, "ceiling": v, "eligible": e}
+        for c, v, e in zip(sizes, ceilings, ok, strict=True)
     ]
-    table.sort(key=lambda r: (r["layer_sizes"][-1], r["layer_sizes"][0]))
-    eligible = [r["layer_sizes"] for r in table if r["eligible"]]
-    chosen = eligible[0] if eligible else sizes[int(np.argmax(ceilings))]
+    chosen = sizes[ok.index(True)] if any(ok) else sizes[int(np.argmax(ceilings))]
     return CodeSizeChoice(chosen, k, tolerance, floor, best, len(fit_rows) + len(held_rows), table)
 
 
