@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from xmlcore.code_size import candidate_sizes, choose_layer_sizes, code_floor, code_size_metrics
+from xmlcore.autoencoder import default_layer_sizes
+from xmlcore.code_size import (
+    candidate_sizes,
+    choose_layer_sizes,
+    code_floor,
+    code_size_metrics,
+    layer_sizes_for,
+)
 from xmlcore.errors import ConfigError
 
 
@@ -102,3 +109,10 @@ def test_train_two_step_records_the_choice_in_its_metadata() -> None:
     assert code_size_metrics(metrics) == {
         k: v for k, v in metrics.items() if "ceiling" in k or "code_size" in k
     }
+
+
+def test_too_little_to_choose_on_falls_back_to_the_default_sizes() -> None:
+    V = np.eye(8, 6, dtype=np.float32)  # 6 labelled rows
+    assert layer_sizes_for(V) == (default_layer_sizes(6), {"code_size_chosen": 0.0})
+    with pytest.raises(ConfigError):  # a bad setting is still an error
+        layer_sizes_for(planted_blocks(4, 8, n=60), ae_params={"learning_rate": -1.0})

@@ -78,6 +78,21 @@ class CodeSizeChoice:
         return out
 
 
+def layer_sizes_for(
+    V: Any, *, ae_params: dict[str, Any] | None = None, seed: int = 0
+) -> tuple[tuple[int, ...], dict[str, float]]:
+    """What ``train_two_step`` uses without ``layer_sizes``: the choice and its metrics,
+    or ``default_layer_sizes(p)`` when there is too little to choose on (fewer than 10
+    labelled rows or 3 labels; ``code_size_chosen`` 0)."""
+    try:
+        choice = choose_layer_sizes(V, ae_params=ae_params, seed=seed)
+    except ConfigError as exc:
+        if exc.code not in ("autoencoder.too_few_rows", "autoencoder.too_few_labels"):
+            raise
+        return default_layer_sizes(int(V.shape[1])), {"code_size_chosen": 0.0}
+    return choice.layer_sizes, choice.metrics()
+
+
 def code_size_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """The code-size figures among a model's ``metadata.metrics`` (for a job's result)."""
     return {k: v for k, v in metrics.items() if k.startswith(("code_size", METRIC_PREFIX))}

@@ -39,7 +39,7 @@ from xmlcore.autoencoder import DeepNonNegativeAutoencoder
 from xmlcore.backbones import BACKBONES
 from xmlcore.checkpoint import SaveCheckpoint, StageCheckpoint
 from xmlcore.cnn import LatentLabelRegressor
-from xmlcore.code_size import CodeSizeChoice, choose_layer_sizes
+from xmlcore.code_size import layer_sizes_for
 from xmlcore.errors import ConfigError, ModelError, XmlcoreError
 from xmlcore.explain.device_sampling import PerturbingPredictor
 
@@ -247,14 +247,8 @@ def train_two_step(
     ``checkpoint(state)`` gets each stage's state after every epoch; ``resume`` (the
     last state it got) carries on from there (``xmlcore.checkpoint``).
     """
-    choice: CodeSizeChoice | None = None
-    if layer_sizes is None:
-        # the candidates train briefly: the user's epochs / patience are for the final fit
-        brief = {k: v for k, v in (ae_params or {}).items() if k not in ("epochs", "patience")}
-        choice = choose_layer_sizes(
-            label_space.matrix, ae_params={"loss": ae_loss, **brief}, seed=seed
-        )
-        layer_sizes = choice.layer_sizes
+    layer_sizes, sizing = _layer_sizes(label_space.matrix, layer_sizes, ae_loss, ae_params,
+                                       seed, resume)  # fmt: skip
     if on_stage is not None:
         on_stage("autoencoder")
     autoencoder = _fit_autoencoder(
@@ -294,8 +288,32 @@ def train_two_step(
     else:
         regressor.fit(images, latent, on_epoch=stage_cb, **decoder, **resumable)
     metadata = _training_metadata(regressor, autoencoder, label_space, model_id)
-    metadata.metrics.update(choice.metrics() if choice else {"code_size_chosen": 0.0})
+    metadata.metrics.update(sizing)
     return TwoStepModel(regressor, autoencoder, label_space.vocabulary, metadata)
+
+
+def _layer_sizes(
+    V: Any,
+    given: tuple[int, ...] | None,
+    ae_loss: str,
+    ae_params: dict[str, Any] | None,
+    seed: int,
+    resume: StageCheckpoint | None,
+) -> tuple[tuple[int, ...], dict[str, float]]:
+    """The given sizes; else the checkpoint's (a resumed training keeps the code it
+    started with, even where a rerun of the choice could flip on another machine); else
+    chosen on the labels (``xmlcore.code_size``), with the table as metrics."""
+    if given is not None:
+        return tuple(given), {"code_size_chosen": 0.0}
+    if resume is not None:
+        if resume.stage == "regressor" and resume.autoencoder is not None:
+            sizes = resume.autoencoder["config"]["layer_sizes"]
+        else:  # the autoencoder's own weights: H_1 (p, k_1), H_2 (k_1, k_2), ...
+            sizes = [w.shape[1] for w in resume.weights if np.ndim(w) == 2]
+        return tuple(int(k) for k in sizes), {"code_size_chosen": 1.0, "code_size_resumed": 1.0}
+    # the candidates train briefly: the user's epochs / patience are for the final fit
+    brief = {k: v for k, v in (ae_params or {}).items() if k not in ("epochs", "patience")}
+    return layer_sizes_for(V, ae_params={"loss": ae_loss, **brief}, seed=seed)
 
 
 def _fit_autoencoder(
