@@ -36,9 +36,11 @@ _EXPORTS: dict[str, str] = {
     "write_dataset": "datasets",
     "read_masks": "datasets",
     "PRESETS": "datasets",
+    "generate_digit_scenes": "datasets",
     # the method: Keras
     "DeepNonNegativeAutoencoder": "autoencoder",
     "default_layer_sizes": "autoencoder",
+    "choose_layer_sizes": "code_size",
     "LabelHierarchy": "hierarchy",
     "LatentLabelRegressor": "cnn",
     "TwoStepModel": "model",
