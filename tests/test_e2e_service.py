@@ -36,6 +36,10 @@ def test_train_explain_and_fetch_a_heatmap(stack: Stack, tmp_path: Path) -> None
     assert outcome.train_job.state == "succeeded"
     assert outcome.model["state"] == "ready"
     assert set(outcome.model["metrics"]) >= {"p@1", "p@5", "psp@5"}
+    # no layer_sizes given: the worker's model records how its code size was chosen
+    metrics = outcome.model["metrics"]
+    assert metrics["code_size_chosen"] == 1.0 and 0 < metrics["decoder_ceiling"] <= 1
+    assert metrics["decoder_ceiling_best"] - metrics["decoder_ceiling"] <= 0.01
     assert outcome.explain_job.state == "succeeded", outcome.explain_job.raw
     assert outcome.explain_job.done == 20 and outcome.explain_job.failed == 0
     assert len(outcome.results) == 20
