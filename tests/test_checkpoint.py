@@ -74,3 +74,19 @@ def test_record_batches_read_what_was_written(tmp_path) -> None:
     sub = batches.subset(np.array([2]))
     np.testing.assert_array_equal(sub[0][0][0], images[4].astype("float32"))
     assert targets.shape == (2, 2)
+
+
+def test_a_resumed_training_keeps_the_code_size_it_chose(data) -> None:
+    images, space = data
+    saved: list[StageCheckpoint] = []
+    params = {"ae_params": {"epochs": 3}, "epochs": 2, "batch_size": 16,
+              "regressor_params": {"head_units": [8]}}  # fmt: skip
+    full = train_two_step(images, space, checkpoint=saved.append, **params)  # sizes chosen
+    assert full.metadata.metrics["code_size_chosen"] == 1.0
+    for stage in ("autoencoder", "regressor"):
+        mid = next(c for c in saved if c.stage == stage)
+        resumed = train_two_step(
+            images, space, resume=StageCheckpoint.from_bytes(mid.to_bytes()), **params
+        )
+        assert resumed.metadata.layer_sizes == full.metadata.layer_sizes
+        assert resumed.metadata.metrics["code_size_resumed"] == 1.0
