@@ -3,8 +3,11 @@
 Protocol, per seed: ``generate_dishes(preset, seed, n_images=n_train + n_val + n_test)``
 is split at random (seeded) into train, validation and test images (the generator keeps
 the vocabulary whatever ``n_images`` is, so the test set can be much larger than the
-preset's 20%; ``--quick`` tests on 1,000 images). Five models are trained on the train
-images with the SAME CNN settings (base, image size, head, epochs, learning rate, seed):
+preset's 20%; ``--quick`` tests on 1,000 images). ``--preset digits`` is real data
+instead: scenes of scikit-learn's handwritten digits (``generate_digit_scenes``, 14
+labels), train scenes first, validation and test scenes from held-out scans. Five
+models are trained on the train images with the SAME CNN settings (base, image size,
+head, epochs, learning rate, seed):
 
 - ``two_step``: deep non-negative autoencoder (paper's MSE loss) + latent regressor with
   ``train_two_step``'s defaults (the decoder-aware label loss, ``xmlcore.label_loss``);
@@ -20,8 +23,10 @@ images with the SAME CNN settings (base, image size, head, epochs, learning rate
 - ``nmf``: sklearn NMF with the autoencoder's last-layer k + the same latent regressor
   (same regressor settings, label loss through the NMF components included).
 
-The autoencoder's sizes are the library's ``default_layer_sizes(p)`` (what a user of
-``train_two_step`` gets) unless ``--layers`` is given.
+The autoencoder's sizes are chosen per seed on the training labels by
+``xmlcore.code_size.choose_layer_sizes`` (what a user of ``train_two_step`` gets; the
+candidates' decoder ceilings go to stderr and to ``setup.code_size``) unless
+``--layers`` is given (``--layers 30 15`` / ``64 16``: the sizes before issue 12).
 
 Test-set figures: P@k, PSP@k (propensities from the TRAIN label counts, Jain et al.
 A=0.55, B=1.5) and coverage@k (share of labels that reach any top-k). ``hierarchy_nmi``
