@@ -237,3 +237,4 @@ def test_training_worker_killed_mid_cnn_epoch_resumes(chaos: Any) -> None:
     assert 1 <= report["killed_in_cnn_epoch"] < report["cnn_epochs_E"] <= sizes.epochs
     assert report["cnn_epochs_run"] <= report["cnn_epochs_E"] + 1
     assert len(report["cnn_epochs_by_attempt"]) >= 2  # the killed attempt and a resumed one
+    print(json.dumps(report))

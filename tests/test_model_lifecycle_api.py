@@ -104,7 +104,7 @@ def test_a_training_whose_enqueue_fails_waits_for_the_reconciler(private, tmp_pa
     """Broker down at submit: the job is committed and queued, the model pending (not
     failed: the job exists and will run); the reconciler sends it, a worker leases it
     (model training) and its end moves the model (ready)."""
-    engine, sessions, settings = private
+    _engine, sessions, settings = private
     dead_broker = f"redis://127.0.0.1:{free_port()}/0"
     with TestClient(create_app(settings(redis_url=dead_broker))) as client:
         user = _user(sessions)
