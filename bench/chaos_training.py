@@ -15,7 +15,8 @@ What is counted: every worker logs one line per epoch it finished, with the chun
 its own owner name (`workers.training._epoch_callback`), so the CNN epochs actually
 trained by each attempt are read from the two workers' logs, not from the job's
 progress curve (which a resumed run overwrites). The epoch that was running when the
-worker died is counted too: epochs run = epochs finished in all attempts + kills.
+worker died is counted too: epochs run = epochs finished in all attempts + kills (never
+fewer than the checkpoints prove, in case a log line was lost with the killed process).
 
 Pass: the job succeeds and the model is ready; the kill fell inside the CNN stage
 (1 <= k < E); the resumed attempt started from CNN epoch k - 1 (`resumed_from`
@@ -68,6 +69,7 @@ def training_killed(chaos: Any, sizes: TrainingSizes) -> dict[str, Any]:
     victim, pointer = _kill_during_cnn_epoch(chaos, job_id, model_id, sizes.kill_epoch)
     body = chaos.wait(job_id, 1200)
     killed = _model(chaos, model_id)
+    time.sleep(2.0)  # the workers' last log lines reach their files
     per_owner = _epochs_by_owner(chaos, marks, _chunk_id(chaos, job_id))
     return _judge(sizes, reference, killed, {
         "final_state": body.get("state"), "victim": victim, "pointer_at_kill": pointer,
@@ -83,7 +85,12 @@ def _judge(
     trained = len((killed["history"] or {}).get("regressor", {}).get("loss", []))
     pointer = report["pointer_at_kill"] or {}
     kill_epoch = int(pointer.get("epoch", -1)) + 1 if pointer.get("stage") == "regressor" else 0
-    finished = sum(report["cnn_epochs_by_attempt"].values())
+    # Log lines can arrive late or die in a killed process' buffer, so never count
+    # fewer than the checkpoints prove: k - 1 by the killed attempt, E - resumed by the
+    # resumed one. Either source above E + 1 fails the check.
+    resumed = str(metrics.get("resumed_from") or ":0").split(":")[-1]
+    proven = max(kill_epoch - 1, 0) + trained - int(resumed or 0)
+    finished = max(sum(report["cnn_epochs_by_attempt"].values()), proven)
     epochs_run = finished + 1  # the epoch the kill interrupted ran too
     tolerance, spread = _tolerance(reference, int(metrics.get("n_test", 0)))
     base = reference[sizes.seeds[0]]["metrics"]
