@@ -1,4 +1,4 @@
-"""Chaos bench: the service under faults, with real processes (scenarios 1-5, 7, 14).
+"""Chaos bench: the service under faults, with real processes (scenarios 1-5, 7, 14, 15).
 
 One private stack serves every scenario: PostgreSQL (`xmlx.embedded_postgres`, SQLite
 when the machine has no PostgreSQL binaries; scenario 5 then skips), Redis
@@ -26,6 +26,11 @@ injects its fault, waits for the job to end and checks the database and the buck
     item has one result, the artifacts the rows name are byte for byte those stored
     when the job finished, no item recorded while it was stopped names its files, and
     no file of its own is left in the bucket.
+15. training worker killed: SIGKILL the worker training a model during CNN epoch k of
+    E; the job resumes from the checkpoint on a worker and succeeds, at most E + 1 CNN
+    epochs are trained in all (per-attempt epoch lines in the workers' logs), and the
+    held-out P@1/P@3 are within seed noise of uninterrupted runs
+    (`bench/chaos_training.py`).
 
 Usage: ``python bench/chaos.py [--scenario N ...] [--quick] [--root DIR] [--allow-skips]``.
 One JSON line per scenario (`scenario`, `items`, `results`, `duplicates`, `lost`,
@@ -64,6 +69,10 @@ from xmlx.embedded_redis import EmbeddedRedis  # noqa: E402
 from xmlx.embedded_s3 import start_seaweedfs  # noqa: E402
 from xmlx.stack import BUCKET, Stack, start_stack  # noqa: E402
 
+if str(ROOT / "bench") not in sys.path:
+    sys.path.insert(0, str(ROOT / "bench"))
+from chaos_training import TrainingSizes, training_killed  # noqa: E402
+
 WORKERS = ("worker1", "worker2")
 LEASE_SECONDS = 10
 SERVICE_ENV = {
@@ -97,10 +106,12 @@ class Sizes:
     num_samples: int = 256  # LIME samples per item: sets how long a batch runs
     cancel_num_samples: int = 32
     stopped_items: int = 100
+    training: TrainingSizes = field(default_factory=TrainingSizes)
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(60, 2, 60, 40, 60, 10.0, 40, 3.0, 400, stopped_items=40)
+        return cls(60, 2, 60, 40, 60, 10.0, 40, 3.0, 400, stopped_items=40,
+                   training=TrainingSizes.quick())  # fmt: skip
 
 
 @dataclass
@@ -581,6 +592,7 @@ SCENARIOS: dict[int, Callable[[Chaos], dict[str, Any]]] = {
     5: database_restart,
     7: cancel_large_job,
     14: stopped_worker,
+    15: lambda chaos: training_killed(chaos, chaos.sizes.training),
 }
 
 

@@ -227,3 +227,14 @@ def test_a_worker_stopped_past_its_lease_leaves_no_trace(chaos: Any) -> None:
     report = _run(chaos, 14)
     assert report["stale_write_refused"] and report["artifacts_unchanged"]
     assert report["items_naming_stale_files"] == 0 and report["stale_files_left"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_training_worker_killed_mid_cnn_epoch_resumes(chaos: Any) -> None:
+    report = _run(chaos, 15)
+    sizes = chaos[1].sizes.training
+    assert 1 <= report["killed_in_cnn_epoch"] < report["cnn_epochs_E"] <= sizes.epochs
+    assert report["cnn_epochs_run"] <= report["cnn_epochs_E"] + 1
+    assert len(report["cnn_epochs_by_attempt"]) >= 2  # the killed attempt and a resumed one
+    print(json.dumps(report))

@@ -210,6 +210,10 @@ def _epoch_callback(ctx: WorkerContext, keeper: LeaseKeeper, progress: Any) -> A
     deadline = time.monotonic() + ctx.settings.train_slice_seconds
 
     def on_epoch(stage: str, epoch: int, logs: dict[str, float]) -> None:
+        # One line per epoch actually trained, per attempt (owner): the record of how
+        # much work a kill or a slice cost (bench/chaos_training.py counts them).
+        log.info("training epoch ended: %s %d chunk %s owner %s", stage, epoch + 1,
+                 keeper.chunk_id, ctx.owner)  # fmt: skip
         keeper.beat()
         progress.epoch(stage, epoch, logs)
         if time.monotonic() >= deadline:

@@ -23,6 +23,7 @@ from api.views import ModelCreated, ModelOut, Page, model_out
 from xmlx import repository as repo
 from xmlx.dataset_images import images_storage_prefix
 from xmlx.db import session_scope
+from xmlx.errors import XmlxError
 from xmlx.models import Job, JobKind, Model, ModelState
 from xmlx.security import request_hash
 from xmlx.weights import PRETRAINED_BASES, weights_record
@@ -135,7 +136,9 @@ def _submit_training(
 
 
 def _fail_unqueued_model(state: ApiState, model_id: str, exc: Exception) -> None:
-    code = str(getattr(exc, "code", "") or "job.not_created")
+    # Only our own errors carry a stable code; others (SQLAlchemy's) have a `code`
+    # attribute too, but it names their docs page ("f405"), not the failure.
+    code = exc.code if isinstance(exc, XmlxError | ProblemError) else "job.not_created"
     with session_scope(state.sessions) as session:
         repo.transition_model(
             session, model_id, [ModelState.PENDING], ModelState.FAILED,
