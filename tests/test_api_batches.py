@@ -68,7 +68,8 @@ def footprint(sessions: SessionFactory, broker: redis.Redis, tenant_id: str) -> 
             "models": count(Model),
             "datasets": count(Dataset),
         }
-    return {**counts, "gpu": int(broker.llen("gpu")), "default": int(broker.llen("default"))}
+    queues = ("gpu", "train", "default")
+    return {**counts, **{queue: int(broker.llen(queue)) for queue in queues}}
 
 
 def test_explanations_store_items_and_enqueue_each_chunk(
@@ -257,7 +258,7 @@ def test_training_requests_are_idempotent(
     assert again.json()["model"]["id"] == first["model"]["id"]
     assert again.json()["job"]["id"] == first["job"]["id"] == first["model"]["training_job_id"]
     counts = footprint(session_factory, broker, api_user.tenant_id)
-    assert (counts["models"], counts["jobs"], counts["gpu"]) == (1, 1, 1)
+    assert (counts["models"], counts["jobs"], counts["train"], counts["gpu"]) == (1, 1, 1, 0)
     other = {**body, "training": {"epochs": 4}}
     assert_problem(
         client.post("/v1/models", json=other, headers=headers), 422, "idempotency.conflict"

@@ -55,7 +55,7 @@ def test_metrics_count_jobs_by_state(
         return 0.0
 
     assert queued_trainings(after) == queued_trainings(before) + 1
-    assert 'xmlx_queue_depth{queue="gpu"} 1.0' in after
+    assert 'xmlx_queue_depth{queue="train"} 1.0' in after  # trainings have their own queue
 
 
 def test_openapi_documents_routes_and_problems(client: TestClient) -> None:
@@ -200,10 +200,11 @@ def test_model_creation_enqueues_one_message_after_commit(
     job = answer.json()["job"]
     assert (job["kind"], job["progress"]["total"], job["state"]) == ("train", 1, "queued")
     assert answer.json()["model"]["state"] == "pending"
-    messages = queued_messages(broker)  # type: ignore[arg-type]
+    assert queued_messages(broker) == []  # type: ignore[arg-type]
+    messages = queued_messages(broker, "train")  # type: ignore[arg-type]
     assert len(messages) == 1
     task, (chunk_id, kind) = messages[0]
-    assert (task, kind) == ("xmlx.run_chunk", "train")
+    assert (task, kind) == ("xmlx.train", "train")
     with session_scope(session_factory) as session:  # committed: another session sees it
         chunks = repo.list_chunks(session, job["id"])
         stored = repo.get_job(session, api_user.tenant_id, job["id"])
