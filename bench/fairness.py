@@ -84,14 +84,27 @@ def tenant(stack: Stack, name: str, n_images: int, echo: Callable[[str], None]) 
     return Tenant(client, model_id, keys)
 
 
+INLINE_KEYS = 10_000  # the API's default `max_inline_batch_keys`
+
+
 class Tenant:
     def __init__(self, client: Client, model_id: str, keys: list[str]) -> None:
         self.client, self.model_id, self.keys = client, model_id, keys
 
     def submit(self, n_items: int, num_samples: int) -> str:
-        body = {"model_id": self.model_id, "images": self.keys[:n_items], "method": "lime",
-                "target": {"kind": "top_k", "k": 1},
-                "params": {"num_samples": num_samples, "n_segments": 8}}  # fmt: skip
+        body: dict[str, Any] = {
+            "model_id": self.model_id,
+            "method": "lime",
+            "target": {"kind": "top_k", "k": 1},
+            "params": {"num_samples": num_samples, "n_segments": 8},
+        }
+        if n_items > INLINE_KEYS:  # a big job goes as a manifest (prepared, then queued)
+            manifest = f"lists/pool-{n_items}.txt"
+            lines = "\n".join(self.keys[:n_items]).encode()
+            self.client.upload({manifest: lines}, content_type="text/plain")
+            body["manifest_key"] = manifest
+        else:
+            body["images"] = self.keys[:n_items]
         return str(self.client.request("POST", "/v1/explanations", json=body)["id"])
 
     def job(self, job_id: str) -> dict[str, Any]:
