@@ -33,14 +33,7 @@ def run_wakeup(ctx: WorkerContext, *, budget_seconds: float | None = None) -> li
     deadline = time.monotonic() + budget
     statuses: list[str] = []
     while True:
-        claim = jobs.claim_next(
-            ctx.sessions,
-            ctx.owner,
-            lease_seconds=settings.lease_seconds,
-            max_attempts=settings.max_attempts_per_chunk,
-            max_retries=settings.max_transient_retries_per_chunk,
-            kinds=ITEM_KINDS,
-        )
+        claim = _claim_next(ctx, ITEM_KINDS)
         if not claim.claimed or claim.job is None:
             return statuses
         status = run_claimed(ctx, claim).status
@@ -55,17 +48,22 @@ def run_training_wakeup(ctx: WorkerContext) -> str:
     "nothing" when no training can run."""
     from workers.training import run_training_claimed
 
-    settings = ctx.settings
-    claim = jobs.claim_next(
-        ctx.sessions,
-        ctx.owner,
-        lease_seconds=settings.lease_seconds,
-        max_attempts=settings.max_attempts_per_chunk,
-        max_retries=settings.max_transient_retries_per_chunk,
-        kinds=TRAIN_KINDS,
-    )
+    claim = _claim_next(ctx, TRAIN_KINDS)
     if not claim.claimed or claim.job is None:
         return "nothing"
     status = run_training_claimed(ctx, claim)
     log.info("training slice finished", extra={"chunk_id": claim.chunk_id, "status": status})
     return status
+
+
+def _claim_next(ctx: WorkerContext, kinds: frozenset[str]) -> jobs.Claim:
+    """The fairest chunk of `kinds` `ctx.owner` may lease now (see `jobs.claim_next`)."""
+    settings = ctx.settings
+    return jobs.claim_next(
+        ctx.sessions,
+        ctx.owner,
+        lease_seconds=settings.lease_seconds,
+        max_attempts=settings.max_attempts_per_chunk,
+        max_retries=settings.max_transient_retries_per_chunk,
+        kinds=kinds,
+    )

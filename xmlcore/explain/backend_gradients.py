@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from xmlcore.errors import ExplainError
+from xmlcore.explain.device_sampling import bucket, pad_rows
 
 _Capture = dict[str, Any]
 
@@ -196,12 +197,8 @@ def _jax_gradient_fn(model: keras.Model) -> Callable[..., Any]:
 def _padded(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Batches padded to a power of two (few shapes, few compilations); padding rows
     get zero output weights, hence zero gradients, and are cut off by the caller."""
-    n = len(x)
-    size = 1 << max(0, (n - 1).bit_length())
-    if size == n:
-        return x, w
-    x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
-    return x, np.concatenate([w, np.zeros((size - n, *w.shape[1:]), w.dtype)])
+    size = bucket(len(x))
+    return pad_rows(x, size), pad_rows(w, size)
 
 
 def _jax_gradients(model: keras.Model, x: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -71,11 +71,13 @@ class OccludeOnDevice(layers.Layer):
         return (input_shape[2][0], *input_shape[0][1:])
 
 
-def _bucket(n: int) -> int:
+def bucket(n: int) -> int:
+    """The power of two at or above ``n``: padded batches compile a handful of shapes."""
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _pad_rows(arr: np.ndarray, size: int) -> np.ndarray:
+def pad_rows(arr: np.ndarray, size: int) -> np.ndarray:
+    """``arr`` with zero rows appended up to ``size`` rows (itself when already there)."""
     if len(arr) == size:
         return arr
     out = np.zeros((size, *arr.shape[1:]), arr.dtype)
@@ -132,12 +134,12 @@ class PerturbingPredictor:
     ) -> np.ndarray:
         """Outputs for ``len(rows)`` samples: ``images[rows[b]]`` with the box
         ``boxes[b] = (y0, y1, x0, x1)`` replaced by ``fills[rows[b]]``."""
-        n, g = len(rows), _bucket(len(images))
+        n, g = len(rows), bucket(len(images))
         inputs = [
-            _pad_rows(np.ascontiguousarray(images, np.uint8), g),
-            _pad_rows(np.ascontiguousarray(fills, np.uint8), g),
-            _pad_rows(np.ascontiguousarray(boxes, np.int32), _bucket(n)),
-            _pad_rows(np.ascontiguousarray(rows, np.int32), _bucket(n)),
+            pad_rows(np.ascontiguousarray(images, np.uint8), g),
+            pad_rows(np.ascontiguousarray(fills, np.uint8), g),
+            pad_rows(np.ascontiguousarray(boxes, np.int32), bucket(n)),
+            pad_rows(np.ascontiguousarray(rows, np.int32), bucket(n)),
         ]
         return self._finish(self.occluding_model.predict_on_batch(inputs), n)
 
@@ -150,7 +152,7 @@ class PerturbingPredictor:
         batch = np.asarray(images)
         if batch.dtype != np.uint8:
             batch = np.clip(np.rint(batch), 0, 255).astype(np.uint8)
-        out = self.uint8_model.predict_on_batch(_pad_rows(batch, _bucket(len(batch))))
+        out = self.uint8_model.predict_on_batch(pad_rows(batch, bucket(len(batch))))
         return self._finish(out, len(batch))
 
     def predict_perturbed(
@@ -165,14 +167,14 @@ class PerturbingPredictor:
         the segments where ``masks[b]`` is 0 replaced by ``fills[rows[b]]``."""
         n, k = masks.shape
         k_pad = -(-max(k, 1) // self.segment_bucket) * self.segment_bucket
-        padded_masks = np.zeros((_bucket(n), k_pad), np.uint8)
+        padded_masks = np.zeros((bucket(n), k_pad), np.uint8)
         padded_masks[:n, :k] = masks
-        g = _bucket(len(images))
+        g = bucket(len(images))
         inputs = [
-            _pad_rows(np.ascontiguousarray(images, np.uint8), g),
-            _pad_rows(np.ascontiguousarray(fills, np.uint8), g),
-            _pad_rows(np.ascontiguousarray(segments, np.int32), g),
+            pad_rows(np.ascontiguousarray(images, np.uint8), g),
+            pad_rows(np.ascontiguousarray(fills, np.uint8), g),
+            pad_rows(np.ascontiguousarray(segments, np.int32), g),
             padded_masks,
-            _pad_rows(np.ascontiguousarray(rows, np.int32), _bucket(n)),
+            pad_rows(np.ascontiguousarray(rows, np.int32), bucket(n)),
         ]
         return self._finish(self.perturbing_model.predict_on_batch(inputs), n)
