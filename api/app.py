@@ -23,6 +23,7 @@ from api.metrics import Metrics, RequestTimer
 from api.problems import install_handlers
 from api.ratelimit import RateLimiter
 from api.routes import (
+    admin,
     capabilities,
     datasets,
     explanations,
@@ -97,7 +98,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_handlers(app)
     app.add_middleware(RequestTimer, metrics=lambda: _metrics_of(app))
-    for module in (health, capabilities, uploads, files, datasets, models, explanations, jobs):
+    for module in (
+        health,
+        capabilities,
+        uploads,
+        files,
+        datasets,
+        models,
+        explanations,
+        jobs,
+        admin,
+    ):
         app.include_router(module.router)
     app.include_router(web.router)
     return app

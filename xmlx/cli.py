@@ -52,22 +52,35 @@ def db_downgrade(revision: str = "base") -> None:
 def keys_create(
     tenant: Annotated[str, typer.Option(help="tenant name; created when new")],
     name: Annotated[str, typer.Option(help="a label for this key")] = "",
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(help="read, submit or admin; repeat for several (default: read, submit)"),
+    ] = None,
 ) -> None:
-    """Create an API key for ``tenant`` and print it (it is shown only once)."""
+    """Create an API key for ``tenant`` and print it (it is shown only once).
+
+    ``--scope admin`` makes the operator key that manages tenants and keys over the API
+    (``/v1/admin``)."""
     from xmlx import repository as repo
     from xmlx.db import engine_from_settings, make_session_factory, session_scope
     from xmlx.migrate import ensure_migrated
+    from xmlx.security import DEFAULT_SCOPES, format_scopes
 
+    scopes = scope or list(DEFAULT_SCOPES)
+    try:
+        format_scopes(scopes)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scope") from exc
     settings = get_settings()
     engine = engine_from_settings(settings)
     ensure_migrated(engine)
     with session_scope(make_session_factory(engine)) as session:
         row = repo.get_tenant_by_name(session, tenant) or repo.create_tenant(session, tenant)
         key, plaintext = repo.create_api_key(
-            session, row.id, settings.api_key_pepper.get_secret_value(), name
+            session, row.id, settings.api_key_pepper.get_secret_value(), name, scopes
         )
         tenant_id = row.id
-    console.print(f"tenant {tenant} ({tenant_id}), key {key.id}:")
+    console.print(f"tenant {tenant} ({tenant_id}), key {key.id} ({key.scopes}):")
     typer.echo(plaintext)
 
 

@@ -109,6 +109,10 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # Space-separated `xmlx.security.SCOPES`; keys made before scopes: read and submit.
+    scopes: Mapped[str] = mapped_column(
+        String(64), default="read submit", server_default="read submit"
+    )
 
 
 class Dataset(Base):
