@@ -1,7 +1,8 @@
-"""API key scopes: `api_keys.scopes`.
+"""API key scopes (`api_keys.scopes`) and the request id of a job (`jobs.request_id`).
 
 Space-separated scopes (`read`, `submit`, `admin`; xmlx.security.SCOPES). Keys that
-existed before this revision keep what they could do: `read submit`.
+existed before this revision keep what they could do: `read submit`. A job's request
+id is the X-Request-ID of the API call that created it (NULL before this revision).
 
 Revision ID: 0009
 Revises: 0006
@@ -24,8 +25,12 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column('scopes', sa.String(length=64), nullable=False, server_default='read submit')
         )
+    with op.batch_alter_table('jobs') as batch_op:
+        batch_op.add_column(sa.Column('request_id', sa.String(length=128), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('jobs') as batch_op:
+        batch_op.drop_column('request_id')
     with op.batch_alter_table('api_keys') as batch_op:
         batch_op.drop_column('scopes')
