@@ -136,9 +136,23 @@ def worker(
         str | None,
         typer.Option(help="one worker process per GPU: all, a count N, or ids (0,1 / 3,)"),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="serve Prometheus metrics of every worker process on this port"),
+    ] = None,
 ) -> None:
-    """Run a Celery worker; with --gpus, one worker process per GPU, supervised."""
+    """Run a Celery worker; with --gpus, one worker process per GPU, supervised.
+
+    With --metrics-port, every pool process writes its metrics to one multiprocess
+    directory and one exporter serves their sum (`xmlx.metrics_export`): the Celery
+    parent's, or with --gpus the supervisor's."""
+    from xmlx import metrics_export
+
+    if metrics_port is not None:
+        metrics_export.prepare_directory(os.environ)
     if gpus is None:
+        if metrics_port is not None:
+            os.environ[metrics_export.PORT_ENV] = str(metrics_port)
         _exec(_celery_worker_args(queues, concurrency, name))
     from xmlx.gpus import GpuSelectionError, gpu_worker_env, select_gpus, visible_gpus
     from xmlx.supervisor import ChildSpec, Supervisor
@@ -149,6 +163,7 @@ def worker(
         console.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(2) from exc
     prefix = name.split("@")[0] if name else "gpu"
+    os.environ.pop(metrics_export.PORT_ENV, None)  # the supervisor exports, not each worker
     specs = [
         ChildSpec(
             f"{prefix}{i}",
@@ -158,6 +173,9 @@ def worker(
         for i, device in enumerate(devices)
     ]
     console.print(f"{len(specs)} GPU worker(s) on device(s) {', '.join(devices)}")
+    if metrics_port is not None:
+        metrics_export.start_exporter(metrics_port)
+        console.print(f"worker metrics on port {metrics_port}")
     raise typer.Exit(Supervisor(specs, echo=console.print).run())
 
 
