@@ -29,6 +29,11 @@ import os
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from xmlx.metrics_export import MULTIPROC_ENV
+
+if os.environ.get(MULTIPROC_ENV):  # a container's first start: the folder may not exist
+    os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
+
 ITEMS = Counter(
     "xmlx_worker_items",
     "Items recorded by a worker, by job kind, state and error code",

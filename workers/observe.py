@@ -80,6 +80,9 @@ def _task_ended(**_: Any) -> None:
 def _start_exporter(**_: Any) -> None:
     port = os.environ.get(metrics_export.PORT_ENV)
     if port:
+        # Before the pool forks: a restarted worker's counters start from zero, not
+        # from the sum with its previous life's files.
+        metrics_export.prepare_directory(os.environ)
         metrics_export.start_exporter(int(port))
         log.info("worker metrics on port %s", port)
 
