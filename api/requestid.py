@@ -11,6 +11,7 @@ from __future__ import annotations
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from xmlx import tracing
 from xmlx.logs import REQUEST_ID_HEADER, accept_request_id, request_id_context
 
 
@@ -30,4 +31,5 @@ class RequestIdMiddleware:
             await send(message)
 
         with request_id_context(request_id):
+            tracing.tag_current_span(request_id)
             await self.app(scope, receive, send_with_id)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +120,31 @@ def test_the_dashboard_uses_only_exported_metric_names(client: TestClient) -> No
     for wanted in ("queue depth", "items per second", "errors by code", "lease losses",
                    "p99", "gpu memory"):  # fmt: skip
         assert wanted in titles
+
+
+_TRACED_APP = """
+import sys
+from fastapi.testclient import TestClient
+from opentelemetry import trace
+from api.app import create_app
+from xmlx.settings import Settings
+
+app = create_app(Settings())
+answer = TestClient(app).get("/healthz", headers={"X-Request-ID": "traced-1"})
+assert answer.status_code == 200, answer.text
+trace.get_tracer_provider().force_flush()
+"""
+
+
+def test_with_otel_variables_the_api_traces_requests_with_their_request_id() -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    pytest.importorskip("opentelemetry.instrumentation.fastapi")
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "xmlx-test",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", _TRACED_APP], env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    spans = [json.loads(chunk) for chunk in re.split(r"(?<=\n})\n(?={)", run.stdout.strip())]
+    server = [s for s in spans if s["kind"] == "SpanKind.SERVER"]
+    assert server and server[0]["attributes"][tracing.REQUEST_ID_ATTRIBUTE] == "traced-1"
+    assert server[0]["resource"]["attributes"]["service.name"] == "xmlx-test"

@@ -97,6 +97,15 @@ def _tag_request_id(span: Any) -> None:
         span.set_attribute(REQUEST_ID_ATTRIBUTE, request_id)
 
 
+def tag_current_span(request_id: str) -> None:
+    """Put the request id on the span already open (the FastAPI server span, which
+    starts before the request id is known)."""
+    if _configured and _configured[0]:
+        from opentelemetry import trace
+
+        trace.get_current_span().set_attribute(REQUEST_ID_ATTRIBUTE, request_id)
+
+
 def instrument_fastapi(app: Any) -> bool:
     """Spans for every request of `app`, when tracing is on."""
     if not setup("xmlx-api"):
