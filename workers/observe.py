@@ -41,17 +41,29 @@ log = logging.getLogger("xmlx.worker")
 
 
 def _install_format(logger: logging.Logger, format: str = logs.TEXT_FORMAT, **_: Any) -> None:
-    log_format = get_settings().log_format
+    json_lines = get_settings().log_format == "json"
     for handler in logger.handlers:
-        handler.setFormatter(
-            logs.JsonFormatter() if log_format == "json" else logs.TextFormatter(format)
-        )
-        if not any(isinstance(f, logs.RequestIdFilter) for f in handler.filters):
-            handler.addFilter(logs.RequestIdFilter())
+        handler.setFormatter(logs.JsonFormatter() if json_lines else logs.TextFormatter(format))
+        _add_request_id(handler)
+
+
+def _install_task_format(logger: logging.Logger, **_: Any) -> None:
+    # In text mode Celery's TaskFormatter stays: it fills the task name and id its
+    # format names.
+    json_lines = get_settings().log_format == "json"
+    for handler in logger.handlers:
+        if json_lines:
+            handler.setFormatter(logs.JsonFormatter())
+        _add_request_id(handler)
+
+
+def _add_request_id(handler: logging.Handler) -> None:
+    if not any(isinstance(f, logs.RequestIdFilter) for f in handler.filters):
+        handler.addFilter(logs.RequestIdFilter())
 
 
 after_setup_logger.connect(_install_format, weak=False)
-after_setup_task_logger.connect(_install_format, weak=False)
+after_setup_task_logger.connect(_install_task_format, weak=False)
 
 
 @task_prerun.connect(weak=False)
