@@ -90,12 +90,12 @@ def _task_ended(**_: Any) -> None:
 
 @worker_init.connect(weak=False)
 def _start_exporter(**_: Any) -> None:
-    port = os.environ.get(metrics_export.PORT_ENV)
-    if port:
+    port = get_settings().worker_metrics_port
+    if port is not None:
         # Before the pool forks: a restarted worker's counters start from zero, not
         # from the sum with its previous life's files.
         metrics_export.prepare_directory(os.environ)
-        metrics_export.start_exporter(int(port))
+        metrics_export.start_exporter(port)
         log.info("worker metrics on port %s", port)
 
 
