@@ -69,7 +69,10 @@ after_setup_task_logger.connect(_install_task_format, weak=False)
 @task_prerun.connect(weak=False)
 def _task_started(task: Task, **_: Any) -> None:
     request = task.request
-    logs.set_request_id(_header(request, HEADER_REQUEST_ID))
+    request_id = _header(request, HEADER_REQUEST_ID)
+    logs.set_request_id(request_id)
+    if request_id is not None:  # the Celery span may have started before this handler
+        tracing.tag_current_span(request_id)
     sent_at = _header(request, HEADER_SENT_AT)
     if isinstance(sent_at, int | float):
         queue = (request.delivery_info or {}).get("routing_key") or "unknown"
