@@ -6,7 +6,7 @@ working on EVERY process within a second, so the cache is checked against a shar
 *revocation epoch*: a random token in Redis (`REVOCATION_EPOCH_KEY`) that every
 revocation replaces. A cached entry is used only while the epoch is the one it was
 verified under; any change -- a revocation anywhere, or a Redis that restarted empty --
-empties the cache's usefulness and the next request goes to the database.
+retires every cached entry, and the next request of each key goes to the database.
 
 Why an epoch read rather than pub/sub: a GET is stateless. A subscriber thread can
 miss a message while its connection is down and then trust a stale cache with no way
