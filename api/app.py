@@ -22,7 +22,9 @@ from api.idempotency import ReplayStore
 from api.metrics import Metrics, RequestTimer
 from api.problems import install_handlers
 from api.ratelimit import RateLimiter
+from api.requestid import RequestIdMiddleware
 from api.routes import (
+    admin,
     capabilities,
     datasets,
     explanations,
@@ -32,6 +34,7 @@ from api.routes import (
     models,
     uploads,
 )
+from xmlx import logs, tracing
 from xmlx.db import engine_from_settings, make_session_factory
 from xmlx.migrate import ensure_migrated
 from xmlx.settings import Settings, get_settings
@@ -81,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = build_state(settings or get_settings())
+        if not logging.getLogger().handlers:  # a server process, not a test's app
+            logs.configure_root(state.settings.log_format)
         app.state.xmlx = state
         log.info("xmlx API ready (storage: %s)", state.settings.storage_backend)
         try:
@@ -97,9 +102,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_handlers(app)
     app.add_middleware(RequestTimer, metrics=lambda: _metrics_of(app))
-    for module in (health, capabilities, uploads, files, datasets, models, explanations, jobs):
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer has its id
+    for module in (
+        health,
+        capabilities,
+        uploads,
+        files,
+        datasets,
+        models,
+        explanations,
+        jobs,
+        admin,
+    ):
         app.include_router(module.router)
     app.include_router(web.router)
+    tracing.instrument_fastapi(app)
     return app
 
 

@@ -5,72 +5,39 @@
 Authentication and the per-tenant rate limit are one dependency, so no tenant-scoped
 route can forget either.
 
-A verified key is remembered for `AUTH_CACHE_SECONDS` (per process, by the SHA-256 of
-the key): verifying costs a database round trip and a write (the key's `last_used_at`),
-which made a status poll several times dearer than the poll itself (bench/load.py).
-The price: a revoked key keeps working for at most that long on a replica that has
-just seen it, and `last_used_at` is as fresh as that.
+Verified keys are cached per process and revocations reach every process within
+`api.keyauth.EPOCH_CHECK_SECONDS` (a shared revocation epoch in Redis); see that module.
+
+Scopes: every route says what its key must hold with `Reader`, `Submitter` or `Admin`
+(GET reads, creating or cancelling work submits, `/v1/admin/*` is admin). `Caller`
+derives the scope from the HTTP method (GET/HEAD read, anything else submit).
 """
 
 from __future__ import annotations
 
-import hashlib
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated
 
 import redis
-from fastapi import Depends, Header, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Header, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from api import idempotency
 from api.broker import Broker
 from api.idempotency import ReplayStore
+from api.keyauth import Principal as Principal
+from api.keyauth import RevocationEpoch, VerifiedKeys
 from api.metrics import Metrics
 from api.problems import ProblemError
 from api.ratelimit import RateLimiter
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, session_scope
+from xmlx.security import parse_scopes
 from xmlx.settings import Settings
 from xmlx.storage import ObjectStore
-
-AUTH_CACHE_SECONDS = 10.0
-AUTH_CACHE_ENTRIES = 10_000
-
-
-@dataclass(frozen=True)
-class Principal:
-    tenant_id: str
-    key_id: str
-
-
-class VerifiedKeys:
-    """Keys verified in the last `AUTH_CACHE_SECONDS`: SHA-256 of the key -> Principal."""
-
-    def __init__(self, ttl: float = AUTH_CACHE_SECONDS) -> None:
-        self.ttl = ttl
-        self._entries: dict[str, tuple[Principal, float]] = {}
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _digest(plaintext: str) -> str:
-        return hashlib.sha256(plaintext.encode()).hexdigest()
-
-    def get(self, plaintext: str) -> Principal | None:
-        now = time.monotonic()
-        with self._lock:
-            entry = self._entries.get(self._digest(plaintext))
-        return entry[0] if entry is not None and entry[1] > now else None
-
-    def put(self, plaintext: str, principal: Principal) -> None:
-        with self._lock:
-            if len(self._entries) >= AUTH_CACHE_ENTRIES:
-                self._entries.clear()  # crude but bounded; a miss only costs a lookup
-            self._entries[self._digest(plaintext)] = (principal, time.monotonic() + self.ttl)
 
 
 @dataclass
@@ -85,6 +52,10 @@ class ApiState:
     replays: ReplayStore
     metrics: Metrics
     verified_keys: VerifiedKeys = field(default_factory=VerifiedKeys)
+    revocations: RevocationEpoch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.revocations = RevocationEpoch(self.redis)
 
     def close(self) -> None:
         self.broker.close()
@@ -119,10 +90,13 @@ def _unauthorized(detail: str) -> ProblemError:
 
 
 def authenticate(
+    request: Request,
+    security_scopes: SecurityScopes,
     state: State,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The caller's tenant from `Authorization: Bearer <key>`, after the rate limit."""
+    """The caller from `Authorization: Bearer <key>`, after the rate limit, holding the
+    route's scopes (declared with `Security`, else from the HTTP method)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("send an API key as `Authorization: Bearer <key>`")
     principal = _verified(state, credentials.credentials.strip())
@@ -138,11 +112,27 @@ def authenticate(
                 "X-RateLimit-Remaining": "0",
             },
         )
+    needed = security_scopes.scopes or [scope_for_method(request.method)]
+    missing = [scope for scope in needed if scope not in principal.scopes]
+    if missing:
+        raise ProblemError(
+            403,
+            "auth.insufficient_scope",
+            f"this needs an API key with the {' and '.join(missing)} scope; this key has "
+            f"{', '.join(sorted(principal.scopes)) or 'none'}",
+        )
     return principal
 
 
+def scope_for_method(method: str) -> str:
+    return "read" if method.upper() in ("GET", "HEAD") else "submit"
+
+
 def _verified(state: ApiState, plaintext: str) -> Principal:
-    principal = state.verified_keys.get(plaintext)
+    # Read the epoch BEFORE the database: a revocation committed after this read
+    # publishes a new epoch, which retires the entry stored below.
+    epoch = state.revocations.current()
+    principal = state.verified_keys.get(plaintext, epoch)
     if principal is not None:
         return principal
     pepper = state.settings.api_key_pepper.get_secret_value()
@@ -150,12 +140,15 @@ def _verified(state: ApiState, plaintext: str) -> Principal:
         row = repo.verify_api_key(session, plaintext, pepper)
         if row is None:
             raise _unauthorized("the API key is not valid (unknown, revoked or malformed)")
-        principal = Principal(tenant_id=row.tenant_id, key_id=row.id)
-    state.verified_keys.put(plaintext, principal)
+        principal = Principal(row.tenant_id, row.id, parse_scopes(row.scopes))
+    state.verified_keys.put(plaintext, principal, epoch)
     return principal
 
 
 Caller = Annotated[Principal, Depends(authenticate)]
+Reader = Annotated[Principal, Security(authenticate, scopes=["read"])]
+Submitter = Annotated[Principal, Security(authenticate, scopes=["submit"])]
+Admin = Annotated[Principal, Security(authenticate, scopes=["admin"])]
 
 
 def get_idempotency_key(

@@ -46,6 +46,7 @@ NON_SETTINGS_ENV = {
     "TF_FORCE_GPU_ALLOW_GROWTH",
     "XLA_PYTHON_CLIENT_PREALLOCATE",
     "CUDA_VISIBLE_DEVICES",
+    "PROMETHEUS_MULTIPROC_DIR",  # prometheus_client's multiprocess mode (workers.metrics)
 }
 VENDORED = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda-scaledobject.subset.schema.json",
@@ -455,9 +456,13 @@ def test_network_policies_deny_by_default_and_open_only_the_data_services() -> N
     assert {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]} in policies
     worker_labels = find("Deployment", "xmlx-worker")["spec"]["template"]["metadata"]["labels"]
     ports = set()
+    # The one way into a worker: Prometheus (namespace `monitoring`) to its metrics port.
+    scrape = [{"from": [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}],
+        "ports": [{"protocol": "TCP", "port": 9100}]}]  # fmt: skip
     for policy in policies:
         selected = policy["podSelector"].get("matchLabels", {}).items() <= worker_labels.items()
-        if selected and policy.get("ingress"):
+        if selected and policy.get("ingress") and policy["ingress"] != scrape:
             pytest.fail("a NetworkPolicy lets traffic into the workers")
         ports |= {p["port"] for rule in policy.get("egress", []) for p in rule["ports"]}
     assert ports == {53, 5432, 6379, 9000}

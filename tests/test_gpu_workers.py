@@ -14,11 +14,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
 from tests.service_fixtures import claimed_redis_url
-from xmlx.embedded_redis import EmbeddedRedis
+from xmlx.embedded_redis import EmbeddedRedis, free_port
 from xmlx.gpus import (
     GpuSelectionError,
     gpu_worker_env,
@@ -112,12 +113,12 @@ def worker_env(tmp_path: Path, broker_url: str, **extra: str) -> dict[str, str]:
 
 
 def start_supervisor(
-    tmp_path: Path, broker_url: str, gpus: str
+    tmp_path: Path, broker_url: str, gpus: str, *extra: str
 ) -> tuple[subprocess.Popen[bytes], Path]:
     log = tmp_path / "workers.log"
     # A queue nobody sends to: the workers start and idle, whatever else uses this Redis.
     args = [sys.executable, "-m", "xmlx.cli", "worker", "--gpus", gpus,
-            "--queues", f"test-gpu-{uuid.uuid4().hex[:8]}"]  # fmt: skip
+            "--queues", f"test-gpu-{uuid.uuid4().hex[:8]}", *extra]  # fmt: skip
     with log.open("wb") as out:
         process = subprocess.Popen(
             args, env=worker_env(tmp_path, broker_url), stdout=out, stderr=subprocess.STDOUT
@@ -147,12 +148,18 @@ def kill_leftovers(processes: list[psutil.Process]) -> None:
 def test_one_worker_per_gpu_each_sees_its_own_device_and_stops_warm(
     tmp_path: Path, broker_url: str
 ) -> None:
-    process, log = start_supervisor(tmp_path, broker_url, "0,1")
+    port = free_port()
+    process, log = start_supervisor(tmp_path, broker_url, "0,1", "--metrics-port", str(port))
     started: list[psutil.Process] = []
     try:
         children = wait_until_ready(process, log, workers=2)
         started = [*children, *(g for c in children for g in c.children())]
         assert len(children) == 2
+        # One exporter, the supervisor's, over one multiprocess folder all workers share.
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).status_code == 200
+        folders = {child.environ()["PROMETHEUS_MULTIPROC_DIR"] for child in children}
+        assert len(folders) == 1 and Path(folders.pop()).is_dir()
+        assert not any("XMLX_WORKER_METRICS_PORT" in child.environ() for child in children)
         devices = sorted(child.environ()["CUDA_VISIBLE_DEVICES"] for child in children)
         assert devices == ["0", "1"]
         for child in children:

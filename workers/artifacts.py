@@ -16,6 +16,7 @@ from typing import Any
 
 from workers.context import WorkerContext
 from workers.lease import ChunkStoppedError
+from workers.metrics import ITEMS
 from xmlcore.batch import ImageReport
 from xmlx import jobs
 from xmlx.keys import item_artifact_key
@@ -45,6 +46,7 @@ class Attempt:
             raise ChunkStoppedError(lease_lost=True)
         if outcome.recorded:
             self.recorded[key] = set()
+            ITEMS.labels(self.job.kind, "failed", code).inc()
 
 
 def persist(
@@ -105,6 +107,7 @@ def _record(
     for success, outcome in zip(written, outcomes, strict=True):
         if outcome.recorded:
             attempt.recorded[success.item_key] = set(success.artifacts.values())
+            ITEMS.labels(attempt.job.kind, "succeeded", "").inc()
         else:  # recorded by an earlier attempt, whose row names its own files
             delete_quietly(ctx, list(success.artifacts.values()))
 

@@ -87,6 +87,15 @@ class WorkerContext:
             self._batch_sizes[model.metadata.model_id] = size
         return size
 
+    def gpu_memory_in_use(self) -> int | None:
+        """Accelerator memory this process uses, or None (no GPU, or nothing loaded yet:
+        asking would initialise a backend just to say zero)."""
+        if not _accelerator or not _accelerator[0].gpus:
+            return None
+        from xmlcore.device import accelerator_memory_in_use
+
+        return accelerator_memory_in_use()
+
 
 _accelerator: list[AcceleratorSetup] = []
 

@@ -28,11 +28,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 from workers.artifacts import IO_THREADS, Attempt, persist, sweep
 from workers.context import WorkerContext
 from workers.lease import ChunkStoppedError, LeaseKeeper, hand_back, is_transient
+from workers.metrics import BATCH_SECONDS, FORWARD_PASSES, record_gpu_memory
 from xmlcore.batch import ImageReport, explain_images, predict_images
 from xmlcore.errors import XmlcoreError
 from xmlcore.images import decode_image
 from xmlcore.methods import parse_target
-from xmlcore.param_costs import check_image_fit, max_batch_size
+from xmlcore.param_costs import check_image_fit, forward_passes_per_item, max_batch_size
 from xmlcore.params import parse_params
 from xmlx import jobs
 from xmlx.keys import attempt_token
@@ -139,6 +140,16 @@ def _run_batch(ctx: WorkerContext, attempt: Attempt, model: Any, pending: list[s
     """Explain the `pending` items; each one recorded is removed from the list, so a
     batch interrupted by a storage outage is resumed, not redone."""
     started = time.perf_counter()
+    try:
+        _explain_batch(ctx, attempt, model, pending, started)
+    finally:
+        BATCH_SECONDS.labels(attempt.job.kind).observe(time.perf_counter() - started)
+        record_gpu_memory(ctx.gpu_memory_in_use())
+
+
+def _explain_batch(
+    ctx: WorkerContext, attempt: Attempt, model: Any, pending: list[str], started: float
+) -> None:
     job = attempt.job
     images, good_keys = _fetch_images(ctx, attempt, model.image_size, pending)
     if not good_keys:
@@ -147,6 +158,7 @@ def _run_batch(ctx: WorkerContext, attempt: Attempt, model: Any, pending: list[s
     try:
         reports = compute(np.stack(images))
         pairs = list(zip(good_keys, reports, strict=True))
+        _count_forward_passes(job, model, len(good_keys))
     except SoftTimeLimitExceeded:
         raise
     except Exception as exc:  # any deterministic failure: see _explain_failure
@@ -159,6 +171,13 @@ def _run_batch(ctx: WorkerContext, attempt: Attempt, model: Any, pending: list[s
         return
     seconds = (time.perf_counter() - started) / max(len(good_keys), 1)
     persist(ctx, attempt, pairs, {"seconds": round(seconds, 4)}, pending)
+
+
+def _count_forward_passes(job: Job, model: Any, n_images: int) -> None:
+    method = "predict" if job.kind == JobKind.PREDICT else str(job.params.get("method", "lime"))
+    typed = None if method == "predict" else parse_params(method, job.params.get("params") or {})
+    per_image = forward_passes_per_item(method, typed, targets=1, image_size=model.image_size)
+    FORWARD_PASSES.labels(job.kind, method).inc(per_image * n_images)
 
 
 def _explain_failure(exc: Exception) -> tuple[str, str]:

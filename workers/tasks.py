@@ -16,6 +16,7 @@ from celery import Task
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 
+from workers import observe  # noqa: F401  (signal handlers: logs, metrics, tracing)
 from workers.celery_app import (
     DEFAULT_QUEUE,
     GPU_QUEUE,
@@ -30,6 +31,7 @@ from workers.celery_app import (
     send_preparations,
 )
 from workers.context import worker_context
+from workers.metrics import RETRIES
 from xmlx import jobs
 from xmlx.errors import XmlxError
 
@@ -51,7 +53,11 @@ def xmlx_task(name: str, queue: str, *, max_retries: int = 8) -> Callable[[F], T
                 return fn(*args)
             except XmlxError as exc:
                 if exc.transient:
+                    RETRIES.labels(name, exc.code).inc()
                     raise TransientError(f"{exc.code}: {exc.message}") from exc
+                raise
+            except TRANSIENT_ERRORS as exc:
+                RETRIES.labels(name, type(exc).__name__).inc()
                 raise
 
         run.__name__ = fn.__name__

@@ -16,7 +16,9 @@ import logging
 import time
 
 from workers.context import WorkerContext
+from workers.metrics import CHUNKS, LEASE_LOSSES
 from xmlx import jobs
+from xmlx.logs import request_id_context
 from xmlx.models import JobKind
 
 log = logging.getLogger("xmlx.worker")
@@ -36,8 +38,11 @@ def run_wakeup(ctx: WorkerContext, *, budget_seconds: float | None = None) -> li
         claim = _claim_next(ctx, ITEM_KINDS)
         if not claim.claimed or claim.job is None:
             return statuses
-        status = run_claimed(ctx, claim).status
-        log.info("chunk finished", extra={"chunk_id": claim.chunk_id, "status": status})
+        with request_id_context(claim.job.request_id):
+            log.info("chunk claimed", extra=_chunk_fields(claim))
+            status = run_claimed(ctx, claim).status
+            log.info("chunk finished", extra={"chunk_id": claim.chunk_id, "status": status})
+        _count(claim, status)
         statuses.append(status)
         if time.monotonic() >= deadline:
             return statuses
@@ -51,9 +56,24 @@ def run_training_wakeup(ctx: WorkerContext) -> str:
     claim = _claim_next(ctx, TRAIN_KINDS)
     if not claim.claimed or claim.job is None:
         return "nothing"
-    status = run_training_claimed(ctx, claim)
-    log.info("training slice finished", extra={"chunk_id": claim.chunk_id, "status": status})
+    with request_id_context(claim.job.request_id):
+        log.info("training chunk claimed", extra=_chunk_fields(claim))
+        status = run_training_claimed(ctx, claim)
+        log.info("training slice finished", extra={"chunk_id": claim.chunk_id, "status": status})
+    _count(claim, status)
     return status
+
+
+def _chunk_fields(claim: jobs.Claim) -> dict[str, object]:
+    assert claim.job is not None
+    return {"chunk_id": claim.chunk_id, "job_id": claim.job.id, "attempt": claim.attempt}
+
+
+def _count(claim: jobs.Claim, status: str) -> None:
+    kind = claim.job.kind if claim.job is not None else "unknown"
+    CHUNKS.labels(kind, status).inc()
+    if status == "lease_lost":
+        LEASE_LOSSES.labels(kind).inc()
 
 
 def _claim_next(ctx: WorkerContext, kinds: frozenset[str]) -> jobs.Claim:

@@ -128,6 +128,28 @@ def free_accelerator_memory() -> int | None:
     return None
 
 
+def accelerator_memory_in_use() -> int | None:
+    """Bytes in use on the first GPU by this process's backend, or None when it cannot
+    tell (no GPU)."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        stats = gpus[0].memory_stats() if gpus else None
+        return int(stats["bytes_in_use"]) if stats and "bytes_in_use" in stats else None
+    if backend == "torch":
+        import torch
+
+        return int(torch.cuda.memory_allocated()) if torch.cuda.is_available() else None
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            return int(tf.config.experimental.get_memory_info("GPU:0")["current"])
+    return None
+
+
 def _all_layers(model: Any) -> list[Any]:
     layers = []
     for layer in getattr(model, "layers", []):

@@ -52,22 +52,35 @@ def db_downgrade(revision: str = "base") -> None:
 def keys_create(
     tenant: Annotated[str, typer.Option(help="tenant name; created when new")],
     name: Annotated[str, typer.Option(help="a label for this key")] = "",
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(help="read, submit or admin; repeat for several (default: read, submit)"),
+    ] = None,
 ) -> None:
-    """Create an API key for ``tenant`` and print it (it is shown only once)."""
+    """Create an API key for ``tenant`` and print it (it is shown only once).
+
+    ``--scope admin`` makes the operator key that manages tenants and keys over the API
+    (``/v1/admin``)."""
     from xmlx import repository as repo
     from xmlx.db import engine_from_settings, make_session_factory, session_scope
     from xmlx.migrate import ensure_migrated
+    from xmlx.security import DEFAULT_SCOPES, format_scopes
 
+    scopes = scope or list(DEFAULT_SCOPES)
+    try:
+        format_scopes(scopes)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scope") from exc
     settings = get_settings()
     engine = engine_from_settings(settings)
     ensure_migrated(engine)
     with session_scope(make_session_factory(engine)) as session:
         row = repo.get_tenant_by_name(session, tenant) or repo.create_tenant(session, tenant)
         key, plaintext = repo.create_api_key(
-            session, row.id, settings.api_key_pepper.get_secret_value(), name
+            session, row.id, settings.api_key_pepper.get_secret_value(), name, scopes
         )
         tenant_id = row.id
-    console.print(f"tenant {tenant} ({tenant_id}), key {key.id}:")
+    console.print(f"tenant {tenant} ({tenant_id}), key {key.id} ({key.scopes}):")
     typer.echo(plaintext)
 
 
@@ -123,9 +136,23 @@ def worker(
         str | None,
         typer.Option(help="one worker process per GPU: all, a count N, or ids (0,1 / 3,)"),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="serve Prometheus metrics of every worker process on this port"),
+    ] = None,
 ) -> None:
-    """Run a Celery worker; with --gpus, one worker process per GPU, supervised."""
+    """Run a Celery worker; with --gpus, one worker process per GPU, supervised.
+
+    With --metrics-port, every pool process writes its metrics to one multiprocess
+    directory and one exporter serves their sum (`xmlx.metrics_export`): the Celery
+    parent's, or with --gpus the supervisor's."""
+    from xmlx import metrics_export
+
+    if metrics_port is not None:
+        metrics_export.prepare_directory(os.environ)
     if gpus is None:
+        if metrics_port is not None:
+            os.environ[metrics_export.PORT_ENV] = str(metrics_port)
         _exec(_celery_worker_args(queues, concurrency, name))
     from xmlx.gpus import GpuSelectionError, gpu_worker_env, select_gpus, visible_gpus
     from xmlx.supervisor import ChildSpec, Supervisor
@@ -136,6 +163,7 @@ def worker(
         console.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(2) from exc
     prefix = name.split("@")[0] if name else "gpu"
+    os.environ.pop(metrics_export.PORT_ENV, None)  # the supervisor exports, not each worker
     specs = [
         ChildSpec(
             f"{prefix}{i}",
@@ -145,6 +173,9 @@ def worker(
         for i, device in enumerate(devices)
     ]
     console.print(f"{len(specs)} GPU worker(s) on device(s) {', '.join(devices)}")
+    if metrics_port is not None:
+        metrics_export.start_exporter(metrics_port)
+        console.print(f"worker metrics on port {metrics_port}")
     raise typer.Exit(Supervisor(specs, echo=console.print).run())
 
 

@@ -15,6 +15,7 @@ chunk has a wake-up, and the number of messages stays bounded by the number of c
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from xmlx.logs import current_request_id
 from xmlx.settings import Settings
 
 GPU_QUEUE = "gpu"
@@ -36,6 +38,11 @@ TRAIN_KIND = "train"  # `xmlx.models.JobKind.TRAIN`
 TASK_RUN_CHUNK = "xmlx.run_chunk"
 TASK_RECONCILE = "xmlx.reconcile"
 TASK_PREPARE_BATCH = "xmlx.prepare_batch"
+
+# Message headers (task.request attributes on the worker): the request that caused the
+# message (xmlx.logs) and when it was sent (the worker's queue-wait histogram).
+HEADER_REQUEST_ID = "x_request_id"
+HEADER_SENT_AT = "x_sent_at"
 
 TASK_ROUTES = {
     TASK_TRAIN: {"queue": TRAIN_QUEUE},
@@ -97,6 +104,14 @@ def producer_app(settings: Settings, *, include: Sequence[str] = ()) -> Celery:
     return app
 
 
+def message_headers() -> dict[str, Any]:
+    headers: dict[str, Any] = {HEADER_SENT_AT: time.time()}
+    request_id = current_request_id()
+    if request_id is not None:
+        headers[HEADER_REQUEST_ID] = request_id
+    return headers
+
+
 def _batched(producer: Any) -> AbstractContextManager[Any]:
     """kombu >= 5.6 pipelines a batch of publishes (one Redis round trip per batch)."""
     batch = getattr(producer, "batch", None)
@@ -124,6 +139,7 @@ def send_wakeups(
                 queue=TRAIN_QUEUE if training else GPU_QUEUE,
                 producer=producer,
                 retry_policy=retry_policy,
+                headers=message_headers(),
             )
 
 
@@ -131,4 +147,10 @@ def send_preparation(
     app: Celery, job_id: str, *, retry_policy: dict[str, Any] | None = None
 ) -> None:
     """The `prepare_batch` message of a preparing job (after its commit)."""
-    app.send_task(TASK_PREPARE_BATCH, args=[job_id], queue=DEFAULT_QUEUE, retry_policy=retry_policy)
+    app.send_task(
+        TASK_PREPARE_BATCH,
+        args=[job_id],
+        queue=DEFAULT_QUEUE,
+        retry_policy=retry_policy,
+        headers=message_headers(),
+    )

@@ -109,6 +109,10 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # Space-separated `xmlx.security.SCOPES`; keys made before scopes: read and submit.
+    scopes: Mapped[str] = mapped_column(
+        String(64), default="read submit", server_default="read submit"
+    )
 
 
 class Dataset(Base):
@@ -177,6 +181,9 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    # The X-Request-ID of the API call that created the job (xmlx.logs): worker log
+    # lines about its chunks carry it.
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     # Where a preparing job's items come from ({"prefix": ...} or {"manifest": ...}, both

@@ -11,9 +11,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 KEY_SCHEME = "xmlx"
+# What a key may do: `read` (GET), `submit` (create and cancel work), `admin` (tenants
+# and keys of every tenant). Keys made before scopes existed hold the default.
+SCOPES = ("read", "submit", "admin")
+DEFAULT_SCOPES = ("read", "submit")
 PREFIX_LENGTH = 12
 _PREFIX_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -51,6 +56,21 @@ def parse_api_key(plaintext: str) -> str | None:
 
 def api_key_matches(plaintext: str, key_hash: str, pepper: str) -> bool:
     return hmac.compare_digest(hash_api_key(plaintext, pepper), key_hash)
+
+
+def format_scopes(scopes: Iterable[str]) -> str:
+    """Scopes as stored: known names, space-separated, in `SCOPES` order."""
+    chosen = set(scopes)
+    unknown = chosen - set(SCOPES)
+    if unknown:
+        raise ValueError(f"unknown scopes {sorted(unknown)}; known: {', '.join(SCOPES)}")
+    if not chosen:
+        raise ValueError("a key needs at least one scope")
+    return " ".join(scope for scope in SCOPES if scope in chosen)
+
+
+def parse_scopes(stored: str) -> frozenset[str]:
+    return frozenset(stored.split()) & frozenset(SCOPES)
 
 
 def request_hash(body: bytes) -> str:

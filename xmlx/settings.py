@@ -132,6 +132,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=25_000_000, ge=1)
     image_size: tuple[int, int] = (224, 224)
 
+    # Observability (xmlx.logs): `json` for log shippers, `text` for people.
+    log_format: Literal["text", "json"] = "text"
+    # The Celery parent serves the workers' Prometheus metrics on this port
+    # (xmlx.metrics_export; `xmlx worker --metrics-port` sets it). None: no exporter.
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
     @model_validator(mode="after")
     def _check_time_limits(self) -> Settings:
         if self.wakeup_budget_seconds >= self.task_soft_time_limit_seconds:

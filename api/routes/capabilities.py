@@ -14,7 +14,7 @@ from typing import Any, get_args
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from api.deps import Caller, State
+from api.deps import Reader, State
 from api.problems import problem_responses
 from api.schemas import TrainingParams
 from xmlcore.params import METHOD_PARAMS, params_json_schemas
@@ -52,7 +52,7 @@ def base_names() -> list[str]:
     summary="Bases, imported weights, methods and limits of this deployment",
     responses=problem_responses(401, 429),
 )
-def get_capabilities(caller: Caller, state: State) -> CapabilitiesOut:
+def get_capabilities(caller: Reader, state: State) -> CapabilitiesOut:
     bases = []
     for name in base_names():
         record = weights_record(state.store, name) if name in PRETRAINED_BASES else None

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Query, Response
 from sqlalchemy.orm import Session
 
 from api import inputs
-from api.deps import Caller, DbSession, IdempotencyKey, State
+from api.deps import DbSession, IdempotencyKey, Reader, State, Submitter
 from api.idempotency import fingerprint
 from api.problems import ProblemError, problem_responses
 from api.schemas import DatasetRequest
@@ -50,7 +50,7 @@ def find_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
 )
 def create_dataset(
     body: DatasetRequest,
-    caller: Caller,
+    caller: Submitter,
     state: State,
     idempotency_key: IdempotencyKey,
     response: Response,
@@ -111,7 +111,7 @@ def _detail(state: State, tenant_id: str, dataset_id: str) -> DatasetDetail:
     summary="One dataset, with its label counts",
     responses=problem_responses(401, 404, 429),
 )
-def get_dataset(dataset_id: str, caller: Caller, state: State) -> DatasetDetail:
+def get_dataset(dataset_id: str, caller: Reader, state: State) -> DatasetDetail:
     return _detail(state, caller.tenant_id, dataset_id)
 
 
@@ -122,7 +122,7 @@ def get_dataset(dataset_id: str, caller: Caller, state: State) -> DatasetDetail:
     responses=problem_responses(401, 422, 429),
 )
 def list_datasets(
-    caller: Caller,
+    caller: Reader,
     session: DbSession,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,

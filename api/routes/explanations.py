@@ -25,7 +25,7 @@ from fastapi import APIRouter, Response
 
 from api import inputs
 from api.cost import check_cost
-from api.deps import ApiState, Caller, IdempotencyKey, State
+from api.deps import ApiState, IdempotencyKey, State, Submitter
 from api.idempotency import fingerprint
 from api.problems import ProblemError, problem_responses
 from api.routes.datasets import find_dataset
@@ -57,7 +57,7 @@ ERRORS = problem_responses(401, 404, 409, 413, 422, 429)
 )
 def create_explanations(
     body: ExplanationRequest,
-    caller: Caller,
+    caller: Submitter,
     state: State,
     idempotency_key: IdempotencyKey,
     response: Response,
@@ -80,7 +80,7 @@ def create_explanations(
 )
 def create_predictions(
     body: PredictionRequest,
-    caller: Caller,
+    caller: Submitter,
     state: State,
     idempotency_key: IdempotencyKey,
     response: Response,

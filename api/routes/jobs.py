@@ -17,7 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
-from api.deps import ApiState, Caller, DbSession, State
+from api.deps import ApiState, DbSession, Reader, State, Submitter
 from api.exports import MEDIA_TYPES, ExportFormat, export
 from api.problems import ProblemError, problem_responses
 from api.submit import render_job
@@ -49,7 +49,7 @@ def _signer(state: ApiState) -> Callable[[str], str]:
     summary="A job: state, progress, timings, failures by error code",
     responses=problem_responses(401, 404, 429),
 )
-def get_job(job_id: str, caller: Caller, state: State, session: DbSession) -> JobOut:
+def get_job(job_id: str, caller: Reader, state: State, session: DbSession) -> JobOut:
     job = repo.get_job(session, caller.tenant_id, job_id)
     if job is None:
         raise _job_not_found(job_id)
@@ -63,7 +63,7 @@ def get_job(job_id: str, caller: Caller, state: State, session: DbSession) -> Jo
     responses=problem_responses(401, 422, 429),
 )
 def list_jobs(
-    caller: Caller,
+    caller: Reader,
     state: State,
     session: DbSession,
     job_state: Annotated[JobState | None, Query(alias="state")] = None,
@@ -90,7 +90,7 @@ def list_jobs(
 )
 def list_results(
     job_id: str,
-    caller: Caller,
+    caller: Reader,
     state: State,
     session: DbSession,
     item_state: Annotated[ItemState | None, Query(alias="state")] = None,
@@ -122,7 +122,7 @@ def list_results(
 )
 def export_results(
     job_id: str,
-    caller: Caller,
+    caller: Reader,
     state: State,
     item_state: Annotated[ItemState | None, Query(alias="state")] = None,
 ) -> StreamingResponse:
@@ -164,7 +164,7 @@ def _result_pages(
     summary="Ask a job to stop (202 while running chunks wind down, 200 once cancelled)",
     responses={202: {"model": JobOut}, **problem_responses(401, 404, 409, 429)},
 )
-def cancel_job(job_id: str, caller: Caller, state: State, response: Response) -> JobOut:
+def cancel_job(job_id: str, caller: Submitter, state: State, response: Response) -> JobOut:
     job = jobs.request_cancel(state.sessions, caller.tenant_id, job_id)
     if job.state in FINAL_JOB_STATES and not job.cancel_requested:
         raise ProblemError(409, "job.already_finished", f"job {job_id} is already {job.state}")

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
-from api.deps import ApiState, Caller, DbSession, IdempotencyKey, State
+from api.deps import ApiState, DbSession, IdempotencyKey, Reader, State, Submitter
 from api.idempotency import fingerprint
 from api.problems import ProblemError, problem_responses
 from api.routes.datasets import find_dataset
@@ -41,7 +41,7 @@ TRAIN_ITEM_KEY = "model"  # the one item of a training job (workers.training rea
 )
 def create_model(
     body: ModelRequest,
-    caller: Caller,
+    caller: Submitter,
     state: State,
     idempotency_key: IdempotencyKey,
     response: Response,
@@ -73,7 +73,11 @@ def create_model(
     responses=problem_responses(401, 404, 409, 422, 429),
 )
 def retrain_model(
-    model_id: str, caller: Caller, state: State, idempotency_key: IdempotencyKey, response: Response
+    model_id: str,
+    caller: Submitter,
+    state: State,
+    idempotency_key: IdempotencyKey,
+    response: Response,
 ) -> ModelCreated:
     """Same model id, same parameters: links and names keep working, the model's jobs
     list shows every attempt, and the new job resumes from the checkpoints the failed
@@ -195,7 +199,7 @@ def _created(state: ApiState, tenant_id: str, job: Job) -> ModelCreated:
     summary="A model: state, training params, metrics, history",
     responses=problem_responses(401, 404, 429),
 )
-def get_model(model_id: str, caller: Caller, state: State, session: DbSession) -> ModelOut:
+def get_model(model_id: str, caller: Reader, state: State, session: DbSession) -> ModelOut:
     model = find_model(state, caller.tenant_id, model_id, ready=False)
     return model_out(model, repo.training_job_id(session, caller.tenant_id, model_id))
 
@@ -206,7 +210,7 @@ def get_model(model_id: str, caller: Caller, state: State, session: DbSession) -
     summary="The learned label hierarchy (units of each layer and their labels)",
     responses=problem_responses(401, 404, 409, 429),
 )
-def get_hierarchy(model_id: str, caller: Caller, state: State) -> dict[str, Any]:
+def get_hierarchy(model_id: str, caller: Reader, state: State) -> dict[str, Any]:
     model = find_model(state, caller.tenant_id, model_id, ready=False)
     if model.state != ModelState.READY or model.hierarchy is None:
         raise ProblemError(409, "model.not_ready", f"model {model_id} is {model.state}")
@@ -222,7 +226,7 @@ def get_hierarchy(model_id: str, caller: Caller, state: State) -> dict[str, Any]
     responses=problem_responses(401, 422, 429),
 )
 def list_models(
-    caller: Caller,
+    caller: Reader,
     session: DbSession,
     state: Annotated[ModelState | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api import inputs
-from api.deps import Caller, IdempotencyKey, State
+from api.deps import IdempotencyKey, State, Submitter
 from api.problems import problem_responses
 from api.schemas import UploadRequest
 from api.views import UploadsOut, UploadTarget
@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
     responses=problem_responses(401, 422, 429),
 )
 def create_uploads(
-    body: UploadRequest, caller: Caller, state: State, _idempotency_key: IdempotencyKey
+    body: UploadRequest, caller: Submitter, state: State, _idempotency_key: IdempotencyKey
 ) -> UploadsOut:
     inputs.check_user_keys(body.keys, inputs.uploads_folder(caller.tenant_id, ""))
     expiry = state.settings.presign_expiry_seconds

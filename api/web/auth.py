@@ -4,7 +4,8 @@ The cookie does NOT hold the API key. It holds `<key id>.<expiry>.<HMAC>` signed
 secret derived from the API pepper, so a stolen cookie cannot be replayed against the
 JSON API, it stops working at its expiry (`SESSION_SECONDS`), and every request still
 checks that the key behind it exists and is not revoked (one primary-key lookup): a
-revoked key logs its browser sessions out at once. The cookie is HttpOnly (scripts
+revoked key logs its browser sessions out at once (no cache, so no revocation epoch is
+needed here). Browsing needs the key's `read` scope. The cookie is HttpOnly (scripts
 never see it), SameSite=Strict (no other site can make the browser send it, which is
 what protects the UI's few POSTs from cross-site forgery) and Secure over HTTPS.
 """
@@ -25,6 +26,7 @@ from api.web.render import render
 from xmlx import repository as repo
 from xmlx.db import session_scope
 from xmlx.models import ApiKey
+from xmlx.security import parse_scopes
 from xmlx.settings import Settings
 
 COOKIE_NAME = "xmlx_session"
@@ -72,7 +74,8 @@ def current_user(request: Request) -> Principal | None:
         row = session.get(ApiKey, key_id)
         if row is None or row.revoked_at is not None:
             return None
-        return Principal(tenant_id=row.tenant_id, key_id=row.id)
+        scopes = parse_scopes(row.scopes)
+        return Principal(row.tenant_id, row.id, scopes) if "read" in scopes else None
 
 
 def login_redirect(request: Request) -> RedirectResponse:
@@ -112,11 +115,11 @@ def login(
     pepper = state.settings.api_key_pepper.get_secret_value()
     with session_scope(state.sessions) as session:
         row = repo.verify_api_key(session, api_key.strip(), pepper)
-        key_id = row.id if row is not None else None
+        key_id = row.id if row is not None and "read" in parse_scopes(row.scopes) else None
     if key_id is None:
         context = {
             "next": target,
-            "error": "That API key is not valid (unknown, revoked or mistyped).",
+            "error": "That API key is not valid (unknown, revoked, mistyped or not for reading).",
         }
         return render(request, "login.html", context, 401)
     response = RedirectResponse(target, status_code=303)

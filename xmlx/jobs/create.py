@@ -11,6 +11,7 @@ from xmlx import repository as repo
 from xmlx.db import SessionFactory, new_id, session_scope, utcnow
 from xmlx.jobs.common import settle_model
 from xmlx.jobs.types import CreatedJob, JobError
+from xmlx.logs import current_request_id
 from xmlx.models import MAX_KEY_LENGTH, Job, JobKind, JobState, Priority
 from xmlx.repository import work
 
@@ -57,6 +58,7 @@ def create_job(
         cancel_requested=False,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        request_id=current_request_id(),
         created_at=now,
         updated_at=now,
     )

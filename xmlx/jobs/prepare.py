@@ -40,6 +40,7 @@ from xmlx.jobs.cost import DEFAULT_IMAGE_SIZE, check_job_cost
 from xmlx.jobs.create import replay_job
 from xmlx.jobs.types import CreatedJob
 from xmlx.keys import user_key_problem
+from xmlx.logs import current_request_id
 from xmlx.models import Job, JobKind, JobState, Model
 from xmlx.repository import work
 from xmlx.storage import ObjectStore, StorageError, iter_keys
@@ -82,7 +83,7 @@ def start_preparing(
         id=new_id("job"), tenant_id=tenant_id, kind=kind, state=JobState.PREPARING,
         params=params, model_id=model_id, total=0, done=0, failed=0, duplicates=0,
         cancel_requested=False, idempotency_key=idempotency_key, request_hash=request_hash,
-        source=source, created_at=now, updated_at=now,
+        source=source, request_id=current_request_id(), created_at=now, updated_at=now,
     )  # fmt: skip
     try:
         with session_scope(sessions) as session:

@@ -8,6 +8,7 @@ each be one transaction, is `xmlx.jobs`, built on `work`.
 from xmlx.repository.accounts import (
     create_api_key,
     create_tenant,
+    get_api_key,
     get_tenant,
     get_tenant_by_name,
     list_api_keys,
@@ -62,6 +63,7 @@ __all__ = [
     "dataset_ids_with_images_at",
     "error_counts",
     "expired_chunks",
+    "get_api_key",
     "get_chunk",
     "get_dataset",
     "get_item",
