@@ -64,6 +64,7 @@ class _ImageRun:
     segmenter: Segmenter
     fill_spec: Fill
     rng: np.random.RandomState
+    seed: int
     columns: np.ndarray
     original: np.ndarray
     tracker: StabilityTracker
@@ -197,6 +198,7 @@ class LimeExplainer(Explainer):
             segmenter=self.segmenter,
             fill_spec=self.fill,
             rng=np.random.RandomState(image_seed(seed, index)),
+            seed=image_seed(seed, index),
             columns=np.array([t.column for t in row]),
             original=original,
             tracker=StabilityTracker(rule, max_samples or self.num_samples),
@@ -237,17 +239,28 @@ class LimeExplainer(Explainer):
             run.done = True
             return
         k = self.adaptive.top_k
-        separation = float(run.fit.separation(k).min())
-        run.done = run.tracker.update(run.fit.top_segments(k), run.drawn, separation)
+        separation = stability = 0.0
+        if self.adaptive.criterion == "separation":
+            separation = float(run.fit.separation(k).min())
+        elif self.adaptive.criterion == "stability":
+            stability = float(self._bootstrap(run, (k,))[k].min())
+        run.done = run.tracker.update(run.fit.top_segments(k), run.drawn, separation, stability)
 
-    def _explanations(self, run: _ImageRun, row: list[TargetInfo], seed: int) -> list[Explanation]:
-        assert run.fit is not None and run.design is not None
-        fit = run.fit
-        provenance = self._provenance(run.segments, seed, run.index)
+    def _bootstrap(self, run: _ImageRun, ks: tuple[int, ...]) -> dict[int, np.ndarray]:
+        """``stability@k`` per ``k`` and target of ``run``, from its samples so far."""
+        assert run.design is not None
+        X, Y, weights = run.design
         groups = resampling_groups(
             self.sampler, [len(m) for m in run.masks], first_round_has_original=True
         )
-        stability = self._stability(run.design, groups, image_seed(seed, run.index))
+        return bootstrap_stability(X, Y, weights, groups, alpha=self.alpha, ks=ks, seed=run.seed)
+
+    def _explanations(self, run: _ImageRun, row: list[TargetInfo], seed: int) -> list[Explanation]:
+        assert run.fit is not None
+        fit = run.fit
+        provenance = self._provenance(run.segments, seed, run.index)
+        found = self._bootstrap(run, stability_ks(self.top_k))
+        stability = {f"stability@{k}": values for k, values in found.items()}
         return [
             self._explanation(
                 run.index,
@@ -262,16 +275,6 @@ class LimeExplainer(Explainer):
             )
             for j, target in enumerate(row)
         ]
-
-    def _stability(
-        self, design: tuple[np.ndarray, np.ndarray, np.ndarray], groups: np.ndarray, seed: int
-    ) -> dict[str, np.ndarray]:
-        """``stability@k`` per target column of ``design``'s Y, from its own samples."""
-        X, Y, weights = design
-        found = bootstrap_stability(
-            X, Y, weights, groups, alpha=self.alpha, ks=stability_ks(self.top_k), seed=seed
-        )
-        return {f"stability@{k}": values for k, values in found.items()}
 
     def _explain_reference(
         self, index: int, image: np.ndarray, row: list[TargetInfo], original: np.ndarray, seed: int
@@ -290,9 +293,17 @@ class LimeExplainer(Explainer):
         )
         provenance = self._provenance(ref.segments, seed, index)
         columns = sorted(ref.coef)
-        design = (ref.masks, ref.outputs[:, columns], ref.kernel_weights)
         groups = resampling_groups("lime", [len(ref.masks)], first_round_has_original=True)
-        stability = self._stability(design, groups, image_seed(seed, index))
+        found = bootstrap_stability(
+            ref.masks,
+            ref.outputs[:, columns],
+            ref.kernel_weights,
+            groups,
+            alpha=self.alpha,
+            ks=stability_ks(self.top_k),
+            seed=image_seed(seed, index),
+        )
+        stability = {f"stability@{k}": values for k, values in found.items()}
         return [
             self._explanation(
                 index,

@@ -82,7 +82,9 @@ def _rows_with_counts(rng: np.random.RandomState, counts: np.ndarray, k: int) ->
     return (ranks < counts[:, None]).astype(np.uint8)
 
 
-def resampling_groups(sampler: str, rounds: list[int], *, first_round_has_original: bool) -> np.ndarray:
+def resampling_groups(
+    sampler: str, rounds: list[int], *, first_round_has_original: bool
+) -> np.ndarray:
     """Group id per row of the concatenated rounds (sizes ``rounds``): rows drawn as
     one antithetic pair share an id, every other row has its own; the original row
     (row 0) gets ``-1``, as it is not resampled."""
