@@ -68,7 +68,7 @@ class AdaptiveParams(BaseModel):
     criterion: Literal["separation", "set", "ranking", "stability"] = "separation"
     z: float = Field(default=1.5, gt=0, le=100, allow_inf_nan=False)
     min_stability: float = Field(
-        default=0.95,
+        default=0.98,
         gt=0,
         le=1,
         allow_inf_nan=False,
