@@ -88,9 +88,9 @@ def test_the_lime_sampler_is_limes_draw() -> None:
 
 
 def test_resampling_groups_keep_pairs_together() -> None:
-    groups = resampling_groups("antithetic", [5, 4], first_round_has_original=True)
+    groups = resampling_groups("antithetic", [5, 4])
     assert groups.tolist() == [-1, 0, 0, 1, 1, 2, 2, 3, 3]
-    plain = resampling_groups("stratified", [3, 2], first_round_has_original=True)
+    plain = resampling_groups("stratified", [3, 2])
     assert plain.tolist() == [-1, 0, 1, 2, 3]
 
 

@@ -250,9 +250,7 @@ class LimeExplainer(Explainer):
         """``stability@k`` per ``k`` and target of ``run``, from its samples so far."""
         assert run.design is not None
         X, Y, weights = run.design
-        groups = resampling_groups(
-            self.sampler, [len(m) for m in run.masks], first_round_has_original=True
-        )
+        groups = resampling_groups(self.sampler, [len(m) for m in run.masks])
         return bootstrap_stability(X, Y, weights, groups, alpha=self.alpha, ks=ks, seed=run.seed)
 
     def _explanations(self, run: _ImageRun, row: list[TargetInfo], seed: int) -> list[Explanation]:
@@ -293,7 +291,7 @@ class LimeExplainer(Explainer):
         )
         provenance = self._provenance(ref.segments, seed, index)
         columns = sorted(ref.coef)
-        groups = resampling_groups("lime", [len(ref.masks)], first_round_has_original=True)
+        groups = resampling_groups("lime", [len(ref.masks)])
         found = bootstrap_stability(
             ref.masks,
             ref.outputs[:, columns],

@@ -82,16 +82,15 @@ def _rows_with_counts(rng: np.random.RandomState, counts: np.ndarray, k: int) ->
     return (ranks < counts[:, None]).astype(np.uint8)
 
 
-def resampling_groups(
-    sampler: str, rounds: list[int], *, first_round_has_original: bool
-) -> np.ndarray:
-    """Group id per row of the concatenated rounds (sizes ``rounds``): rows drawn as
-    one antithetic pair share an id, every other row has its own; the original row
-    (row 0) gets ``-1``, as it is not resampled."""
+def resampling_groups(sampler: str, rounds: list[int]) -> np.ndarray:
+    """Group id per row of the concatenated rounds (sizes ``rounds``, the first one
+    starting with the original image): rows drawn as one antithetic pair share an id,
+    every other row has its own; the original (row 0) gets ``-1``, as it is in every
+    run once and is not resampled."""
     ids: list[np.ndarray] = []
     next_id = 0
     for index, size in enumerate(rounds):
-        head = 1 if index == 0 and first_round_has_original and size else 0
+        head = 1 if index == 0 and size else 0
         if head:
             ids.append(np.array([-1]))
         body = size - head
