@@ -6,7 +6,7 @@ mean over its explanations), updated in the transaction that records the items
 whose results carry no metrics and for rows written before this revision.
 
 Revision ID: 0007
-Revises: 0006
+Revises: 0009 (main's head when this branch was rebased; no id was assigned to it)
 Create Date: 2026-12-04
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = '0007'
-down_revision: str | None = '0006'
+down_revision: str | None = '0009'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
