@@ -12,6 +12,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
+from xmlcore.result_metrics import mean_metrics
 from xmlx.models import Dataset, Item, Job, Model
 
 T = TypeVar("T")
@@ -82,6 +83,12 @@ class JobOut(BaseModel):
     params: dict[str, Any]
     error: ErrorInfo | None
     errors_by_code: dict[str, int] = Field(description="failed items per error code")
+    metrics: dict[str, float] = Field(
+        default_factory=dict,
+        description="means over the succeeded items of the metrics each result carries "
+        "(an item counts the mean over its targets), e.g. `stability@5` of LIME: the "
+        "expected share of the top-5 superpixels a rerun would keep",
+    )
     created_at: datetime
     prepared_at: datetime | None = Field(
         description="when a big batch's last item went in (`preparing` -> `queued`)"
@@ -180,6 +187,7 @@ def job_out(job: Job, errors_by_code: dict[str, int], now: datetime) -> JobOut:
         params=job.params,
         error=_error(job.error_code, job.error_message),
         errors_by_code=errors_by_code,
+        metrics=mean_metrics(job.result_metrics),
         created_at=job.created_at,
         prepared_at=job.prepared_at,
         started_at=job.started_at,

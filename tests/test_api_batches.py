@@ -123,6 +123,18 @@ def test_prefix_batches_list_the_store(
     assert [item["key"] for item in results["items"]] == sorted(files)[:5]
 
 
+def test_a_lime_sampler_is_accepted_and_recorded(
+    client: TestClient, ready: tuple[ApiUser, dict[str, Any], str]
+) -> None:
+    user, dataset, model_id = ready
+    params = {"sampler": "antithetic_stratified", "adaptive": {"criterion": "stability"}}
+    body = {"model_id": model_id, "images": ["a.png"], "dataset_id": dataset["id"]}
+    answer = client.post("/v1/explanations", json={**body, "params": params}, headers=user.headers)
+    assert answer.status_code == 202, answer.text
+    job = answer.json()
+    assert job["params"]["params"] == params and job["metrics"] == {}
+
+
 def _bad_requests(model_id: str, other_model: str, pending_model: str) -> list[Any]:
     base = {"model_id": model_id, "images": ["a.png"]}
     return [
@@ -149,6 +161,13 @@ def _bad_requests(model_id: str, other_model: str, pending_model: str) -> list[A
         ({**base, "target": {"kind": "everything"}}, 422, "request.invalid"),
         ({**base, "unexpected": 1}, 422, "request.invalid"),
         ({**base, "params": {"bogus": 1}}, 422, "config.bad_parameter"),
+        ({**base, "params": {"sampler": "sobol"}}, 422, "config.bad_parameter"),
+        ({**base, "params": {"sampler": 1}}, 422, "config.bad_parameter"),
+        (
+            {**base, "params": {"sampler": "antithetic", "engine": "reference"}},
+            422,
+            "config.bad_parameter",
+        ),
         ({**base, "method": "gradcam", "params": {"num_samples": 9}}, 422, "config.bad_parameter"),
         ({**base, "target": {"kind": "label", "name": "chocolate"}}, 422, "labels.unknown"),
         ({**base, "target": {"kind": "latent", "index": 4}}, 422, "target.out_of_range"),

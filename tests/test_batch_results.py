@@ -59,3 +59,26 @@ def test_an_empty_batch_changes_nothing(session_factory: SessionFactory, tenant_
     assert jobs.record_items_success(session_factory, job.id, []) == []
     after = jobs.get_job(session_factory, tenant_id, job.id)
     assert (after.state, after.done, after.failed) == ("running", 0, 0)
+
+
+def test_a_jobs_metrics_are_the_means_over_its_recorded_items(
+    session_factory: SessionFactory, tenant_id: str
+) -> None:
+    from api.views import job_out
+    from xmlx.db import utcnow
+
+    job = _job(session_factory, tenant_id, 3).job
+
+    def explained(key: str, *stabilities: float) -> jobs.ItemSuccess:
+        summaries = [{"metrics": {"stability@5": s}} for s in stabilities]
+        return jobs.ItemSuccess(key, {"explanations": summaries})
+
+    jobs.record_items_success(
+        session_factory, job.id, [explained("images/000.png", 0.5, 0.7), _success("images/001.png")]
+    )
+    # a duplicate delivery of the first item counts once
+    again = [explained("images/000.png", 0.0), explained("images/002.png", 1.0)]
+    jobs.record_items_success(session_factory, job.id, again)
+    final = jobs.get_job(session_factory, tenant_id, job.id)
+    assert final.result_metrics == {"stability@5": {"sum": 1.6, "count": 2}}
+    assert job_out(final, {}, utcnow()).metrics == {"stability@5": 0.8}

@@ -77,6 +77,19 @@ def test_adaptive_rounds_on_the_device_equal_the_host_path(model, images) -> Non
     assert max_diff(host, device) < 1e-9
 
 
+def test_paired_stratified_adaptive_lime_on_the_device_equals_the_host_path(model, images) -> None:
+    # The samplers differ only in the mask rows they hand over; this one exercises
+    # pairs, stratified counts, odd round sizes and the stability rule at once.
+    sampler = "antithetic_stratified"
+    rule = AdaptiveSampling(criterion="stability", min_samples=41, max_samples=121, batch=40)
+    kwargs = {"adaptive": rule, "batch_size": 32, "sampler": sampler}
+    host = LimeExplainer(host_fn(model), **kwargs).explain(images, [1, 3])
+    device = LimeExplainer(PerturbingPredictor(model), **kwargs).explain(images, [1, 3])
+    assert [r[0].num_samples for r in host] == [r[0].num_samples for r in device]
+    assert max_diff(host, device) < 1e-9
+    assert [r[1].metrics for r in host] == [r[1].metrics for r in device]
+
+
 def test_plain_calls_send_uint8_and_match_the_model(model, images) -> None:
     predictor = PerturbingPredictor(model)
     expected = np.asarray(model.predict_on_batch(images.astype(np.float32)))

@@ -55,12 +55,16 @@ def assert_same(fast, ref):
             assert f.local_prediction == pytest.approx(r.local_prediction, abs=TOL)
             assert f.top_segments == r.top_segments
             assert r.provenance["engine"] == "reference"
+            # stability@k is refitted on the same samples with the same bootstrap draws
+            assert f.metrics == pytest.approx(r.metrics, abs=TOL)
+            assert f.provenance["sampler"] == r.provenance["sampler"] == "lime"
 
 
 @pytest.mark.parametrize(
     "options",
     [
         {},
+        {"sampler": "lime", "top_k": 3},
         {"fill": (0, 0, 0), "alpha": 0.5},
         {"fill": 128, "kernel_width": 0.4, "segmenter": QuickshiftSegmenter(kernel_size=2)},
     ],

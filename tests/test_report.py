@@ -77,6 +77,8 @@ def test_report_is_self_contained_with_every_card(
     assert html.count("image.corrupt:") == len(FAILED)
     assert f"\u2713 {gallery.predicted[gallery.keys[0]][0]}" in html
     assert re.search(r"latent \d &lt;- units [\d, ]+ &lt;- \w", html)
+    assert html.count("\nstability@5 0.80\n") == N_ITEMS - len(FAILED)  # one per card
+    assert "mean stability@5 0.80" in html
 
 
 def test_report_limits_and_state_filter(

@@ -135,6 +135,7 @@ def _result(
                 "score": 0.81,
                 "top_segments": [1, 4, 7],
                 "provenance": {"seed": seed},
+                "metrics": {"stability@5": 0.8},
             }
         ],
     }
@@ -342,6 +343,8 @@ def test_job_page_cards_paths_matches_and_pagination(
     assert "most active latent unit" in html
     assert re.search(r"latent \d &lt;- units [\d, ]+ &lt;- \w", html)
     assert "<code>image.corrupt</code>" in html  # dish_00004 is on the first page
+    assert html.count('<span data-metric="stability@5">stability@5 0.80</span>') == 10
+    assert '<dt>Mean stability@5</dt><dd data-metric="stability@5">0.80</dd>' in html
     more = re.search(r'href="([^"]+cursor=[^"]+)"', html)
     assert more is not None
     second = web_client.get(more.group(1).replace("&amp;", "&")).text

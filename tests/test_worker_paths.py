@@ -251,6 +251,27 @@ def test_a_chunk_records_every_item(setup: Setup, trained: tuple[str, str]) -> N
     assert setup.job(created.job.id).state == "succeeded"
 
 
+def test_an_explanation_chunk_with_a_new_sampler_records_stability(
+    setup: Setup, trained: tuple[str, str]
+) -> None:
+    params = {"num_samples": 60, "sampler": "antithetic", "adaptive": {"criterion": "stability",
+              "min_samples": 20, "batch": 20}}  # fmt: skip
+    created = jobs.create_job(
+        setup.sessions, tenant_id=setup.tenant_id, kind="explain",
+        item_keys=setup.image_keys[:2], model_id=trained[0], chunk_size=2,
+        params={"image_prefix": IMAGES, "method": "lime", "params": params},
+    )  # fmt: skip
+    assert run_chunk(setup.context(), created.chunk_ids[0]).recorded == 2
+    job = setup.job(created.job.id)
+    assert job.state == "succeeded" and 0 <= job.result_metrics["stability@5"]["sum"] <= 2
+    with session_scope(setup.sessions) as session:
+        page = repo.list_items(session, setup.tenant_id, created.job.id, limit=10)
+        assert page is not None
+        summaries = [row.result["explanations"][0] for row in page.rows]
+    assert {s["provenance"]["sampler"] for s in summaries} == {"antithetic"}
+    assert all(0 <= s["metrics"]["stability@5"] <= 1 for s in summaries)
+
+
 def test_cancel_mid_chunk_stops_before_the_next_batch(
     setup: Setup, trained: tuple[str, str]
 ) -> None:

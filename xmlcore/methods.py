@@ -94,6 +94,7 @@ def _lime(model: TwoStepModel, params: LimeParams) -> LimeExplainer:
         adaptive=rule,
         top_k=params.top_k,
         seed=params.seed,
+        sampler=params.sampler,
     )
 
 

@@ -65,8 +65,15 @@ class AdaptiveParams(BaseModel):
     )
     top_k: int = Field(default=5, ge=1, le=MAX_TOP_K)
     patience: int = Field(default=2, ge=1, le=100)
-    criterion: Literal["separation", "set", "ranking"] = "separation"
+    criterion: Literal["separation", "set", "ranking", "stability"] = "separation"
     z: float = Field(default=1.5, gt=0, le=100, allow_inf_nan=False)
+    min_stability: float = Field(
+        default=0.98,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description='criterion "stability": stop at this bootstrap stability@top_k',
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> AdaptiveParams:
@@ -93,6 +100,12 @@ class LimeParams(MethodParams):
     )
     seed: Seed | None = Field(default=0, description="null: a random seed (recorded)")
     engine: Literal["fast", "reference"] = "fast"
+    sampler: Literal["lime", "antithetic", "stratified", "antithetic_stratified"] = Field(
+        default="lime",
+        description="how masks are drawn: lime (the lime package's draw, reproducible), "
+        "antithetic (mask + complement pairs), stratified (stratified counts of hidden "
+        "segments), antithetic_stratified (both); same forward passes for all",
+    )
     segmenter: Literal["slic", "quickshift", "felzenszwalb"] = "slic"
     n_segments: int | None = Field(
         strict=True, default=None, ge=2, le=MAX_SEGMENTS, description="SLIC only (default 50)"
@@ -105,6 +118,8 @@ class LimeParams(MethodParams):
             raise ValueError("n_segments applies to segmenter slic only")
         if self.adaptive is not False and self.engine != "fast":
             raise ValueError("adaptive needs engine fast")
+        if self.sampler != "lime" and self.engine != "fast":
+            raise ValueError(f"sampler {self.sampler} needs engine fast")
         cells = self.num_samples * (self.n_segments or 50)
         if cells > MAX_MASK_CELLS:
             raise ValueError(

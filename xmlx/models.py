@@ -192,6 +192,9 @@ class Job(Base):
     # A training job's live progress (stage, epoch, losses, ETA, per-epoch history),
     # written by its lease holder (`xmlx.jobs.progress`); NULL for other jobs.
     training_progress: Mapped[dict[str, Any] | None]
+    # Running sums of the metrics its results carry, e.g. LIME's stability@5
+    # (`xmlcore.result_metrics`), updated as items are recorded; NULL when none.
+    result_metrics: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     prepared_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]

@@ -17,6 +17,7 @@ from api.deps import ApiState, get_state
 from api.web import model_view
 from api.web.auth import current_user, login_redirect
 from api.web.render import bad_request, not_found, render
+from xmlcore.result_metrics import mean_metrics
 from xmlx import repository as repo
 from xmlx.db import session_scope
 from xmlx.models import FINAL_JOB_STATES, Item, ItemState, JobKind, JobState
@@ -171,6 +172,7 @@ def _job_context(
         "limit": limit,
         "item_states": list(ItemState),
         "errors": errors,
+        "metrics": mean_metrics(job.result_metrics),
         "truth_known": truth is not None,
         "cursor": cursor,
         **(model_view.training_panel(job) if job.kind == JobKind.TRAIN else {}),

@@ -27,11 +27,11 @@ from xmlcore.explain.adaptive import AdaptiveSampling, StabilityTracker
 from xmlcore.explain.base import Explainer, PredictFn, Targets, check_images, normalize_targets
 from xmlcore.explain.reference import explain_with_lime
 from xmlcore.explain.result import Explanation, TargetInfo
+from xmlcore.explain.samplers import SAMPLERS, draw_sampler_masks, resampling_groups
 from xmlcore.explain.sampling import (
     Fill,
     SampleRequest,
     cosine_distances_to_ones,
-    draw_masks,
     exponential_kernel,
     fill_image,
     predict_outputs,
@@ -39,6 +39,7 @@ from xmlcore.explain.sampling import (
     stack_images,
 )
 from xmlcore.explain.segmentation import Segmenter, SlicSegmenter, segment_hash
+from xmlcore.explain.stability import bootstrap_stability, stability_ks
 from xmlcore.explain.surrogate import RidgeFit, fit_weighted_ridge
 
 ENGINES = ("fast", "reference")
@@ -63,6 +64,7 @@ class _ImageRun:
     segmenter: Segmenter
     fill_spec: Fill
     rng: np.random.RandomState
+    seed: int
     columns: np.ndarray
     original: np.ndarray
     tracker: StabilityTracker
@@ -70,6 +72,7 @@ class _ImageRun:
     outputs: list[np.ndarray] = field(default_factory=list)
     request: SampleRequest | None = None
     fit: RidgeFit | None = None
+    design: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # X, Y, kernel weights
     done: bool = False
 
     pending_segments: Future[np.ndarray] | None = None
@@ -96,7 +99,8 @@ class LimeExplainer(Explainer):
     with ``segment_weights`` ``(K,)``, ``intercept``, ``score`` (weighted R^2),
     ``local_prediction``, ``prediction`` (the model on the original), ``top_segments``
     (``top_k`` ids by weight, descending), ``heatmap = weights[segments]`` float32 and
-    ``num_samples``. Image ``i`` uses the seed ``image_seed(seed, i)``, so a result does
+    ``num_samples``, and ``metrics["stability@k"]`` (k = 5 and ``top_k``; see
+    ``stability.py``). Image ``i`` uses the seed ``image_seed(seed, i)``, so a result does
     not depend on the other images of the batch; ``seed=None`` draws a base seed and
     records it in the provenance. ``adaptive`` stops each image early once its top
     superpixels are stable (see ``AdaptiveSampling``); ``num_samples`` is then the cap.
@@ -108,7 +112,9 @@ class LimeExplainer(Explainer):
     Parameters as in ``lime``: ``kernel_width`` of the kernel on cosine distance,
     ``fill`` ``"mean"`` (lime's ``hide_color=None``) or a colour, ``alpha`` of the
     ridge. ``batch_size`` perturbed images go to ``predict_fn`` at a time, drawn from
-    several images when one image has fewer samples left.
+    several images when one image has fewer samples left. ``sampler`` picks how masks
+    are drawn (``samplers.py``): ``"lime"`` is ``lime``'s own draw; the others reduce
+    variance at the same number of forward passes.
     """
 
     method = "lime"
@@ -127,10 +133,13 @@ class LimeExplainer(Explainer):
         adaptive: AdaptiveSampling | None = None,
         top_k: int = 5,
         seed: int | None = 0,
+        sampler: str = "lime",
     ) -> None:
-        _check_config(num_samples, batch_size, kernel_width, alpha, engine, top_k)
+        _check_config(num_samples, batch_size, kernel_width, alpha, engine, top_k, sampler)
         if adaptive is not None and engine != "fast":
             raise ConfigError("config.engine", "adaptive sampling needs engine='fast'")
+        if sampler != "lime" and engine != "fast":
+            raise ConfigError("config.engine", "engine='reference' draws lime's masks only")
         self.predict_fn = predict_fn
         self.segmenter = segmenter if segmenter is not None else SlicSegmenter()
         self.num_samples = num_samples
@@ -142,6 +151,7 @@ class LimeExplainer(Explainer):
         self.adaptive = adaptive
         self.top_k = top_k
         self.seed = seed
+        self.sampler = sampler
 
     def explain(self, images: np.ndarray, targets: Targets) -> list[list[Explanation]]:
         batch = check_images(stack_images(images))
@@ -188,6 +198,7 @@ class LimeExplainer(Explainer):
             segmenter=self.segmenter,
             fill_spec=self.fill,
             rng=np.random.RandomState(image_seed(seed, index)),
+            seed=image_seed(seed, index),
             columns=np.array([t.column for t in row]),
             original=original,
             tracker=StabilityTracker(rule, max_samples or self.num_samples),
@@ -208,7 +219,9 @@ class LimeExplainer(Explainer):
     def _draw(self, run: _ImageRun) -> SampleRequest:
         first = run.drawn == 0
         n = run.tracker.next_round_size(run.drawn)
-        masks = draw_masks(run.rng, n, int(run.segments.max()) + 1, first=first)
+        masks = draw_sampler_masks(
+            self.sampler, run.rng, n, int(run.segments.max()) + 1, first=first
+        )
         run.masks.append(masks)
         # Row 0 is the unperturbed image: its output is already known.
         todo = masks[1:] if first else masks
@@ -220,18 +233,32 @@ class LimeExplainer(Explainer):
         Y = np.concatenate([run.original[columns][None], *run.outputs], axis=0)
         weights = exponential_kernel(cosine_distances_to_ones(X), self.kernel_width)
         positions = np.searchsorted(columns, run.columns)
-        run.fit = fit_weighted_ridge(X, Y[:, positions], weights, self.alpha)
+        run.design = (X, Y[:, positions], weights)
+        run.fit = fit_weighted_ridge(*run.design, self.alpha)
         if self.adaptive is None:
             run.done = True
             return
         k = self.adaptive.top_k
-        separation = float(run.fit.separation(k).min())
-        run.done = run.tracker.update(run.fit.top_segments(k), run.drawn, separation)
+        separation = stability = 0.0
+        if self.adaptive.criterion == "separation":
+            separation = float(run.fit.separation(k).min())
+        elif self.adaptive.criterion == "stability":
+            stability = float(self._bootstrap(run, (k,))[k].min())
+        run.done = run.tracker.update(run.fit.top_segments(k), run.drawn, separation, stability)
+
+    def _bootstrap(self, run: _ImageRun, ks: tuple[int, ...]) -> dict[int, np.ndarray]:
+        """``stability@k`` per ``k`` and target of ``run``, from its samples so far."""
+        assert run.design is not None
+        X, Y, weights = run.design
+        groups = resampling_groups(self.sampler, [len(m) for m in run.masks])
+        return bootstrap_stability(X, Y, weights, groups, alpha=self.alpha, ks=ks, seed=run.seed)
 
     def _explanations(self, run: _ImageRun, row: list[TargetInfo], seed: int) -> list[Explanation]:
         assert run.fit is not None
         fit = run.fit
         provenance = self._provenance(run.segments, seed, run.index)
+        found = self._bootstrap(run, stability_ks(self.top_k))
+        stability = {f"stability@{k}": values for k, values in found.items()}
         return [
             self._explanation(
                 run.index,
@@ -242,6 +269,7 @@ class LimeExplainer(Explainer):
                 float(run.original[target.column]),
                 run.drawn,
                 provenance,
+                {name: float(values[j]) for name, values in stability.items()},
             )
             for j, target in enumerate(row)
         ]
@@ -262,6 +290,18 @@ class LimeExplainer(Explainer):
             seed=image_seed(seed, index),
         )
         provenance = self._provenance(ref.segments, seed, index)
+        columns = sorted(ref.coef)
+        groups = resampling_groups("lime", [len(ref.masks)])
+        found = bootstrap_stability(
+            ref.masks,
+            ref.outputs[:, columns],
+            ref.kernel_weights,
+            groups,
+            alpha=self.alpha,
+            ks=stability_ks(self.top_k),
+            seed=image_seed(seed, index),
+        )
+        stability = {f"stability@{k}": values for k, values in found.items()}
         return [
             self._explanation(
                 index,
@@ -272,6 +312,7 @@ class LimeExplainer(Explainer):
                 float(original[t.column]),
                 self.num_samples,
                 provenance,
+                {name: float(v[columns.index(t.column)]) for name, v in stability.items()},
             )
             for t in row
         ]
@@ -286,6 +327,7 @@ class LimeExplainer(Explainer):
         prediction: float,
         num_samples: int,
         provenance: dict[str, Any],
+        metrics: dict[str, float],
     ) -> Explanation:
         weights = np.asarray(weights, dtype=np.float64)
         order = np.argsort(-weights, kind="stable")
@@ -303,12 +345,14 @@ class LimeExplainer(Explainer):
             top_segments=[int(s) for s in order[: self.top_k]],
             num_samples=int(num_samples),
             provenance=provenance,
+            metrics=metrics,
         )
 
     def _provenance(self, segments: np.ndarray, seed: int, index: int) -> dict[str, Any]:
         return {
             "method": self.method,
             "engine": self.engine,
+            "sampler": self.sampler,
             "num_samples": self.num_samples,
             "batch_size": self.batch_size,
             "kernel_width": self.kernel_width,
@@ -337,7 +381,13 @@ def versions() -> dict[str, str | None]:
 
 
 def _check_config(
-    num_samples: int, batch_size: int, kernel_width: float, alpha: float, engine: str, top_k: int
+    num_samples: int,
+    batch_size: int,
+    kernel_width: float,
+    alpha: float,
+    engine: str,
+    top_k: int,
+    sampler: str,
 ) -> None:
     problems = []
     if num_samples < 2:
@@ -352,5 +402,7 @@ def _check_config(
         problems.append(f"engine must be one of {ENGINES}, got {engine!r}")
     if top_k < 1:
         problems.append(f"top_k must be >= 1, got {top_k}")
+    if sampler not in SAMPLERS:
+        problems.append(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if problems:
         raise ConfigError("config.lime", "; ".join(problems))

@@ -24,13 +24,18 @@ from xmlcore.explain.sampling import Fill
 
 @dataclass(frozen=True)
 class ReferenceFit:
-    """lime's answer for one image: per output column, weights ``(K,)`` and the rest."""
+    """lime's answer for one image: per output column, weights ``(K,)`` and the rest;
+    and lime's own samples: ``masks`` ``(S, K)``, model ``outputs`` ``(S, m)`` and
+    ``kernel_weights`` ``(S,)`` (for ``stability@k``)."""
 
     segments: np.ndarray
     coef: dict[int, np.ndarray]
     intercept: dict[int, float]
     score: dict[int, float]
     local_prediction: dict[int, float]
+    masks: np.ndarray
+    outputs: np.ndarray
+    kernel_weights: np.ndarray
 
 
 def explain_with_lime(
@@ -58,10 +63,12 @@ def explain_with_lime(
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.records: dict[int, tuple[Any, ...]] = {}
+            self.samples: tuple[Any, Any, Any] | None = None
 
         def explain_instance_with_data(self, *args: Any, **kwargs: Any) -> Any:
             result = super().explain_instance_with_data(*args, **kwargs)
             self.records[int(args[3])] = result
+            self.samples = (args[0], args[1], self.kernel_fn(args[2]))
             return result
 
     explainer = lime_image.LimeImageExplainer(
@@ -85,6 +92,8 @@ def explain_with_lime(
         model_regressor=regressor,
         random_seed=seed,
     )
+    samples = base.samples
+    assert samples is not None  # explain_instance fits at least one label
     coef = {}
     for column, pairs in result.local_exp.items():
         weights = np.zeros(n_segments)
@@ -97,6 +106,9 @@ def explain_with_lime(
         intercept={int(c): float(v) for c, v in result.intercept.items()},
         score={c: float(r[2]) for c, r in base.records.items()},
         local_prediction={c: float(np.ravel(r[3])[0]) for c, r in base.records.items()},
+        masks=np.asarray(samples[0], dtype=np.float64),
+        outputs=np.asarray(samples[1], dtype=np.float64),
+        kernel_weights=np.asarray(samples[2], dtype=np.float64),
     )
 
 

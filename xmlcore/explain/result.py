@@ -51,6 +51,8 @@ class Explanation:
     ``score`` (weighted R^2 of the surrogate) and ``local_prediction`` (surrogate at the
     all-ones row). ``prediction`` is the model's output for the unperturbed image.
     ``provenance`` records method, parameters, seed, segment hash, model id, versions.
+    ``metrics`` are scores of the explanation itself, each in a JSON-ready float, e.g.
+    LIME's ``"stability@5"`` (``xmlcore.explain.stability``).
     """
 
     image_index: int
@@ -66,6 +68,7 @@ class Explanation:
     top_segments: list[int] = field(default_factory=list)
     num_samples: int | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def to_json(self, *, include_arrays: bool = False) -> dict[str, Any]:
         """A JSON-serialisable dict; arrays only when ``include_arrays`` (they are big)."""
@@ -80,6 +83,7 @@ class Explanation:
             "top_segments": [int(s) for s in self.top_segments],
             "num_samples": self.num_samples,
             "provenance": self.provenance,
+            "metrics": {name: round(float(v), 6) for name, v in self.metrics.items()},
             "heatmap_shape": list(self.heatmap.shape),
         }
         if self.segment_weights is not None:

@@ -62,7 +62,12 @@ class RidgeFit:
 
 
 def fit_weighted_ridge(
-    X: np.ndarray, Y: np.ndarray, weights: np.ndarray, alpha: float = 1.0
+    X: np.ndarray,
+    Y: np.ndarray,
+    weights: np.ndarray,
+    alpha: float = 1.0,
+    *,
+    with_errors: bool = True,
 ) -> RidgeFit:
     """Weighted ridge with intercept for every column of ``Y`` (``(S, m)``) on ``X`` (``(S, K)``).
 
@@ -70,9 +75,11 @@ def fit_weighted_ridge(
     segment was never hidden (a constant column). BLAS runs single-threaded here: the
     products are small, and right after a model call its threads compete with the
     framework's still-spinning ones (measured: 1 ms alone, 30-120 ms after a forward pass).
+    ``with_errors=False`` skips the standard errors (``coef_se`` is then all zeros): the
+    bootstrap of ``stability`` needs only coefficients.
     """
     with _blas_controller().limit(limits=1, user_api="blas"):
-        return _fit(X, Y, weights, alpha)
+        return _fit(X, Y, weights, alpha, with_errors)
 
 
 @cache
@@ -80,7 +87,9 @@ def _blas_controller() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-def _fit(X: np.ndarray, Y: np.ndarray, weights: np.ndarray, alpha: float) -> RidgeFit:
+def _fit(
+    X: np.ndarray, Y: np.ndarray, weights: np.ndarray, alpha: float, with_errors: bool
+) -> RidgeFit:
     X = np.asarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
@@ -103,6 +112,8 @@ def _fit(X: np.ndarray, Y: np.ndarray, weights: np.ndarray, alpha: float) -> Rid
     fitted = Xc @ coef
     score = _weighted_r2(Yc, fitted, w)
     local = intercept + coef.sum(axis=0)
+    if not with_errors:
+        return RidgeFit(coef, intercept, score, local, np.zeros_like(coef))
     residual_var = w @ (Yc - fitted) ** 2 / max(w.sum() - X.shape[1] - 1, 1.0)
     inv_diag = np.diag(scipy.linalg.cho_solve(factor, np.eye(len(gram))))
     se = np.sqrt(np.outer(inv_diag, residual_var))

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from xmlcore.result_metrics import add_metrics, item_metrics
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, session_scope, utcnow
 from xmlx.jobs.common import count_and_finalise, fresh_job
@@ -94,13 +95,19 @@ def _record(
             raise JobError("job.not_found", f"no job {job_id}")
         if lease is not None and not dispatch.holds_lease(session, lease.chunk_id, lease.owner):
             return [ItemOutcome(False, job.state, False, lease_held=False) for _ in writes]
-        recorded, done = [], 0
+        recorded, done, sums = [], 0, job.result_metrics
         for item_key, item_state, fields in writes:
             first = work.finish_item(session, job_id, item_key, item_state, now, **fields) == 1
             if not first:
                 work.count_duplicate(session, job_id)
             recorded.append(first)
-            done += first and item_state is ItemState.SUCCEEDED
+            succeeded = first and item_state is ItemState.SUCCEEDED
+            done += succeeded
+            if succeeded and (metrics := item_metrics(fields.get("result") or {})):
+                sums = add_metrics(sums, metrics)
+        if sums is not job.result_metrics:
+            # The job row is locked (lock_job): read, add, write is safe.
+            job.result_metrics = sums
         if on_recorded is not None and any(recorded):
             on_recorded(session)
         finalised = count_and_finalise(session, job_id, now, done=done, failed=sum(recorded) - done)

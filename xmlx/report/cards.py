@@ -43,6 +43,7 @@ class Card:
     target: str | None = None
     path: str | None = None
     path_note: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)  # of the explained target
     error_code: str | None = None
     error_message: str | None = None
 
@@ -85,7 +86,15 @@ def item_card(
         target=target,
         path=path,
         path_note=note,
+        metrics=_first_metrics(result),
     )
+
+
+def _first_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics of the explanation the card shows (its first target)."""
+    explanations = result.get("explanations") or []
+    metrics = explanations[0].get("metrics") if explanations else None
+    return {str(k): float(v) for k, v in (metrics or {}).items()}
 
 
 def _explained_path(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader
 
+from xmlcore.result_metrics import mean_metrics
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, session_scope
 from xmlx.jobs import JobError
@@ -57,6 +58,7 @@ def write_report(
         out.write(
             _TEMPLATES.get_template("report_page.html").render(
                 job=job,
+                metrics=mean_metrics(job.result_metrics),
                 state=state,
                 truth_known=truth is not None,
                 shown=f"first {min(max_items, job.total)} of {job.total} items",
