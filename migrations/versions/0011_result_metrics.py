@@ -5,8 +5,8 @@ mean over its explanations), updated in the transaction that records the items
 (`xmlx.jobs.results`); the API shows the means (`JobOut.metrics`). NULL for jobs
 whose results carry no metrics and for rows written before this revision.
 
-Revision ID: 0007
-Revises: 0009 (main's head when this branch was rebased; no id was assigned to it)
+Revision ID: 0011
+Revises: 0009
 Create Date: 2026-12-04
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0007'
+revision: str = '0011'
 down_revision: str | None = '0009'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
