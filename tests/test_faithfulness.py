@@ -55,3 +55,16 @@ def test_a_flat_output_has_no_auc() -> None:
     row = KernelShapExplainer(flat, n_samples=20).explain(images, [1])
     (score,) = score_faithfulness(flat, images, row, ["deletion", "insertion"])[0]
     assert score["deletion_auc"] is None and score["insertion_auc"] is None
+
+
+def test_the_client_reads_and_words_the_job_means() -> None:
+    from xmlx.client import JobStatus
+    from xmlx.client_display import describe_faithfulness
+
+    means = {"deletion_auc": 0.2141, "insertion_auc": 0.6, "stability@5": 0.9}
+    body = {"id": "job_1", "state": "succeeded", "progress": {"total": 2}, "metrics": means}
+    job = JobStatus.from_json(body)
+    assert describe_faithfulness(job.metrics) == (
+        "deletion AUC 0.214 (lower is better) · insertion AUC 0.600 (higher is better)"
+    )
+    assert describe_faithfulness({"stability@5": 0.9}) is None
