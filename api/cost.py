@@ -26,11 +26,12 @@ def check_cost(
     """The job's estimated forward passes, or a problem when it cannot or may not run."""
     size = model.params.get("image_size") or DEFAULT_IMAGE_SIZE
     image_size = (int(size[0]), int(size[1]))
-    method, params, targets = PREDICT, {}, 1
+    method, params, targets, evaluate = PREDICT, {}, 1, []
     if isinstance(body, ExplanationRequestBase):
         check_image_fit(body.method, body.params, image_size)
         method, params = body.method, body.params.model_dump()
         targets = body.target.k if isinstance(body.target, TopKTarget) else 1
+        evaluate = list(body.evaluate)
     with session_scope(state.sessions) as session:
         tenant = repo.get_tenant(session, tenant_id)
     if tenant is None:
@@ -43,4 +44,5 @@ def check_cost(
         default_limit=state.settings.max_job_forward_passes,
         targets=targets,
         image_size=image_size,
+        evaluate=evaluate,
     )

@@ -15,10 +15,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from xmlcore.params import (
+    EVALUATIONS,
     PARAMS_MODELS,
+    Evaluation,
     GradCAMParams,
     InputXGradientParams,
     IntegratedGradientsParams,
+    KernelShapParams,
     LimeParams,
     MethodParams,
     OcclusionParams,
@@ -141,14 +144,32 @@ class PredictionRequest(BatchRequest):
 
 class ExplanationRequestBase(BatchRequest):
     target: Target = Field(default_factory=lambda: TopKTarget(kind="top_k", k=1))
+    evaluate: list[Evaluation] = Field(
+        default_factory=list,
+        max_length=len(EVALUATIONS),
+        description="faithfulness scored with every result: deletion and/or insertion AUC "
+        "per explanation, their means per item and per job; each costs "
+        "(steps + 2) forward passes per target, counted in the job's cost",
+    )
 
     method: str
     params: MethodParams
+
+    @model_validator(mode="after")
+    def _distinct_evaluations(self) -> ExplanationRequestBase:
+        if len(set(self.evaluate)) != len(self.evaluate):
+            raise ValueError("evaluate lists a curve twice")
+        return self
 
 
 class LimeExplanation(ExplanationRequestBase):
     method: Literal["lime"] = "lime"
     params: LimeParams = Field(default_factory=LimeParams)
+
+
+class KernelShapExplanation(ExplanationRequestBase):
+    method: Literal["kernel_shap"]
+    params: KernelShapParams = Field(default_factory=KernelShapParams)
 
 
 class OcclusionExplanation(ExplanationRequestBase):
@@ -185,6 +206,7 @@ def _method_of(body: Any) -> str | None:
 
 ExplanationRequest = Annotated[
     Annotated[LimeExplanation, Tag("lime")]
+    | Annotated[KernelShapExplanation, Tag("kernel_shap")]
     | Annotated[OcclusionExplanation, Tag("occlusion")]
     | Annotated[IntegratedGradientsExplanation, Tag("integrated_gradients")]
     | Annotated[SmoothGradExplanation, Tag("smoothgrad")]

@@ -19,6 +19,10 @@ Timed:
 Every contender calls the same predict function, the fastest of the candidates tried
 (Keras' compiled ``predict_on_batch`` with and without XLA, a bare ``Model.__call__``).
 
+The ``shap`` key is the same comparison for KernelSHAP (``bench/shap_reference.py``):
+ours vs its bare forward passes (``n_samples + 2`` per image) and vs the ``shap``
+package's ``KernelExplainer`` given the same coalitions (``--no-shap`` skips it).
+
 Usage: ``python bench/lime_vs_reference.py [--quick]``; the last line is JSON.
 """
 
@@ -37,6 +41,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import keras
 import numpy as np
 from lime import lime_image
+from shap_reference import shap_row
 
 from xmlcore.datasets import generate_dishes
 from xmlcore.explain import LimeExplainer, SlicSegmenter
@@ -135,6 +140,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--no-shap", action="store_true", help="skip the KernelSHAP row")
     args = parser.parse_args()
     n_images = args.images or (4 if args.quick else 16)
     repeats = 1 if args.quick else 3
@@ -175,6 +181,8 @@ def main() -> None:
     best_size = min(tuned, key=lambda k: tuned[k])
     print(f"lime (batch 10) {lime_s:.2f}s  tuned {tuned}", flush=True)
 
+    shap_figures = None if args.no_shap else shap_row(predict, images, n, bs, TARGETS, repeats)
+    print(f"kernel_shap: {shap_figures}", flush=True)
     coef_diff = max(
         float(np.abs(e.segment_weights - lime_coefs[i][e.target.column]).max())
         for i, row in enumerate(result)
@@ -193,6 +201,7 @@ def main() -> None:
                 "overhead_vs_forward": round(ours_s / forward_s, 3),
                 "overhead_vs_forward_paired_median": round(paired, 3),
                 "coef_max_abs_diff": coef_diff,
+                "shap": shap_figures,
                 "n_images": n_images,
                 "num_samples": n,
                 "batch_size": bs,

@@ -34,7 +34,7 @@ from xmlcore.errors import XmlcoreError
 from xmlcore.images import decode_image
 from xmlcore.methods import parse_target
 from xmlcore.param_costs import check_image_fit, forward_passes_per_item, max_batch_size
-from xmlcore.params import parse_params
+from xmlcore.params import EVALUATIONS, parse_params
 from xmlx import jobs
 from xmlx.keys import attempt_token
 from xmlx.models import Job, JobKind
@@ -43,7 +43,7 @@ from xmlx.storage import StorageError
 log = logging.getLogger("xmlx.worker")
 STORAGE_BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0)
 # Methods whose batches are forward passes only: gradients need several times the memory.
-FORWARD_ONLY_METHODS = frozenset({"lime", "occlusion"})
+FORWARD_ONLY_METHODS = frozenset({"lime", "kernel_shap", "occlusion"})
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,10 @@ def _explain_batch(
 def _count_forward_passes(job: Job, model: Any, n_images: int) -> None:
     method = "predict" if job.kind == JobKind.PREDICT else str(job.params.get("method", "lime"))
     typed = None if method == "predict" else parse_params(method, job.params.get("params") or {})
-    per_image = forward_passes_per_item(method, typed, targets=1, image_size=model.image_size)
+    evaluate = [str(kind) for kind in job.params.get("evaluate") or ()]
+    per_image = forward_passes_per_item(
+        method, typed, targets=1, image_size=model.image_size, evaluate=evaluate
+    )
     FORWARD_PASSES.labels(job.kind, method).inc(per_image * n_images)
 
 
@@ -209,6 +212,9 @@ def _bad_parameters(job: Job, model: Any) -> str | None:
         parse_target(params.get("target"))
     except XmlcoreError as exc:
         return exc.message
+    unknown = set(params.get("evaluate") or ()) - set(EVALUATIONS)
+    if unknown:
+        return f"evaluate takes {list(EVALUATIONS)}, not {sorted(map(str, unknown))}"
     return None
 
 
@@ -234,6 +240,7 @@ def _compute_fn(
         params=method_params,
         k=k,
         model_id=job.model_id,
+        evaluate=[str(kind) for kind in params.get("evaluate") or ()],
     )
 
 

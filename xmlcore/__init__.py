@@ -49,6 +49,7 @@ _EXPORTS: dict[str, str] = {
     "NMFTwoStepModel": "baselines",
     # explanations, pictures, faithfulness
     "LimeExplainer": "explain",
+    "KernelShapExplainer": "explain",
     "OcclusionExplainer": "explain",
     "IntegratedGradients": "explain",
     "SmoothGrad": "explain",
@@ -72,6 +73,7 @@ _EXPORTS: dict[str, str] = {
     "insertion_auc": "evaluate",
     "pointing_game": "evaluate",
     "mass_in_mask": "evaluate",
+    "score_faithfulness": "faithfulness",
     "explain_images": "batch",
     "predict_images": "batch",
 }

@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from xmlcore.explain import Explanation, SlicSegmenter, resolve_targets
+from xmlcore.faithfulness import AUC_NAMES, score_faithfulness
 from xmlcore.hierarchy import LabelHierarchy
 from xmlcore.methods import TargetSpec, make_explainer
 from xmlcore.model import TwoStepModel
+from xmlcore.param_costs import PREDICT, max_batch_size
 from xmlcore.viz import blend_png, mask_png
 
 ARTIFACT_NAMES = ("heatmap.png", "mask.png", "weights.npy")
@@ -47,8 +49,15 @@ def explain_images(
     params: Mapping[str, Any] | None = None,
     k: int = 5,
     model_id: str | None = None,
+    evaluate: Sequence[str] = (),
 ) -> list[ImageReport]:
     """Predict and explain ``images`` (uint8 ``(N, H, W, 3)``) for ``target``.
+
+    ``evaluate`` (``"deletion"``, ``"insertion"``) adds each explanation's faithfulness
+    (``xmlcore.faithfulness``) to its summary, as ``faithfulness`` (with how it was
+    measured and its cost) and as ``metrics`` ``deletion_auc`` / ``insertion_auc`` (so
+    the job's means come with the other result metrics, ``xmlcore.result_metrics``), and
+    their mean over the image's targets to the result, as ``faithfulness``.
 
     Each report's ``result`` has ``top_labels``, ``latent`` and ``explanations`` (one
     summary per resolved target, the hierarchy path included for latent units); its
@@ -60,6 +69,12 @@ def explain_images(
     targets = resolve_targets(model, images, target)
     explained = explainer.explain(images, targets)
     predictions = _predictions(model, images, k)
+    faithfulness = None
+    if evaluate:
+        batch_size = min(256, max_batch_size(PREDICT, model.image_size))
+        faithfulness = score_faithfulness(
+            model.device_predictor(), images, explained, evaluate, batch_size=batch_size
+        )
     reports = []
     for i, explanations in enumerate(explained):
         if model_id is not None:
@@ -67,8 +82,26 @@ def explain_images(
                 explanation.provenance["model_id"] = model_id
         result = predictions[i]
         result["explanations"] = [e.to_json() for e in explanations]
+        if faithfulness is not None:
+            for summary, score in zip(result["explanations"], faithfulness[i], strict=True):
+                summary["faithfulness"] = score
+                # An undefined curve (None) has no value to average.
+                aucs = {name: score[name] for name in AUC_NAMES if score.get(name) is not None}
+                summary["metrics"] = {**summary.get("metrics", {}), **aucs}
+            result["faithfulness"] = _image_faithfulness(faithfulness[i])
         reports.append(ImageReport(result, _artifacts(images[i], explanations)))
     return reports
+
+
+def _image_faithfulness(scores: list[dict[str, Any]]) -> dict[str, Any]:
+    """The image's scores: the mean AUC over its targets (None where every target's
+    curve is undefined), and the forward passes the curves cost."""
+    out: dict[str, Any] = {"forward_passes": sum(s["forward_passes"] for s in scores)}
+    for name in AUC_NAMES:
+        if name in scores[0]:
+            values = [s[name] for s in scores if s[name] is not None]
+            out[name] = round(float(np.mean(values)), 6) if values else None
+    return out
 
 
 def _predictions(model: TwoStepModel, images: np.ndarray, k: int) -> list[dict[str, Any]]:

@@ -59,7 +59,7 @@ def deletion_auc(
         fill=fill, by=by, block=block, segments=None if segments is None else [segments],
         max_fraction=max_fraction,
     )  # fmt: skip
-    return _auc(x[0], y[0])
+    return curve_auc(x[0], y[0])
 
 
 def insertion_auc(
@@ -81,7 +81,7 @@ def insertion_auc(
         fill=fill, by=by, block=block, segments=None if segments is None else [segments],
         max_fraction=max_fraction,
     )  # fmt: skip
-    return _auc(x[0], y[0])
+    return curve_auc(x[0], y[0])
 
 
 def perturbation_curves(
@@ -192,7 +192,7 @@ def evaluate_explanations(
             mode, predict_fn, picked, heatmaps, columns, steps=steps, fill=fill, by=by,
             block=block, max_fraction=max_fraction, batch_size=batch_size,
         )  # fmt: skip
-        aucs[mode] = np.array([_auc(xi, yi) for xi, yi in zip(x, y, strict=True)])
+        aucs[mode] = np.array([curve_auc(xi, yi) for xi, yi in zip(x, y, strict=True)])
     pairs = list(zip(heatmaps, masks, strict=True))
     return {
         "pointing_game": float(np.mean([pointing_game(h, m) for h, m in pairs])),
@@ -278,7 +278,7 @@ def _check_curve_parameters(
         raise ExplainError("explain.bad_segments", "by='segments' needs segments")
 
 
-def _auc(x: np.ndarray, y: np.ndarray) -> float:
+def curve_auc(x: np.ndarray, y: np.ndarray) -> float:
     """Trapezoidal area over ``x`` rescaled to 0..1 (``np.trapezoid`` is numpy 2 only)."""
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2) / x[-1])
 

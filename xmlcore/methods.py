@@ -22,6 +22,7 @@ from xmlcore.explain import (
     GradCAM,
     InputXGradient,
     IntegratedGradients,
+    KernelShapExplainer,
     LabelTarget,
     LatentUnit,
     LimeExplainer,
@@ -37,6 +38,7 @@ from xmlcore.param_costs import check_image_fit
 from xmlcore.params import (
     AdaptiveParams,
     IntegratedGradientsParams,
+    KernelShapParams,
     LimeParams,
     OcclusionParams,
     parse_params,
@@ -67,6 +69,8 @@ def make_explainer(method: str, model: TwoStepModel, params: Mapping[str, Any]) 
     check_image_fit(method, typed, model.image_size)
     if isinstance(typed, LimeParams):
         return _lime(model, typed)
+    if isinstance(typed, KernelShapParams):
+        return _kernel_shap(model, typed)
     options = typed.model_dump()
     if isinstance(typed, OcclusionParams):
         return OcclusionExplainer(model.device_predictor(), **options)
@@ -75,8 +79,24 @@ def make_explainer(method: str, model: TwoStepModel, params: Mapping[str, Any]) 
     return _GRADIENT_EXPLAINERS[method](model.keras_model(), **options)
 
 
-def _lime(model: TwoStepModel, params: LimeParams) -> LimeExplainer:
+def _segmenter(params: LimeParams | KernelShapParams) -> Segmenter:
     segmenter_args = {} if params.n_segments is None else {"n_segments": params.n_segments}
+    return _SEGMENTERS[params.segmenter](**segmenter_args)
+
+
+def _kernel_shap(model: TwoStepModel, params: KernelShapParams) -> KernelShapExplainer:
+    return KernelShapExplainer(
+        model.device_predictor(),
+        segmenter=_segmenter(params),
+        n_samples=params.n_samples,
+        batch_size=params.batch_size,
+        fill=params.fill,
+        top_k=params.top_k,
+        seed=params.seed,
+    )
+
+
+def _lime(model: TwoStepModel, params: LimeParams) -> LimeExplainer:
     adaptive = params.adaptive
     rule = None
     if adaptive is True:
@@ -85,7 +105,7 @@ def _lime(model: TwoStepModel, params: LimeParams) -> LimeExplainer:
         rule = AdaptiveSampling(**adaptive.model_dump())
     return LimeExplainer(
         model.device_predictor(),
-        segmenter=_SEGMENTERS[params.segmenter](**segmenter_args),
+        segmenter=_segmenter(params),
         num_samples=params.num_samples,
         batch_size=params.batch_size,
         kernel_width=params.kernel_width,

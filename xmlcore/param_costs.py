@@ -10,6 +10,7 @@ against a tenant's limit. Pure arithmetic: no Keras.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from xmlcore.errors import ConfigError
 from xmlcore.params import (
@@ -19,6 +20,7 @@ from xmlcore.params import (
     AdaptiveParams,
     GradientParams,
     IntegratedGradientsParams,
+    KernelShapParams,
     LimeParams,
     MethodParams,
     OcclusionParams,
@@ -35,6 +37,9 @@ MAX_OCCLUSION_WINDOWS = 65_536  # per image: a 256 x 256 grid of windows
 # least; at most one segment per this many pixels is assumed for the mask bound.
 MIN_PIXELS_PER_SEGMENT = 50
 PREDICT = "predict"
+# Points of a deletion / insertion curve after the start (fixed: AUCs of every job and
+# method compare, and the cost is known before the job runs).
+EVALUATION_STEPS = 20
 
 
 def check_image_fit(method: str, params: MethodParams, image_size: tuple[int, int]) -> None:
@@ -52,13 +57,14 @@ def check_image_fit(method: str, params: MethodParams, image_size: tuple[int, in
                 _refuse(method, f"{name} {value} is over the image side {side}")
         if _windows(params, image_size) > MAX_OCCLUSION_WINDOWS:
             _refuse(method, f"stride {params.stride} gives over {MAX_OCCLUSION_WINDOWS:,} windows")
-    if isinstance(params, LimeParams) and params.segmenter != "slic":
+    if isinstance(params, LimeParams | KernelShapParams) and params.segmenter != "slic":
         segments = max(2, height * width // MIN_PIXELS_PER_SEGMENT)
-        if lime_samples(params) * segments > MAX_MASK_CELLS:
+        samples = lime_samples(params) if isinstance(params, LimeParams) else params.n_samples
+        if samples * segments > MAX_MASK_CELLS:
             _refuse(
                 method,
-                f"num_samples x segments (up to {segments} with {params.segmenter} at "
-                f"{height}x{width}) is over {MAX_MASK_CELLS:,}; lower num_samples",
+                f"samples x segments (up to {segments} with {params.segmenter} at "
+                f"{height}x{width}) is over {MAX_MASK_CELLS:,}; lower the samples",
             )
 
 
@@ -70,12 +76,34 @@ def max_batch_size(method: str, image_size: tuple[int, int]) -> int:
 
 
 def forward_passes_per_item(
-    method: str, params: MethodParams | None, *, targets: int, image_size: tuple[int, int]
+    method: str,
+    params: MethodParams | None,
+    *,
+    targets: int,
+    image_size: tuple[int, int],
+    evaluate: Sequence[str] = (),
 ) -> int:
     """Forward passes one image costs (a gradient evaluation counts as one), the
-    prediction of the image included; ``method="predict"`` is a prediction only."""
+    prediction of the image included; ``method="predict"`` is a prediction only.
+    ``evaluate`` (faithfulness curves asked for) adds ``evaluation_passes``."""
     if method == PREDICT or params is None:
         return 1
+    return _explanation_passes(method, params, targets, image_size) + evaluation_passes(
+        evaluate, targets
+    )
+
+
+def evaluation_passes(evaluate: Sequence[str], targets: int) -> int:
+    """Forward passes of the faithfulness curves of one image: per curve kind and
+    target, ``EVALUATION_STEPS + 1`` points and the all-changed end (``xmlcore.evaluate``)."""
+    return len(set(evaluate)) * max(1, targets) * (EVALUATION_STEPS + 2)
+
+
+def _explanation_passes(
+    method: str, params: MethodParams, targets: int, image_size: tuple[int, int]
+) -> int:
+    if isinstance(params, KernelShapParams):
+        return params.n_samples + 2  # the coalitions, the background and the image
     if isinstance(params, LimeParams):
         return lime_samples(params) + 1  # every target shares the samples
     if isinstance(params, OcclusionParams):

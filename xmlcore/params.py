@@ -42,6 +42,9 @@ Seed = Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)]
 Channel = Annotated[int, Field(strict=True, ge=0, le=255)]
 Fill = Literal["mean"] | Channel | tuple[Channel, Channel, Channel]
 Level = Annotated[float, Field(strict=True, ge=0, le=255, allow_inf_nan=False)]
+Evaluation = Literal["deletion", "insertion"]
+EVALUATIONS: tuple[str, ...] = ("deletion", "insertion")
+"""Faithfulness curves a request may ask for with each result (``xmlcore.faithfulness``)."""
 
 
 class MethodParams(BaseModel):
@@ -128,6 +131,39 @@ class LimeParams(MethodParams):
         return self
 
 
+class KernelShapParams(MethodParams):
+    """KernelSHAP over superpixels (``xmlcore.explain.KernelShapExplainer``); the
+    segmentation and fill options are LIME's."""
+
+    n_samples: int = Field(
+        strict=True,
+        default=1000,
+        ge=2,
+        le=MAX_SAMPLES,
+        description="coalitions per image; forward passes: n_samples + 2",
+    )
+    fill: Fill = Field(default="mean", description='background: "mean", a grey level or [r, g, b]')
+    top_k: int = Field(
+        strict=True, default=5, ge=1, le=MAX_TOP_K, description="top superpixels reported"
+    )
+    seed: Seed | None = Field(default=0, description="null: a random seed (recorded)")
+    segmenter: Literal["slic", "quickshift", "felzenszwalb"] = "slic"
+    n_segments: int | None = Field(
+        strict=True, default=None, ge=2, le=MAX_SEGMENTS, description="SLIC only (default 50)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KernelShapParams:
+        if self.n_segments is not None and self.segmenter != "slic":
+            raise ValueError("n_segments applies to segmenter slic only")
+        cells = self.n_samples * (self.n_segments or 50)
+        if cells > MAX_MASK_CELLS:
+            raise ValueError(
+                f"n_samples x n_segments = {cells:,} is over {MAX_MASK_CELLS:,}; lower one"
+            )
+        return self
+
+
 class OcclusionParams(MethodParams):
     patch: int = Field(strict=True, default=8, ge=1, le=1024, description="window side in pixels")
     stride: int = Field(strict=True, default=4, ge=1, le=1024, description="window step in pixels")
@@ -182,6 +218,7 @@ class GradCAMParams(GradientParams):
 
 PARAMS_MODELS: dict[str, type[MethodParams]] = {
     "lime": LimeParams,
+    "kernel_shap": KernelShapParams,
     "occlusion": OcclusionParams,
     "integrated_gradients": IntegratedGradientsParams,
     "smoothgrad": SmoothGradParams,

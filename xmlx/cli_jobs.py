@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from xmlx.client import ApiError, Client, JobStatus
+from xmlx.client_display import describe_faithfulness
 
 console = Console()
 ApiUrl = Annotated[str, typer.Option(envvar="XMLX_API_URL", help="the API's base URL")]
@@ -42,7 +43,13 @@ def submit(
         typer.Option(help="an uploaded key list (one key a line), for batches over 10,000"),
     ] = None,
     dataset: Annotated[str | None, typer.Option(help="keys are relative to this dataset")] = None,
-    method: str = "lime",
+    method: Annotated[
+        str, typer.Option(help="lime, kernel_shap, occlusion, integrated_gradients, ...")
+    ] = "lime",
+    evaluate: Annotated[
+        list[str] | None,
+        typer.Option(help="score every result: deletion and/or insertion (repeat the option)"),
+    ] = None,
     target: Annotated[
         str, typer.Option(help='JSON, e.g. {"kind": "label", "name": "garlic"}')
     ] = '{"kind": "top_k", "k": 1}',
@@ -55,7 +62,7 @@ def submit(
     with _client(api_url, api_key) as client:
         job = _call(lambda: client.explain(
             model, images or None, prefix=prefix, manifest_key=manifest, dataset_id=dataset,
-            method=method,
+            method=method, evaluate=evaluate,
             target=json.loads(target), params=json.loads(params),
         ))  # fmt: skip
         console.print(f"job {job.id}: {job.state}, {job.total} items")
@@ -120,6 +127,8 @@ def _print_status(job: JobStatus) -> None:
                   f"{job.done} done, {job.failed} failed of {job.total}")  # fmt: skip
     if job.training:
         console.print(f"training: {job.training_line()}", highlight=False)
+    if text := describe_faithfulness(job.metrics):
+        console.print(f"faithfulness (means over the items): {text}", highlight=False)
     errors = raw.get("errors") or raw.get("error_summary")
     if errors:
         console.print(f"errors: {errors}")

@@ -9,7 +9,7 @@ as ``ApiError`` carrying the problem document's stable ``code``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +46,9 @@ class JobStatus:
     # A training job's live progress (stage, epoch, epochs, loss, val_loss, eta_seconds,
     # history per stage), as the API's `training` field; None for other jobs.
     training: dict[str, Any] | None = None
+    # Means of the metrics the job's results carry (the API's `metrics`): e.g.
+    # `stability@5`, and `deletion_auc` / `insertion_auc` when `evaluate` was asked for.
+    metrics: dict[str, float] | None = None
 
     @property
     def finished(self) -> bool:
@@ -68,6 +71,7 @@ class JobStatus:
             failed=int(progress.get("failed", 0)),
             raw=dict(body),
             training=body.get("training"),
+            metrics=body.get("metrics"),
         )
 
 
@@ -162,9 +166,16 @@ class Client:
         params: Mapping[str, Any] | None = None,
         k: int = 5,
         idempotency_key: str | None = None,
+        evaluate: Sequence[str] | None = None,
     ) -> JobStatus:
+        """Submit an explanation batch. `method`: lime, kernel_shap, occlusion or a
+        gradient method (GET /v1/capabilities lists them with their params);
+        `evaluate`: faithfulness curves to score every result with ("deletion",
+        "insertion")."""
         body: dict[str, Any] = {"model_id": model_id, "method": method, "k": k,
                                 "params": dict(params or {})}  # fmt: skip
+        if evaluate:
+            body["evaluate"] = list(evaluate)
         if images is not None:
             body["images"] = list(images)
         if prefix is not None:

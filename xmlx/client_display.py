@@ -81,3 +81,16 @@ class ProgressDisplay:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+def describe_faithfulness(scores: Mapping[str, Any] | None) -> str | None:
+    """AUCs (an item's or a job's means) in words, e.g. `deletion AUC 0.214 (lower is
+    better) · insertion AUC 0.640 (higher is better)`; None when there are none."""
+    parts = []
+    for name, kind, better in (("deletion_auc", "deletion", "lower"),
+                               ("insertion_auc", "insertion", "higher")):  # fmt: skip
+        if name in (scores or {}):
+            value = (scores or {})[name]
+            shown = "undefined" if value is None else f"{value:.3f}"
+            parts.append(f"{kind} AUC {shown} ({better} is better)")
+    return " · ".join(parts) or None

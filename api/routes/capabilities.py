@@ -17,7 +17,8 @@ from pydantic import BaseModel
 from api.deps import Reader, State
 from api.problems import problem_responses
 from api.schemas import TrainingParams
-from xmlcore.params import METHOD_PARAMS, params_json_schemas
+from xmlcore.param_costs import EVALUATION_STEPS
+from xmlcore.params import EVALUATIONS, METHOD_PARAMS, params_json_schemas
 from xmlx.weights import PRETRAINED_BASES, weights_record
 
 router = APIRouter(prefix="/v1/capabilities", tags=["capabilities"])
@@ -36,9 +37,17 @@ class MethodOut(BaseModel):
     params_schema: dict[str, Any]
 
 
+class EvaluationsOut(BaseModel):
+    """What an explanation request's `evaluate` may ask for (`xmlcore.faithfulness`)."""
+
+    kinds: list[str]
+    steps: int  # points of each curve after the start; a curve costs steps + 2 passes
+
+
 class CapabilitiesOut(BaseModel):
     bases: list[BaseOut]
     methods: list[MethodOut]
+    evaluations: EvaluationsOut
     limits: dict[str, Any]
 
 
@@ -73,4 +82,5 @@ def get_capabilities(caller: Reader, state: State) -> CapabilitiesOut:
               "max_image_bytes": settings.max_image_bytes,
               "max_image_pixels": settings.max_image_pixels,
               "max_job_forward_passes": settings.max_job_forward_passes}  # fmt: skip
-    return CapabilitiesOut(bases=bases, methods=methods, limits=limits)
+    evaluations = EvaluationsOut(kinds=list(EVALUATIONS), steps=EVALUATION_STEPS)
+    return CapabilitiesOut(bases=bases, methods=methods, evaluations=evaluations, limits=limits)

@@ -62,12 +62,14 @@ def create_explanations(
     idempotency_key: IdempotencyKey,
     response: Response,
 ) -> JobOut:
-    extra = {
+    extra: dict[str, Any] = {
         "method": body.method,
         "target": body.target.model_dump(),
         # What the client set, typed (the worker fills in the same schema's defaults).
         "params": body.params.model_dump(mode="json", exclude_unset=True),
     }
+    if body.evaluate:
+        extra["evaluate"] = list(body.evaluate)
     return _submit(state, caller.tenant_id, JobKind.EXPLAIN, body, extra, idempotency_key, response)
 
 

@@ -1,6 +1,6 @@
 """Explanations of image models: which pixels push an output up or down.
 
-Perturbation methods (``LimeExplainer``, ``OcclusionExplainer``) take any
+Perturbation methods (``LimeExplainer``, ``KernelShapExplainer``, ``OcclusionExplainer``) take any
 ``predict_fn: uint8 (N, H, W, 3) -> (N, m)``; gradient methods (``IntegratedGradients``,
 ``SmoothGrad``, ``InputXGradient``, ``GradCAM``) take a Keras model. Every explainer's
 ``explain(images, targets)`` returns, per image, one ``Explanation`` per target.
@@ -16,6 +16,7 @@ from xmlcore.explain.gradient_methods import (
     IntegratedGradients,
     SmoothGrad,
 )
+from xmlcore.explain.kernel_shap import KernelShapExplainer
 from xmlcore.explain.lime import LimeExplainer
 from xmlcore.explain.occlusion import OcclusionExplainer
 from xmlcore.explain.result import Explanation, TargetInfo
@@ -36,6 +37,7 @@ __all__ = [
     "GradCAM",
     "InputXGradient",
     "IntegratedGradients",
+    "KernelShapExplainer",
     "LabelTarget",
     "LatentUnit",
     "LimeExplainer",

@@ -12,7 +12,7 @@ submit; batch preparation that lists a prefix later calls it again with the coun
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from xmlcore.param_costs import PREDICT, forward_passes_per_item
@@ -32,12 +32,16 @@ def check_job_cost(
     default_limit: int,
     targets: int = 1,
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+    evaluate: Sequence[str] = (),
 ) -> int:
     """The job's estimated forward passes; `XmlxError("quota.job_cost")` when over the
     tenant's limit. `method` is an explanation method or "predict" (then `params` is
-    ignored); `targets` is how many targets each image is explained for."""
+    ignored); `targets` is how many targets each image is explained for; `evaluate` the
+    faithfulness curves asked for (each adds its forward passes per target)."""
     typed = None if method == PREDICT else parse_params(method, params)
-    per_item = forward_passes_per_item(method, typed, targets=targets, image_size=image_size)
+    per_item = forward_passes_per_item(
+        method, typed, targets=targets, image_size=image_size, evaluate=evaluate
+    )
     estimate = per_item * max(n_items, 0)
     override = tenant.max_job_forward_passes
     limit = default_limit if override is None else override

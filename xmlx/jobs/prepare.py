@@ -231,6 +231,7 @@ def _cost_refusal(session: Session, job: Job, cost_limit: int) -> XmlxError | No
             default_limit=cost_limit,
             targets=targets,
             image_size=(int(size[0]), int(size[1])),
+            evaluate=[str(kind) for kind in params.get("evaluate") or ()],
         )
     except XmlxError as exc:
         return exc
