@@ -66,11 +66,10 @@ def run_purge(
                 return MISSING
             return DONE if found.state == PurgeState.DONE else BUSY
     deadline = time.monotonic() + budget_seconds
-    outcome = PAUSED
     try:
-        while time.monotonic() < deadline:
+        while True:  # at least one step, however small the budget
             outcome = _step(sessions, store, purge_id, now(), lease_seconds)
-            if outcome != PAUSED:
+            if outcome != PAUSED or time.monotonic() >= deadline:
                 break
     finally:
         with session_scope(sessions) as session:
