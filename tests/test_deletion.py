@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from tests.api_fixtures import (
+    API_TEST_PEPPER,
     ApiUser,
     assert_problem,
     make_ready_model,
@@ -25,6 +26,7 @@ from tests.api_fixtures import (
 from tests.deletion_fixtures import finished_job
 from tests.test_api_batches import MANIFEST, small_dataset
 from xmlx import jobs, orphans, purge, purge_sweep, quotas
+from xmlx import repository as repo
 from xmlx.db import SessionFactory, session_scope, utcnow
 from xmlx.models import Chunk, Item, Job, Model, Tenant
 from xmlx.storage import ObjectStore
@@ -254,3 +256,46 @@ def test_retention_and_the_orphan_sweep(client: TestClient, api_user: ApiUser) -
         assert new not in orphans.jobs_due(session, later)  # checked once
         tenant = session.get(Tenant, api_user.tenant_id)
         assert tenant is not None and tenant.retention_days == 7
+
+
+def test_limits_are_set_over_the_admin_api_and_the_cli(
+    client: TestClient,
+    api_user: ApiUser,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from xmlx.cli import app as cli_app
+    from xmlx.settings import get_settings
+
+    state = _state(client)
+    with session_scope(state.sessions) as session:
+        tenant = session.get(Tenant, api_user.tenant_id)
+        assert tenant is not None
+        name = tenant.name
+        _row, secret = repo.create_api_key(session, tenant.id, API_TEST_PEPPER, "ops", ["admin"])
+    admin = {"Authorization": f"Bearer {secret}"}
+    url = f"/v1/admin/tenants/{api_user.tenant_id}/limits"
+    answer = client.put(url, json={"retention_days": 30, "max_items_in_flight": 100}, headers=admin)
+    assert answer.status_code == 200, answer.text
+    shown = answer.json()
+    assert (shown["retention_days"], shown["max_items_in_flight"]) == (30, 100)
+    assert shown["max_stored_bytes"] is None and shown["items_in_flight"] == 0
+    assert client.put(url, json={"retention_days": 0}, headers=admin).status_code == 422
+    assert_problem(client.get(url, headers=api_user.headers), 403, "auth.insufficient_scope")
+
+    monkeypatch.setenv("XMLX_DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    try:
+        args = ["tenants", "limits", "--tenant", name, "--max-stored-bytes", "5000"]
+        done = CliRunner().invoke(cli_app, [*args, "--clear", "retention-days"])
+        assert done.exit_code == 0, done.output
+        assert "max-stored-bytes     5000" in done.output
+        bad = CliRunner().invoke(cli_app, ["tenants", "limits", "--tenant", name, "--clear", "x"])
+        assert bad.exit_code != 0
+    finally:
+        get_settings.cache_clear()
+    shown = client.get(url, headers=admin).json()
+    assert (shown["retention_days"], shown["max_stored_bytes"]) == (None, 5000)
+    assert shown["max_items_in_flight"] == 100
