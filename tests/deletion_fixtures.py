@@ -36,7 +36,7 @@ def finished_job(
         for key in keys
     }
     puts = [path for names in artifacts.values() for path in names.values()]
-    with ThreadPoolExecutor(8) as pool:
+    with ThreadPoolExecutor(32) as pool:
         list(pool.map(lambda path: store.put_bytes(path, b"\x89PNG" + path.encode()), puts))
     for start in range(0, n_items, RECORD_BATCH):
         batch = [
