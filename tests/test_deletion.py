@@ -299,3 +299,27 @@ def test_limits_are_set_over_the_admin_api_and_the_cli(
     shown = client.get(url, headers=admin).json()
     assert (shown["retention_days"], shown["max_stored_bytes"]) == (None, 5000)
     assert shown["max_items_in_flight"] == 100
+
+
+def test_a_deleted_dataset_leaves_its_models_working(client: TestClient, api_user: ApiUser) -> None:
+    state, headers = _state(client), api_user.headers
+    dataset = small_dataset(client, api_user)
+    model_id = make_ready_model(client, api_user, state.sessions, dataset["id"])
+    training = client.get(f"/v1/models/{model_id}", headers=headers).json()["training_job_id"]
+    client.post(f"/v1/jobs/{training}/cancel", headers=headers)
+    record = client.delete(f"/v1/datasets/{dataset['id']}", headers=headers).json()
+    assert _purge_all(client, record["id"]) == purge.DONE
+    assert _files(state.store, api_user.tenant_id, "datasets/") == []
+    path = f"/v1/datasets/{dataset['id']}"
+    assert_problem(client.get(path, headers=headers), 404, "dataset.not_found")
+    body = {"model_id": model_id, "images": ["set/images/a.png"], "k": 3}
+    assert client.post("/v1/predictions", json=body, headers=headers).status_code == 202
+    with session_scope(state.sessions) as session:  # a tombstone: its model names it
+        assert repo.get_dataset(session, api_user.tenant_id, dataset["id"], deleted=True)
+    jobs_of_model = client.get("/v1/jobs", headers=headers).json()["items"]
+    for job in jobs_of_model:
+        client.post(f"/v1/jobs/{job['id']}/cancel", headers=headers)
+    record = client.delete(f"/v1/models/{model_id}", headers=headers).json()
+    assert _purge_all(client, record["id"]) == purge.DONE
+    with session_scope(state.sessions) as session:
+        assert repo.get_dataset(session, api_user.tenant_id, dataset["id"], deleted=True) is None

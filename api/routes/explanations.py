@@ -40,6 +40,7 @@ from api.schemas import (
 from api.submit import create_and_enqueue, find_model, mark_replayed, render_job, replayed_job
 from api.views import JobOut
 from xmlx import jobs, quotas
+from xmlx import repository as repo
 from xmlx.dataset_images import images_storage_prefix
 from xmlx.db import session_scope
 from xmlx.models import JobKind, Model
@@ -148,7 +149,10 @@ def _image_base(
 ) -> tuple[str, dict[str, Any]]:
     """The storage prefix keys are relative to, and the model's label counts."""
     with session_scope(state.sessions) as session:
-        trained_on = find_dataset(session, tenant_id, model.dataset_id)
+        # The model's own dataset may be deleted: its tombstone keeps the label counts.
+        trained_on = repo.get_dataset(session, tenant_id, model.dataset_id, deleted=True)
+        if trained_on is None:
+            raise ProblemError(404, "dataset.not_found", f"no dataset {model.dataset_id}")
         source = find_dataset(session, tenant_id, dataset_id) if dataset_id else None
     if source is None:
         return inputs.uploads_folder(tenant_id, ""), trained_on.label_counts

@@ -54,10 +54,14 @@ def create_dataset(
     return dataset
 
 
-def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset | None:
-    stmt = select(Dataset).where(
-        Dataset.id == dataset_id, Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None)
-    )
+def get_dataset(
+    session: Session, tenant_id: str, dataset_id: str, *, deleted: bool = False
+) -> Dataset | None:
+    """The tenant's dataset; with `deleted`, also a deleted one that models still name
+    (its row stays as a tombstone with their label counts; its objects are gone)."""
+    stmt = select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id)
+    if not deleted:
+        stmt = stmt.where(Dataset.deleted_at.is_(None))
     return session.scalars(stmt).one_or_none()
 
 
