@@ -3,8 +3,9 @@
 A finished job of 1,000 items with two artifact files each (recorded as a worker
 records them) is deleted through the HTTP API; the worker's `xmlx.purge` tasks (a
 1-second budget, so the purge spans several messages) remove every row and object.
-A second DELETE is 404, and the job's model is deleted while the job's purge runs:
-both purges finish and nothing is left in the database or in the bucket's listing.
+The job's model is deleted while the job's purge runs, and a second DELETE of the job
+is 404 (all through `xmlx.client.Client`): both purges finish and nothing is left in
+the database or in the bucket's listing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -23,6 +23,7 @@ from tests.deletion_fixtures import finished_job
 from tests.kernel_fixtures import make_s3_store
 from tests.service_fixtures import running_stack
 from xmlx import repository as repo
+from xmlx.client import ApiError, Client
 from xmlx.db import create_engine, make_session_factory, session_scope
 from xmlx.models import Chunk, Item, Job, Model, ModelState
 from xmlx.settings import DEV_API_KEY_PEPPER
@@ -45,10 +46,10 @@ def _store(stack: Stack) -> ObjectStore:
     return make_s3_store(stack.s3, BUCKET)
 
 
-def _wait_done(client: httpx.Client, purge_id: str, timeout: float = 60.0) -> dict[str, Any]:
+def _wait_done(client: Client, purge_id: str, timeout: float = 60.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        shown = client.get(f"/v1/purges/{purge_id}").json()
+        shown = client.purge(purge_id)
         if shown["state"] == "done":
             return dict(shown)
         time.sleep(0.2)
@@ -73,19 +74,18 @@ def test_a_deleted_job_of_1000_items_leaves_no_row_and_no_object(
     job_id = finished_job(sessions, store, tenant_id, N_ITEMS, model_id=model_id)
     assert len(list_all(store, f"tenants/{tenant_id}/")) == 2 * N_ITEMS + 1
 
-    headers = {"Authorization": f"Bearer {secret}"}
-    with httpx.Client(base_url=stack.api_url, headers=headers, timeout=30) as client:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        assert (job["state"], job["progress"]["total"]) == ("succeeded", N_ITEMS)
-        answer = client.delete(f"/v1/jobs/{job_id}")
-        assert answer.status_code == 202, answer.text
-        job_purge = answer.json()["id"]
-        assert client.delete(f"/v1/jobs/{job_id}").json()["code"] == "job.not_found"
-        assert client.get(f"/v1/jobs/{job_id}").status_code == 404
-        running = client.get(f"/v1/purges/{job_purge}").json()
-        answer = client.delete(f"/v1/models/{model_id}")  # while the job's purge runs
-        assert answer.status_code == 202, answer.text
-        model_purge = answer.json()["id"]
+    with Client(stack.api_url, secret) as client:  # the Python client's delete methods
+        job = client.job(job_id)
+        assert (job.state, job.total) == ("succeeded", N_ITEMS)
+        job_purge = client.delete_job(job_id)["id"]
+        model_purge = client.delete_model(model_id)["id"]  # while the job's purge runs
+        running = client.purge(job_purge)
+        with pytest.raises(ApiError) as second:
+            client.delete_job(job_id)
+        assert (second.value.status, second.value.code) == (404, "job.not_found")
+        with pytest.raises(ApiError) as read:
+            client.job(job_id)
+        assert read.value.status == 404
         shown = [_wait_done(client, job_purge), _wait_done(client, model_purge)]
 
     assert running["state"] == "pending"
