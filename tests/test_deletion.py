@@ -95,7 +95,7 @@ def test_a_killed_purge_resumes_from_its_last_page(
     assert (shown["stage"], shown["objects_deleted"]) == ("objects", 25)
     # A worker took it and died: its lease blocks others until it runs out.
     now = utcnow()
-    assert purge._claim(state.sessions, record["id"], now, 120)
+    assert purge._claim(state.sessions, record["id"], now, now + timedelta(seconds=120))
     assert purge.run_purge(state.sessions, state.store, record["id"]) == purge.BUSY
     later = now + timedelta(seconds=121)
     outcome = purge.run_purge(state.sessions, state.store, record["id"], now=lambda: later)

@@ -59,7 +59,8 @@ def run_purge(
     """Work on the purge until it is done or the budget is spent (`paused`: send it
     again), or it must wait for a job's workers (`waiting`). `busy`: another run holds
     it; `missing`: no such purge."""
-    if not _claim(sessions, purge_id, now(), lease_seconds):
+    held_until = now() + timedelta(seconds=lease_seconds)
+    if not _claim(sessions, purge_id, now(), held_until):
         with session_scope(sessions) as session:
             found = session.get(Purge, purge_id)
             if found is None:
@@ -68,30 +69,37 @@ def run_purge(
     deadline = time.monotonic() + budget_seconds
     try:
         while True:  # at least one step, however small the budget
-            outcome = _step(sessions, store, purge_id, now(), lease_seconds)
+            at = now()
+            held_until = at + timedelta(seconds=lease_seconds)
+            outcome = _step(sessions, store, purge_id, at, held_until)
             if outcome != PAUSED or time.monotonic() >= deadline:
                 break
     finally:
+        # Let the next message in at once -- unless the lease ran out meanwhile and
+        # another run holds it now.
         with session_scope(sessions) as session:
-            found = session.get(Purge, purge_id)
-            if found is not None:
-                found.lease_until = None
+            release = (
+                update(Purge)
+                .where(Purge.id == purge_id, Purge.lease_until == held_until)
+                .values(lease_until=None)
+            )
+            execute_count(session, release)
     return outcome
 
 
-def _claim(sessions: SessionFactory, purge_id: str, at: datetime, lease_seconds: int) -> bool:
+def _claim(sessions: SessionFactory, purge_id: str, at: datetime, until: datetime) -> bool:
     with session_scope(sessions) as session:
         claimable = or_(Purge.lease_until.is_(None), Purge.lease_until < at)
         statement = (
             update(Purge)
             .where(Purge.id == purge_id, Purge.state == PurgeState.PENDING, claimable)
-            .values(lease_until=at + timedelta(seconds=lease_seconds))
+            .values(lease_until=until)
         )
         return execute_count(session, statement) == 1
 
 
 def _step(
-    sessions: SessionFactory, store: ObjectStore, purge_id: str, at: datetime, lease: int
+    sessions: SessionFactory, store: ObjectStore, purge_id: str, at: datetime, until: datetime
 ) -> str:
     """One page or batch of the purge's current stage, committed with its progress."""
     with session_scope(sessions) as session:
@@ -102,7 +110,7 @@ def _step(
             purge.stage = STAGES[purge.kind][0]
         progress = _STAGE_WORK[purge.stage](session, store, purge)
         purge.updated_at = at
-        purge.lease_until = at + timedelta(seconds=lease)
+        purge.lease_until = until
         if progress == WAITING:
             return WAITING
         if progress == DONE:
