@@ -126,8 +126,9 @@ class LocalObjectStore:
     def delete_many(self, keys: Sequence[str]) -> None:
         if len(keys) > MAX_DELETE_BATCH:
             raise StorageError("storage.error", f"{len(keys)} keys in one delete_many call")
-        for key in keys:
-            self.delete(key)
+        paths = [self.path_for(key) for key in keys]  # every key checked before any goes
+        for path in paths:
+            path.unlink(missing_ok=True)
 
     def _keys_below(self, prefix: str) -> list[str]:
         folder = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
