@@ -21,6 +21,7 @@ from tests.api_fixtures import (
     assert_problem,
     make_ready_model,
     queued_messages,
+    run_preparation,
     upload_files,
 )
 from tests.deletion_fixtures import finished_job
@@ -323,3 +324,23 @@ def test_a_deleted_dataset_leaves_its_models_working(client: TestClient, api_use
     assert _purge_all(client, record["id"]) == purge.DONE
     with session_scope(state.sessions) as session:
         assert repo.get_dataset(session, api_user.tenant_id, dataset["id"], deleted=True) is None
+
+
+def test_a_listed_batch_past_the_items_limit_fails_with_the_quota_code(
+    client: TestClient, api_user: ApiUser
+) -> None:
+    state, headers = _state(client), api_user.headers
+    dataset = small_dataset(client, api_user)
+    model_id = make_ready_model(client, api_user, state.sessions, dataset["id"])
+    upload_files(client, api_user, {f"many/{i}.png": b"x" for i in range(5)}, "image/png")
+    _limit(state.sessions, api_user.tenant_id, max_items_in_flight=4)  # the training holds 1
+    body = {"model_id": model_id, "prefix": "many/"}
+    job = client.post("/v1/predictions", json=body, headers=headers).json()
+    assert job["state"] == "preparing"  # one more item fits: the size is not known yet
+    prepared = run_preparation(client, job["id"])
+    assert prepared.state == "failed"
+    shown = client.get(f"/v1/jobs/{job['id']}", headers=headers).json()
+    assert shown["error"]["code"] == "quota.items_in_flight", shown
+    _limit(state.sessions, api_user.tenant_id, max_items_in_flight=1)
+    refused = client.post("/v1/predictions", json=body, headers=headers)
+    assert_problem(refused, 429, "quota.items_in_flight")
