@@ -69,6 +69,10 @@ def test_a_deleted_job_is_gone_at_once_and_purged_later(
     assert queued_messages(broker, "default") == [("xmlx.purge", [record["id"]])]
     for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/results"):
         assert_problem(client.get(path, headers=headers), 404, "job.not_found")
+    cancel = client.post(f"/v1/jobs/{job_id}/cancel", headers=headers)
+    assert_problem(cancel, 404, "job.not_found")
+    export = client.get(f"/v1/jobs/{job_id}/results", params={"format": "csv"}, headers=headers)
+    assert_problem(export, 404, "job.not_found")
     assert job_id not in {j["id"] for j in client.get("/v1/jobs", headers=headers).json()["items"]}
     assert_problem(client.delete(f"/v1/jobs/{job_id}", headers=headers), 404, "job.not_found")
 
