@@ -27,6 +27,7 @@ from api.routes import (
     admin,
     capabilities,
     datasets,
+    deletions,
     explanations,
     files,
     health,
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models,
         explanations,
         jobs,
+        deletions,
         admin,
     ):
         app.include_router(module.router)

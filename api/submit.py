@@ -18,7 +18,7 @@ from api.deps import ApiState
 from api.idempotency import conflict
 from api.problems import ProblemError
 from api.views import JobOut, job_out
-from xmlx import jobs
+from xmlx import jobs, quotas
 from xmlx import repository as repo
 from xmlx.db import session_scope, utcnow
 from xmlx.models import Job, Model, ModelState
@@ -54,6 +54,7 @@ def create_and_enqueue(
     chunk_size: int,
     priority: str = "normal",
 ) -> jobs.CreatedJob:
+    quotas.check_submission(state.sessions, tenant_id, len(item_keys))
     created = jobs.create_job(
         state.sessions,
         tenant_id=tenant_id,

@@ -38,6 +38,8 @@ TRAIN_KIND = "train"  # `xmlx.models.JobKind.TRAIN`
 TASK_RUN_CHUNK = "xmlx.run_chunk"
 TASK_RECONCILE = "xmlx.reconcile"
 TASK_PREPARE_BATCH = "xmlx.prepare_batch"
+TASK_PURGE = "xmlx.purge"
+TASK_SWEEP_PURGES = "xmlx.sweep_purges"
 
 # Message headers (task.request attributes on the worker): the request that caused the
 # message (xmlx.logs) and when it was sent (the worker's queue-wait histogram).
@@ -50,6 +52,9 @@ TASK_ROUTES = {
     TASK_RECONCILE: {"queue": DEFAULT_QUEUE},
     # Listing and inserting is database and S3 work: never behind GPU chunks.
     TASK_PREPARE_BATCH: {"queue": DEFAULT_QUEUE},
+    # Deleting is listing, DeleteObjects and row batches: default queue too.
+    TASK_PURGE: {"queue": DEFAULT_QUEUE},
+    TASK_SWEEP_PURGES: {"queue": DEFAULT_QUEUE},
 }
 
 
@@ -92,7 +97,15 @@ def configure(app: Celery, settings: Settings) -> None:
                 "task": TASK_RECONCILE,
                 "schedule": float(settings.reconcile_interval_seconds),
                 "options": {"queue": DEFAULT_QUEUE, "expires": settings.reconcile_interval_seconds},
-            }
+            },
+            "sweep_purges": {
+                "task": TASK_SWEEP_PURGES,
+                "schedule": float(settings.purge_sweep_interval_seconds),
+                "options": {
+                    "queue": DEFAULT_QUEUE,
+                    "expires": settings.purge_sweep_interval_seconds,
+                },
+            },
         },
     )
 
@@ -151,6 +164,24 @@ def send_preparation(
         TASK_PREPARE_BATCH,
         args=[job_id],
         queue=DEFAULT_QUEUE,
+        retry_policy=retry_policy,
+        headers=message_headers(),
+    )
+
+
+def send_purge(
+    app: Celery,
+    purge_id: str,
+    *,
+    countdown: float | None = None,
+    retry_policy: dict[str, Any] | None = None,
+) -> None:
+    """The `purge` message of a purge record (after its commit)."""
+    app.send_task(
+        TASK_PURGE,
+        args=[purge_id],
+        queue=DEFAULT_QUEUE,
+        countdown=countdown,
         retry_policy=retry_policy,
         headers=message_headers(),
     )
