@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import keras
@@ -194,7 +195,7 @@ def test_a_stream_of_chunks_equals_explaining_each_chunk(model, images, chunking
     stability and provenance, chunk by chunk (image seeds count within a chunk)."""
     kwargs = {"num_samples": 40, "batch_size": 32}
     edges = np.cumsum((0, *chunking))
-    chunks = [(images[a:b], [0, 3]) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    chunks = [(images[a:b], [0, 3]) for a, b in pairwise(edges)]
     for predict in (host_fn(model), PerturbingPredictor(model)):
         explainer = LimeExplainer(predict, **kwargs)
         streamed = list(explainer.explain_stream(iter(chunks)))
