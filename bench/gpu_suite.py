@@ -33,6 +33,7 @@ minute. ``--budget-s`` stops starting new measurements once that much time has p
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -245,7 +246,8 @@ def measure_lime(base: str, policy: str, sizes: Sizes, images: np.ndarray) -> di
     compute_s = timed(lambda: sync(model.predict_on_batch(on_device)), 3) * batches
     host_copy_s = timed(lambda: host_predict(model)(rows), 3) * batches
     host = LimeExplainer(host_predict(model), num_samples=samples, batch_size=bs, seed=0)
-    device = LimeExplainer(PerturbingPredictor(model), num_samples=samples, batch_size=bs, seed=0)
+    predictor = PerturbingPredictor(model)
+    device = LimeExplainer(predictor, num_samples=samples, batch_size=bs, seed=0)
     host_s = timed(lambda: host.explain(images, TARGETS), 1)
     device_s = timed(lambda: device.explain(images, TARGETS), 1)
     parts = host_breakdown(images, samples, bs)
@@ -271,7 +273,9 @@ def measure_lime(base: str, policy: str, sizes: Sizes, images: np.ndarray) -> di
     )
     overlap = lime_images(sizes, sizes.overlap_images)
     repeats = 1 if sizes is SMOKE else 2
-    measure_lime_overlap(model, base, policy, overlap, sizes.overlap_chunk, samples, bs, repeats)
+    measure_lime_overlap(
+        predictor, base, policy, overlap, sizes.overlap_chunk, samples, bs, repeats
+    )
     return {"device_s": device_s, "host_s": host_s}
 
 
@@ -297,7 +301,7 @@ def bare_forward_s(model: keras.Model, n_samples: int, batch_size: int) -> tuple
 
 
 def compare_pipelines(
-    model: keras.Model,
+    predictor: PerturbingPredictor,
     images: np.ndarray,
     chunk: int,
     num_samples: int,
@@ -307,7 +311,7 @@ def compare_pipelines(
     """Our LIME on ``images`` in chunks of ``chunk`` (a worker's batches), three ways:
 
     - ``sequential_sync``: ``explain`` per chunk, each batch read before the next is
-      built (``PerturbingPredictor(asynchronous=False)``, the pipeline before);
+      built (``asynchronous=False``, the pipeline before);
     - ``sequential_async``: ``explain`` per chunk, batch ``i + 1`` dispatched before
       batch ``i`` is read (asynchronous on JAX; the same as sync elsewhere);
     - ``overlapped``: ``explain_stream`` over the chunks: the next chunk segmented and
@@ -319,8 +323,10 @@ def compare_pipelines(
     rounds, the modes interleaved, after one untimed warm-up each (compilation)."""
     chunks = [(images[i : i + chunk], TARGETS) for i in range(0, len(images), chunk)]
     kwargs = {"num_samples": num_samples, "batch_size": batch_size, "seed": 0}
-    sync_lime = LimeExplainer(PerturbingPredictor(model, asynchronous=False), **kwargs)
-    async_lime = LimeExplainer(PerturbingPredictor(model), **kwargs)
+    synchronous = copy.copy(predictor)  # shares the compiled models: nothing to rebuild
+    synchronous.asynchronous = False
+    sync_lime = LimeExplainer(synchronous, **kwargs)
+    async_lime = LimeExplainer(predictor, **kwargs)
     modes: dict[str, Callable[[], list[list[list[Any]]]]] = {
         "sequential_sync": lambda: [sync_lime.explain(*c) for c in chunks],
         "sequential_async": lambda: [async_lime.explain(*c) for c in chunks],
@@ -333,7 +339,7 @@ def compare_pipelines(
             start = time.perf_counter()
             results[name] = fn()
             seconds[name] = min(seconds[name], time.perf_counter() - start)
-    bare, strict = bare_forward_s(model, len(images) * num_samples, batch_size)
+    bare, strict = bare_forward_s(predictor.model, len(images) * num_samples, batch_size)
     segmenter = SlicSegmenter()
     start = time.perf_counter()
     for image in images:
@@ -357,7 +363,7 @@ def compare_pipelines(
 
 
 def measure_lime_overlap(
-    model: keras.Model,
+    predictor: PerturbingPredictor,
     base: str,
     policy: str,
     images: np.ndarray,
@@ -366,7 +372,7 @@ def measure_lime_overlap(
     batch_size: int,
     repeats: int,
 ) -> None:
-    found = compare_pipelines(model, images, chunk, num_samples, batch_size, repeats)
+    found = compare_pipelines(predictor, images, chunk, num_samples, batch_size, repeats)
     emit(
         "lime_overlap",
         base=base,

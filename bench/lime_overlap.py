@@ -27,6 +27,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 from gpu_suite import Sizes, build_model, compare_pipelines, lime_images
 
+from xmlcore.explain.device_sampling import PerturbingPredictor
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -46,8 +48,9 @@ def main() -> None:
     sizes = Sizes(args.image_size, (), 0, 0, 0, 0, 0, 0, 0, 0, 0, args.base)
     model = build_model(args.base, args.image_size, args.policy)
     images = lime_images(sizes, args.images)
+    predictor = PerturbingPredictor(model)
     found = compare_pipelines(
-        model, images, args.chunk, args.num_samples, args.batch_size, args.repeats
+        predictor, images, args.chunk, args.num_samples, args.batch_size, args.repeats
     )
     row = {
         "bench": "lime_overlap",
