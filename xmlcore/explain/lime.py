@@ -155,6 +155,8 @@ class LimeExplainer(Explainer):
         self.sampler = sampler
 
     def explain(self, images: np.ndarray, targets: Targets) -> list[list[Explanation]]:
+        if self.engine == "reference":
+            return self._explain_references(images, targets)
         [explained] = self.explain_stream([(images, targets)])
         return explained
 
@@ -175,7 +177,7 @@ class LimeExplainer(Explainer):
         """
         if self.engine == "reference":
             for images, targets in chunks:
-                yield self.explain(images, targets)
+                yield self._explain_references(images, targets)
             return
         threads = max(1, min(os.cpu_count() or 1, SEGMENTATION_THREADS))
         with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -194,6 +196,21 @@ class LimeExplainer(Explainer):
             if finishing is not None:
                 yield finishing.result()
 
+    def _explain_references(self, images: np.ndarray, targets: Targets) -> list[list[Explanation]]:
+        batch = check_images(stack_images(images))
+        originals = self._predict(batch)
+        rows = normalize_targets(targets, len(batch), originals.shape[1])
+        seed = self._base_seed()
+        return [
+            self._explain_reference(i, batch[i], row, originals[i], seed)
+            for i, row in enumerate(rows)
+        ]
+
+    def _base_seed(self) -> int:
+        if self.seed is not None:
+            return self.seed
+        return int(np.random.SeedSequence().generate_state(1)[0])
+
     def _prepare(
         self, chunk: tuple[np.ndarray, Targets] | None, pool: ThreadPoolExecutor
     ) -> tuple[np.ndarray, Targets, list[Future[np.ndarray]]] | None:
@@ -210,11 +227,7 @@ class LimeExplainer(Explainer):
         """The model on the originals, the targets, and each image's sampling state."""
         originals = self._predict(batch)
         rows = normalize_targets(targets, len(batch), originals.shape[1])
-        seed = (
-            self.seed
-            if self.seed is not None
-            else int(np.random.SeedSequence().generate_state(1)[0])
-        )
+        seed = self._base_seed()
         runs = [self._start(i, batch[i], row, originals[i], seed) for i, row in enumerate(rows)]
         for run, pending in zip(runs, segments, strict=True):
             run.pending_segments = pending
