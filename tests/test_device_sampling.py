@@ -208,6 +208,17 @@ def test_a_stream_of_chunks_equals_explaining_each_chunk(model, images, chunking
     assert list(LimeExplainer(host_fn(model)).explain_stream([])) == []
 
 
+def test_a_failing_chunk_comes_after_every_chunk_before_it(model, images) -> None:
+    explainer = LimeExplainer(PerturbingPredictor(model), num_samples=20, batch_size=16)
+    chunks = [(images[:2], [0]), (images[2:4], [0]), (images[4:], [99])]  # 5 outputs
+    got = []
+    with pytest.raises(ExplainError):
+        for explained in explainer.explain_stream(chunks):
+            got.append(explained)
+    assert len(got) == 2
+    assert max_diff(got[1], explainer.explain(images[2:4], [0])) == 0.0
+
+
 def test_adaptive_lime_in_a_stream_equals_each_chunk(model, images) -> None:
     rule = AdaptiveSampling(min_samples=40, max_samples=120, batch=40, z=0.5)
     explainer = LimeExplainer(PerturbingPredictor(model), adaptive=rule, batch_size=32)

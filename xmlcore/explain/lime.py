@@ -173,7 +173,8 @@ class LimeExplainer(Explainer):
         works on chunk ``i + 1``. On a GPU the host work per image (SLIC ~46 ms of one
         core at 224 px, the fill, the fits) then hides behind the device's ~60 ms per
         image of VGG16 at 1,000 samples instead of sitting between its batches.
-        ``chunks`` is read one ahead of the chunk being sampled.
+        ``chunks`` is read one ahead of the chunk being sampled. When a chunk fails,
+        every chunk before it has been yielded before the error is raised.
         """
         if self.engine == "reference":
             for images, targets in chunks:
@@ -187,8 +188,14 @@ class LimeExplainer(Explainer):
             while ahead is not None:
                 current, ahead = ahead, None
                 ahead = self._prepare(next(source, None), pool)
-                runs, rows, seed = self._begin(*current)
-                self._sample(runs)
+                try:
+                    runs, rows, seed = self._begin(*current)
+                    self._sample(runs)
+                except Exception:
+                    # The chunk before is done: hand it over before the error.
+                    if finishing is not None:
+                        yield finishing.result()
+                    raise
                 done = pool.submit(self._finish, runs, rows, seed)
                 if finishing is not None:
                     yield finishing.result()
