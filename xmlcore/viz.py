@@ -113,9 +113,28 @@ def mask(
     kept = np.isin(seg, np.asarray(list(top_segments), dtype=np.int64))
     out = np.where(kept[..., None], img, img * dim)
     if boundaries:
-        edge = find_boundaries(seg, mode="inner") & kept
-        out[edge] = _BOUNDARY
+        out[segment_outlines(seg, top_segments)] = _BOUNDARY
     return np.rint(out).astype(np.uint8)
+
+
+def segment_outlines(segments: np.ndarray, chosen: Sequence[int], width: int = 1) -> np.ndarray:
+    """bool ``(H, W)``: the pixels just inside the border of each ``chosen`` segment,
+    ``width`` pixels thick.
+
+    ``background=-1`` because scikit-image treats label 0 as background and never
+    outlines it by default, yet 0 is an ordinary superpixel id here (SLIC starts at 0).
+    """
+    seg = np.asarray(segments)
+    kept = np.isin(seg, np.asarray(list(chosen), dtype=np.int64))
+    edge = find_boundaries(seg, mode="inner", background=-1)
+    for _ in range(width - 1):
+        grown = edge.copy()
+        grown[1:] |= edge[:-1]
+        grown[:-1] |= edge[1:]
+        grown[:, 1:] |= edge[:, :-1]
+        grown[:, :-1] |= edge[:, 1:]
+        edge = grown
+    return edge & kept
 
 
 def top_pixel_segments(heatmap: np.ndarray, fraction: float = 0.2) -> np.ndarray:
