@@ -20,9 +20,9 @@ from skimage.segmentation import slic
 
 from api.app import create_app
 from tests.api_fixtures import API_TEST_PEPPER, ApiUser, upload_files
+from xmlcore.batch import heatmap_name
 from xmlcore.datasets import generate_dishes, write_dataset
 from xmlcore.hierarchy import LabelHierarchy
-from xmlcore.batch import heatmap_name
 from xmlcore.overlay import render_overlay
 from xmlcore.viz import mask_png
 from xmlx import jobs

@@ -117,7 +117,7 @@ def _heatmaps(
     views = []
     for position, explanation in enumerate(result.get("explanations") or []):
         overlay = explanation.get("overlay") or {}
-        name = overlay.get("artifact", "heatmap.png" if position == 0 else None)
+        name = str(overlay.get("artifact", "heatmap.png" if position == 0 else ""))
         src = link(artifacts[name]) if name in artifacts else None
         if src is None:
             continue
