@@ -9,8 +9,11 @@ import pytest
 from PIL import Image
 from skimage.color import rgb2lab
 
-from xmlcore.batch import MAX_HEATMAPS, heatmap_name
+from xmlcore.batch import MAX_HEATMAPS, explain_images, heatmap_name
+from xmlcore.datasets import generate_dishes
 from xmlcore.errors import ExplainError
+from xmlcore.explain import TopKLabels
+from xmlcore.model import train_two_step
 from xmlcore.overlay import render_overlay
 from xmlcore.viz import blend, mask, segment_outlines
 from xmlx.keys import ITEM_ARTIFACT_NAMES
@@ -84,3 +87,28 @@ def test_every_overlay_name_is_an_allowed_artifact() -> None:
     names = [heatmap_name(k) for k in range(MAX_HEATMAPS)]
     assert names[0] == "heatmap.png" and names[1] == "heatmap_2.png"
     assert set(names) <= ITEM_ARTIFACT_NAMES
+
+
+def test_a_multi_label_result_has_one_overlay_and_scale_per_label() -> None:
+    data = generate_dishes("tiny", seed=0, image_size=32)
+    model = train_two_step(
+        data.images[:16], data.label_space.subset(np.arange(16)), layer_sizes=(8, 4), epochs=1,
+        ae_params={"epochs": 5}, regressor_params={"head_units": [8]}, seed=0,
+    )  # fmt: skip
+    reports = explain_images(
+        model, data.images[:2], method="occlusion", target=TopKLabels(3),
+        params={"patch": 8, "stride": 8},
+    )  # fmt: skip
+    for report in reports:
+        names = {"heatmap.png", "heatmap_2.png", "heatmap_3.png", "mask.png", "weights.npy"}
+        assert set(report.artifacts) == names
+        overlays = [e["overlay"] for e in report.result["explanations"]]
+        assert [o["artifact"] for o in overlays] == [
+            "heatmap.png",
+            "heatmap_2.png",
+            "heatmap_3.png",
+        ]
+        for overlay in overlays:
+            picture = Image.open(io.BytesIO(report.artifacts[overlay["artifact"]]))
+            assert picture.width >= 256
+            assert overlay["scale"]["low"] == -overlay["scale"]["high"]
