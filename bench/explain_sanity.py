@@ -52,7 +52,13 @@ from scipy.stats import spearmanr
 
 from xmlcore.datasets import generate_dishes
 from xmlcore.errors import ExplainError
-from xmlcore.evaluate import evaluate_explanations, mass_in_mask, pointing_game
+from xmlcore.evaluate import (
+    curve_auc,
+    evaluate_explanations,
+    mass_in_mask,
+    perturbation_curves,
+    pointing_game,
+)
 from xmlcore.explain import SlicSegmenter
 from xmlcore.explain.gradient_methods import last_conv_layer
 from xmlcore.explain.result import Explanation, TargetInfo
@@ -189,6 +195,23 @@ def trained_model(args: argparse.Namespace) -> tuple[Any, np.ndarray, list[Targe
     return model, ds.images[test][rows], targets, masks
 
 
+def median_aucs(model: Any, images: np.ndarray, found: list[Explanation]) -> dict[str, float]:
+    """Medians of the per-image deletion and insertion AUCs (the curves of
+    ``evaluate_explanations``). The means can leave 0..1 by far: a curve is normalised
+    by f(original) - f(all-fill), and a label whose score barely changes when the whole
+    image is filled makes that difference tiny and one image's AUC huge; the median is
+    not moved by such an image."""
+    out = {}
+    for mode in ("deletion", "insertion"):
+        x, y = perturbation_curves(
+            mode, model.device_predictor(), images, [e.heatmap for e in found],
+            [e.target.column for e in found],
+        )  # fmt: skip
+        aucs = [curve_auc(xi, yi) for xi, yi in zip(x, y, strict=True)]
+        out[f"{mode}_auc_median"] = round(float(np.nanmedian(aucs)), 4)
+    return out
+
+
 def on_trained(args: argparse.Namespace, methods: list[str]) -> dict[str, Any]:
     start = time.perf_counter()
     model, images, targets, masks = trained_model(args)
@@ -204,6 +227,7 @@ def on_trained(args: argparse.Namespace, methods: list[str]) -> dict[str, Any]:
         assert found is not None and other is not None
         scores = evaluate_explanations(model.device_predictor(), images, found, masks)
         quality[method] = {key: round(scores[key], 4) for key in SCORES}
+        quality[method].update(median_aucs(model, images, found))
         signed = [spearman(a.heatmap, b.heatmap) for a, b in zip(found, other, strict=True)]
         magnitude = [spearman(np.abs(a.heatmap), np.abs(b.heatmap))
                      for a, b in zip(found, other, strict=True)]  # fmt: skip
