@@ -10,6 +10,8 @@ browser download is not used). `XMLX_UPDATE_SCREENSHOTS=1` refreshes docs/img/*.
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import shutil
 import threading
@@ -144,15 +146,13 @@ def test_cards_show_real_overlays(page: Any, gallery: Gallery, tmp_path: Path) -
     screenshot(page, tmp_path, "job-page.png")
 
 
-# An <img>'s RGB pixels, drawn through a canvas, as a flat list (row-major).
+# An <img> as the browser decoded it, drawn through a canvas and re-encoded as a PNG
+# data URL (one string: a pixel list would be megabytes of JSON).
 PIXELS = """img => {
   const c = document.createElement("canvas");
   c.width = img.naturalWidth; c.height = img.naturalHeight;
-  const ctx = c.getContext("2d"); ctx.drawImage(img, 0, 0);
-  const d = ctx.getImageData(0, 0, c.width, c.height).data;
-  const out = [];
-  for (let i = 0; i < d.length; i += 4) out.push(d[i], d[i + 1], d[i + 2]);
-  return [c.width, c.height, out];
+  c.getContext("2d").drawImage(img, 0, 0);
+  return c.toDataURL("image/png");
 }"""
 # Mean CIE76 ΔE between overlay and photo that the top superpixels must exceed. ΔE 2.3
 # is a just-noticeable difference side by side; 10 is over four times that, the
@@ -165,8 +165,9 @@ VISIBLE_DELTA_E = 10.0
 
 def drawn(image: Any) -> np.ndarray:
     """The pixels the browser decoded for ``image``, uint8 ``(H, W, 3)``."""
-    width, height, flat = image.evaluate(PIXELS)
-    return np.asarray(flat, dtype=np.uint8).reshape(height, width, 3)
+    data = base64.b64decode(image.evaluate(PIXELS).split(",", 1)[1])
+    with Image.open(io.BytesIO(data)) as picture:
+        return np.asarray(picture.convert("RGB"))
 
 
 def test_overlays_differ_visibly_from_the_photo_in_the_top_segments(
