@@ -4,8 +4,10 @@
 - ``heatmap_png``: signed attribution on a blue-white-red ramp (red pushes the target
   up, blue down, white is zero).
 - ``blend_png``: the ramp laid over the image, each pixel as opaque as its attribution
-  is strong, so unimportant parts show the image untouched.
-- ``mask_png``: the top superpixels kept, the rest dimmed, with their borders drawn.
+  is strong, so unimportant parts show the image untouched. Faint at small sizes: the
+  service's heatmap artifact is ``xmlcore.overlay.render_overlay`` instead.
+- ``mask_png``: the top superpixels kept, the rest dimmed, with their borders drawn
+  (``segment_outlines``, shared with ``xmlcore.overlay``).
 - ``panel_png``: image | blend | mask side by side, with the target, the top
   predictions, the true labels and the hierarchy path written underneath.
 
