@@ -10,6 +10,8 @@ browser download is not used). `XMLX_UPDATE_SCREENSHOTS=1` refreshes docs/img/*.
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import shutil
 import threading
@@ -21,9 +23,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from skimage.color import rgb2lab
 
 from tests.api_fixtures import serve_app
-from tests.test_web import FAILED, Gallery, finish_items, make_gallery
+from tests.test_web import FAILED, TOP_REGIONS, Gallery, finish_items, make_gallery
 from workers.context import WorkerContext
 from workers.training import run_training
 from xmlcore.datasets import generate_dishes
@@ -96,7 +99,9 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def page(browser: Any, served: tuple[str, Settings], gallery: Gallery) -> Iterator[Any]:
     """A signed-in tab (through the login form)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 2400}, base_url=served[0])
+    # Tall enough that every card of the first page is near the viewport: the images are
+    # loading="lazy", and one far below would never load.
+    context = browser.new_context(viewport={"width": 1280, "height": 4000}, base_url=served[0])
     tab = context.new_page()
     tab.goto(f"/ui/jobs/{gallery.job_id}")
     assert "/ui/login" in tab.url  # not signed in yet: sent to the form
@@ -119,7 +124,7 @@ def screenshot(page: Any, folder: Path, name: str, **options: Any) -> None:
 
 
 def wait_for_images(page: Any) -> None:
-    page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=15_000)
+    page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=30_000)
 
 
 def test_cards_show_real_overlays(page: Any, gallery: Gallery, tmp_path: Path) -> None:
@@ -129,16 +134,73 @@ def test_cards_show_real_overlays(page: Any, gallery: Gallery, tmp_path: Path) -
     first = page.locator(f'article.card[data-key="{gallery.keys[0]}"]')
     for kind in ("source", "heatmap", "mask"):
         image = first.locator(f"img.{kind}")
-        assert image.evaluate("i => i.naturalWidth") == IMAGE_SIZE
         assert image.evaluate(PIXEL_VARIANCE) > 50.0  # a picture, not a flat square
+    assert first.locator("img.source").evaluate("i => i.naturalWidth") == IMAGE_SIZE
     overlays = page.locator("img.heatmap")
     assert overlays.count() == 24 - len(FAILED)
     widths = overlays.evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
-    assert all(width == IMAGE_SIZE for width in widths)
+    assert all(width >= 256 for width in widths)  # upscaled to a legible size
     assert "✓" in first.locator("ol.labels").inner_text()
     assert "latent" in first.locator(".path").inner_text()
     page.set_viewport_size({"width": 1280, "height": 900})
     screenshot(page, tmp_path, "job-page.png")
+
+
+# An <img> as the browser decoded it, drawn through a canvas and re-encoded as a PNG
+# data URL (one string: a pixel list would be megabytes of JSON).
+PIXELS = """img => {
+  const c = document.createElement("canvas");
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  c.getContext("2d").drawImage(img, 0, 0);
+  return c.toDataURL("image/png");
+}"""
+# Mean CIE76 ΔE between overlay and photo that the top superpixels must exceed. ΔE 2.3
+# is a just-noticeable difference side by side; 10 is over four times that, the
+# difference between clearly distinct colours, so an overlay passing it cannot "look
+# almost like the original" (the old 50%-opacity blend of light ramp colours measured
+# about 14 on bench/overlay_contrast.py's images and about 1 on weak maps; the new
+# rendering about 54).
+VISIBLE_DELTA_E = 10.0
+
+
+def drawn(image: Any) -> np.ndarray:
+    """The pixels the browser decoded for ``image``, uint8 ``(H, W, 3)``."""
+    data = base64.b64decode(image.evaluate(PIXELS).split(",", 1)[1])
+    with Image.open(io.BytesIO(data)) as picture:
+        return np.asarray(picture.convert("RGB"))
+
+
+def test_overlays_differ_visibly_from_the_photo_in_the_top_segments(
+    page: Any, gallery: Gallery
+) -> None:
+    wait_for_images(page)
+    measured = []
+    for key in [k for k in gallery.keys[:6] if k not in FAILED]:
+        card = page.locator(f'article.card[data-key="{key}"]')
+        photo = drawn(card.locator("img.source"))
+        overlay = drawn(card.locator("img.heatmap"))
+        factor = overlay.shape[1] // photo.shape[1]
+        picture = overlay[: photo.shape[0] * factor : factor, ::factor]  # no scale strip
+        distance = np.linalg.norm(rgb2lab(picture) - rgb2lab(photo), axis=-1)
+        top = TOP_REGIONS[key]
+        measured.append((distance[top].mean(), distance[~top].mean()))
+    top_mean = float(np.mean([t for t, _ in measured]))
+    assert top_mean > VISIBLE_DELTA_E, measured
+    assert all(t > r for t, r in measured)  # the top segments stand out from the rest
+
+
+def test_label_switch_shows_the_other_labels_map(page: Any, gallery: Gallery) -> None:
+    key = gallery.keys[0]
+    card = page.locator(f'article.card[data-key="{key}"]')
+    first, second = gallery.predicted[key][:2]
+    assert card.locator(".overlay-label").inner_text() == first
+    assert "blue -" in card.locator(".overlay-scale").inner_text()
+    before = card.locator("img.heatmap").get_attribute("src")
+    card.locator(f'.label-switch button[data-label="{second}"]').click()
+    assert card.locator(".overlay-label").inner_text() == second
+    assert card.locator("img.heatmap").get_attribute("src") != before
+    pressed = card.locator('.label-switch button[aria-pressed="true"]')
+    assert pressed.inner_text() == second
 
 
 def test_filters_narrow_the_cards(page: Any, gallery: Gallery) -> None:

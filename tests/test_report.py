@@ -69,12 +69,16 @@ def test_report_is_self_contained_with_every_card(
     refs = parse(path)
     assert refs.cards == N_ITEMS
     assert refs.urls and all(url.startswith("data:image/png;base64,") for url in refs.urls)
-    assert len(refs.urls) == 3 * (N_ITEMS - len(FAILED)) + len(FAILED)
+    # image, heatmap, mask and the link to the second label's heatmap per success
+    assert len(refs.urls) == 4 * (N_ITEMS - len(FAILED)) + len(FAILED)
     first = Image.open(io.BytesIO(base64.b64decode(refs.urls[0].split(",", 1)[1])))
     assert first.size == (32, 32) and first.getextrema() != ((0, 0), (0, 0), (0, 0))
     html = path.read_text(encoding="utf-8")
     assert not re.search(r"https?://(?!www\.w3\.org)", html)  # nothing fetched from anywhere
     assert html.count("image.corrupt:") == len(FAILED)
+    first_label = gallery.predicted[gallery.keys[0]][0]
+    assert f"heatmap of\n<b>{first_label}</b>" in html and "other labels' heatmaps" in html
+    assert html.count("blue -") >= N_ITEMS - len(FAILED)  # every overlay's colour scale
     assert f"\u2713 {gallery.predicted[gallery.keys[0]][0]}" in html
     assert re.search(r"latent \d &lt;- units [\d, ]+ &lt;- \w", html)
     assert html.count("\nstability@5 0.80\n") == N_ITEMS - len(FAILED)  # one per card
@@ -108,7 +112,7 @@ def test_missing_artifact_leaves_a_card_without_it(
     finally:
         store.put_bytes(heatmap, saved, "image/png")
     assert parse(path).cards == N_ITEMS
-    assert len(parse(path).urls) == 3 * (N_ITEMS - len(FAILED)) + len(FAILED) - 1
+    assert len(parse(path).urls) == 4 * (N_ITEMS - len(FAILED)) + len(FAILED) - 1
 
 
 def test_other_tenants_job_is_not_found(

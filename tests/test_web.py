@@ -20,9 +20,11 @@ from skimage.segmentation import slic
 
 from api.app import create_app
 from tests.api_fixtures import API_TEST_PEPPER, ApiUser, upload_files
+from xmlcore.batch import heatmap_name
 from xmlcore.datasets import generate_dishes, write_dataset
 from xmlcore.hierarchy import LabelHierarchy
-from xmlcore.viz import blend_png, mask_png
+from xmlcore.overlay import render_overlay
+from xmlcore.viz import mask_png
 from xmlx import jobs
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, session_scope
@@ -35,6 +37,8 @@ from xmlx.storage import ObjectStore, make_object_store
 
 N_ITEMS = 30
 FAILED = ("dish_00004.png", "dish_00011.png")
+TOP_REGIONS: dict[str, np.ndarray] = {}
+"""Item key -> bool (H, W): the top superpixels of its first overlay (finish_items)."""
 
 
 @dataclass(frozen=True)
@@ -95,39 +99,51 @@ def make_ready_model(sessions: SessionFactory, tenant_id: str, dataset_id: str, 
         return model.id
 
 
-def _artifacts(image: np.ndarray, label_mask: np.ndarray, seed: int) -> dict[str, bytes]:
-    """A heatmap peaked on the explained label's pixels, and its top superpixels."""
+def _pictures(
+    image: np.ndarray, label_masks: list[np.ndarray], seed: int
+) -> tuple[dict[str, bytes], list[dict[str, Any]]]:
+    """Per explained label, a heatmap peaked on its pixels rendered as the service does
+    (``heatmap.png``, ``heatmap_2.png``), the first label's top-superpixel mask, and the
+    ``overlay`` summary of each (artifact name, colour scale, top region)."""
     rng = np.random.default_rng(seed)
-    heatmap = label_mask.astype(np.float32) + 0.15 * rng.standard_normal(label_mask.shape)
     segments = slic(image, n_segments=25, start_label=0)
-    means = np.bincount(segments.ravel(), heatmap.ravel()) / np.bincount(segments.ravel())
-    top = [int(s) for s in np.argsort(-means)[:3]]
-    return {"heatmap.png": blend_png(image, heatmap), "mask.png": mask_png(image, segments, top)}
+    pictures: dict[str, bytes] = {}
+    overlays = []
+    for position, label_mask in enumerate(label_masks):
+        heatmap = label_mask.astype(np.float32) + 0.15 * rng.standard_normal(label_mask.shape)
+        means = np.bincount(segments.ravel(), heatmap.ravel()) / np.bincount(segments.ravel())
+        top = [int(s) for s in np.argsort(-means)[:3]]
+        overlay = render_overlay(image, heatmap, segments=segments, top_segments=top)
+        name = heatmap_name(position)
+        pictures[name] = overlay.png()
+        overlays.append(
+            {"artifact": name, "scale": overlay.scale.to_json(), "top": np.isin(segments, top)}
+        )
+        if position == 0:
+            pictures["mask.png"] = mask_png(image, segments, top)
+    return pictures, overlays
 
 
 def _result(
     truth: list[str], visible: set[str], vocab: tuple[str, ...], seed: int
 ) -> dict[str, Any]:
-    """Four top labels (three true, one wrong); the first visible one is explained."""
+    """Four top labels (three true, one wrong); the first two are explained, a visible
+    one first."""
     rng = np.random.default_rng(seed)
     wrong = [label for label in vocab if label not in truth]
     truth = sorted(truth, key=lambda label: label not in visible)
     labels = [*truth[:2], wrong[seed % len(wrong)], *truth[2:3]]
     scores = sorted(rng.uniform(0.2, 0.95, len(labels)), reverse=True)
-    explained = labels[0]
-    target = {
-        "column": 4 + vocab.index(explained),
-        "kind": "label",
-        "index": vocab.index(explained),
-        "name": explained,
-        "hierarchy_path": None,
-    }
-    return {
-        "top_labels": [
-            {"label": lb, "score": round(float(s), 6)} for lb, s in zip(labels, scores, strict=True)
-        ],
-        "latent": [round(float(v), 6) for v in rng.random(4)],
-        "explanations": [
+    explanations = []
+    for explained in labels[:2]:  # top_k with k=2: the two best labels, each with a map
+        target = {
+            "column": 4 + vocab.index(explained),
+            "kind": "label",
+            "index": vocab.index(explained),
+            "name": explained,
+            "hierarchy_path": None,
+        }
+        explanations.append(
             {
                 "image_index": 0,
                 "target": target,
@@ -137,7 +153,13 @@ def _result(
                 "provenance": {"seed": seed},
                 "metrics": {"stability@5": 0.8},
             }
+        )
+    return {
+        "top_labels": [
+            {"label": lb, "score": round(float(s), 6)} for lb, s in zip(labels, scores, strict=True)
         ],
+        "latent": [round(float(v), 6) for v in rng.random(4)],
+        "explanations": explanations,
     }
 
 
@@ -182,7 +204,7 @@ def make_gallery(
     params = {
         "image_prefix": prefix,
         "method": "lime",
-        "target": {"kind": "top_k", "k": 1},
+        "target": {"kind": "top_k", "k": 2},
         "k": 4,
         "dataset_id": dataset_id,
     }
@@ -223,10 +245,14 @@ def finish_items(
             continue
         result = _result(sorted(truth[key]), set(ds.masks[i]), vocab, i)
         predicted[key] = [entry["label"] for entry in result["top_labels"]]
-        explained = predicted[key][0]
         blank = np.zeros(ds.images[i].shape[:2], bool)
+        explained = [ds.masks[i].get(e["target"]["name"], blank) for e in result["explanations"]]
+        pictures, overlays = _pictures(ds.images[i], explained, i)
+        for summary, overlay in zip(result["explanations"], overlays, strict=True):
+            summary["overlay"] = {k: v for k, v in overlay.items() if k != "top"}
+        TOP_REGIONS[key] = overlays[0]["top"]
         artifacts = {}
-        for name, data in _artifacts(ds.images[i], ds.masks[i].get(explained, blank), i).items():
+        for name, data in pictures.items():
             artifacts[name] = item_artifact_key(tenant_id, job_id, key, name)
             store.put_bytes(artifacts[name], data, "image/png")
         jobs.record_item_success(sessions, job_id, key, result=result, artifacts=artifacts)
@@ -334,8 +360,12 @@ def test_job_page_cards_paths_matches_and_pagination(
     html = first.text
     assert cards(html) == gallery.keys[:12]
     key = gallery.keys[0]
-    # image, heatmap and mask of the 10 successes; the image of the 2 failures
-    assert html.count("/v1/files/") == 3 * 10 + 2
+    # image, heatmap and mask of the 10 successes, and both labels' overlays in the
+    # label switch; the image of the 2 failures
+    assert html.count("/v1/files/") == 5 * 10 + 2
+    second = gallery.predicted[key][1]
+    assert f'data-label="{second}"' in html and "heatmap_2.png" in html
+    assert "blue -" in html and "red " in html  # the colour scale's values
     for label in gallery.predicted[key]:
         assert label in html
     true_first = gallery.predicted[key][0]

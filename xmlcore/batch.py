@@ -20,10 +20,20 @@ from xmlcore.faithfulness import AUC_NAMES, score_faithfulness
 from xmlcore.hierarchy import LabelHierarchy
 from xmlcore.methods import TargetSpec, make_explainer
 from xmlcore.model import TwoStepModel
+from xmlcore.overlay import OverlayScale, render_overlay
 from xmlcore.param_costs import PREDICT, max_batch_size
-from xmlcore.viz import blend_png, mask_png
+from xmlcore.viz import mask_png
 
 ARTIFACT_NAMES = ("heatmap.png", "mask.png", "weights.npy")
+MAX_HEATMAPS = 8
+"""Overlays written per image: ``heatmap.png`` for the first target, then
+``heatmap_2.png`` .. ``heatmap_8.png`` for the next ones; targets past the eighth have
+their weights in ``weights.npy`` but no picture (bounded storage per item)."""
+
+
+def heatmap_name(position: int) -> str:
+    """The artifact of the explanation at ``position`` (0-based) of a result."""
+    return "heatmap.png" if position == 0 else f"heatmap_{position + 1}.png"
 
 
 @dataclass
@@ -60,10 +70,12 @@ def explain_images(
     their mean over the image's targets to the result, as ``faithfulness``.
 
     Each report's ``result`` has ``top_labels``, ``latent`` and ``explanations`` (one
-    summary per resolved target, the hierarchy path included for latent units); its
-    artifacts are the first target's heatmap blended over the image, the top-superpixel
-    mask, and ``weights.npy`` with every target's superpixel weights (``(T, K)``) or,
-    for pixel methods, heatmaps (``(T, H, W)``).
+    summary per resolved target, the hierarchy path included for latent units; the
+    first ``MAX_HEATMAPS`` with ``overlay``: their artifact's name and colour scale);
+    its artifacts are one overlay per target (``xmlcore.overlay``: ``heatmap.png``,
+    ``heatmap_2.png``, ...), the first target's top-superpixel mask, and
+    ``weights.npy`` with every target's superpixel weights (``(T, K)``) or, for pixel
+    methods, heatmaps (``(T, H, W)``).
     """
     explainer = make_explainer(method, model, params or {})
     targets = resolve_targets(model, images, target)
@@ -89,7 +101,10 @@ def explain_images(
                 aucs = {name: score[name] for name in AUC_NAMES if score.get(name) is not None}
                 summary["metrics"] = {**summary.get("metrics", {}), **aucs}
             result["faithfulness"] = _image_faithfulness(faithfulness[i])
-        reports.append(ImageReport(result, _artifacts(images[i], explanations)))
+        artifacts, scales = _artifacts(images[i], explanations)
+        for summary, (name, scale) in zip(result["explanations"], scales, strict=False):
+            summary["overlay"] = {"artifact": name, "scale": scale.to_json()}
+        reports.append(ImageReport(result, artifacts))
     return reports
 
 
@@ -135,19 +150,29 @@ def _prediction(
     }
 
 
-def _artifacts(image: np.ndarray, explanations: list[Explanation]) -> dict[str, bytes]:
-    first = explanations[0]
-    segments = first.segments
-    if segments is None:
-        # Pixel methods have no superpixels: rank SLIC segments by mean attribution so
-        # the mask artifact means the same thing for every method.
-        segments = SlicSegmenter()(image)
-    top = first.top_segments or _top_segments(first.heatmap, segments)
-    return {
-        "heatmap.png": blend_png(image, first.heatmap),
-        "mask.png": mask_png(image, segments, top),
-        "weights.npy": _weights(explanations),
-    }
+def _artifacts(
+    image: np.ndarray, explanations: list[Explanation]
+) -> tuple[dict[str, bytes], list[tuple[str, OverlayScale]]]:
+    """The artifacts of one image, and (name, colour scale) of each overlay."""
+    artifacts: dict[str, bytes] = {}
+    scales: list[tuple[str, OverlayScale]] = []
+    slic: np.ndarray | None = None
+    for position, explanation in enumerate(explanations[:MAX_HEATMAPS]):
+        segments = explanation.segments
+        if segments is None:
+            # Pixel methods have no superpixels: rank SLIC segments by mean attribution
+            # so the mask and the outlines mean the same thing for every method.
+            slic = SlicSegmenter()(image) if slic is None else slic
+            segments = slic
+        top = explanation.top_segments or _top_segments(explanation.heatmap, segments)
+        overlay = render_overlay(image, explanation.heatmap, segments=segments, top_segments=top)
+        name = heatmap_name(position)
+        artifacts[name] = overlay.png()
+        scales.append((name, overlay.scale))
+        if position == 0:
+            artifacts["mask.png"] = mask_png(image, segments, top)
+    artifacts["weights.npy"] = _weights(explanations)
+    return artifacts, scales
 
 
 def _top_segments(heatmap: np.ndarray, segments: np.ndarray, n: int = 5) -> list[int]:

@@ -10,8 +10,9 @@ parameter schemas themselves live in ``xmlcore.params`` (shared with the HTTP AP
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
+import keras
 import numpy as np
 
 from xmlcore.errors import ConfigError
@@ -33,7 +34,7 @@ from xmlcore.explain import (
     SmoothGrad,
     TopKLabels,
 )
-from xmlcore.model import TwoStepModel
+from xmlcore.explain.base import PredictFn
 from xmlcore.param_costs import check_image_fit
 from xmlcore.params import (
     AdaptiveParams,
@@ -59,7 +60,32 @@ _GRADIENT_EXPLAINERS: dict[str, Callable[..., Explainer]] = {
 }
 
 
-def make_explainer(method: str, model: TwoStepModel, params: Mapping[str, Any]) -> Explainer:
+class ExplainableModel(Protocol):
+    """What ``make_explainer`` needs of a model.
+
+    ``xmlcore.model.TwoStepModel`` is one; so is any model built to test the explainers
+    themselves (``bench/sanity_models.py`` plants the evidence), which is why they go
+    through this one door: a sanity check of other code than the service's would prove
+    nothing about the service.
+
+    - ``image_size``: ``(H, W)`` the model reads (bounds the methods' parameters);
+    - ``device_predictor()``: ``uint8 (N, H, W, 3) -> (N, m)`` float outputs, for the
+      perturbation methods (a ``PerturbingPredictor`` or any plain callable; it may
+      accept float batches in 0..255 too);
+    - ``keras_model()``: the same outputs from raw float32 pixels as a differentiable
+      Keras model, for the gradient methods, or ``None`` when the model has none (then
+      asking for a gradient method is a ``ConfigError``).
+    """
+
+    @property
+    def image_size(self) -> tuple[int, int]: ...
+
+    def device_predictor(self) -> PredictFn: ...
+
+    def keras_model(self) -> keras.Model | None: ...
+
+
+def make_explainer(method: str, model: ExplainableModel, params: Mapping[str, Any]) -> Explainer:
     """An explainer of ``model``'s outputs (latent units, then labels) for ``method``.
 
     ``params`` are checked against the method's schema (``xmlcore.params``) and against
@@ -76,7 +102,13 @@ def make_explainer(method: str, model: TwoStepModel, params: Mapping[str, Any]) 
         return OcclusionExplainer(model.device_predictor(), **options)
     if isinstance(typed, IntegratedGradientsParams) and isinstance(typed.baseline, tuple):
         options["baseline"] = np.asarray(typed.baseline, dtype=np.float32)
-    return _GRADIENT_EXPLAINERS[method](model.keras_model(), **options)
+    differentiable = model.keras_model()
+    if differentiable is None:
+        raise ConfigError(
+            "config.method_unavailable",
+            f"method {method!r} needs gradients, and this model has no differentiable form",
+        )
+    return _GRADIENT_EXPLAINERS[method](differentiable, **options)
 
 
 def _segmenter(params: LimeParams | KernelShapParams) -> Segmenter:
@@ -84,7 +116,7 @@ def _segmenter(params: LimeParams | KernelShapParams) -> Segmenter:
     return _SEGMENTERS[params.segmenter](**segmenter_args)
 
 
-def _kernel_shap(model: TwoStepModel, params: KernelShapParams) -> KernelShapExplainer:
+def _kernel_shap(model: ExplainableModel, params: KernelShapParams) -> KernelShapExplainer:
     return KernelShapExplainer(
         model.device_predictor(),
         segmenter=_segmenter(params),
@@ -96,7 +128,7 @@ def _kernel_shap(model: TwoStepModel, params: KernelShapParams) -> KernelShapExp
     )
 
 
-def _lime(model: TwoStepModel, params: LimeParams) -> LimeExplainer:
+def _lime(model: ExplainableModel, params: LimeParams) -> LimeExplainer:
     adaptive = params.adaptive
     rule = None
     if adaptive is True:

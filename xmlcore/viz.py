@@ -4,8 +4,10 @@
 - ``heatmap_png``: signed attribution on a blue-white-red ramp (red pushes the target
   up, blue down, white is zero).
 - ``blend_png``: the ramp laid over the image, each pixel as opaque as its attribution
-  is strong, so unimportant parts show the image untouched.
-- ``mask_png``: the top superpixels kept, the rest dimmed, with their borders drawn.
+  is strong, so unimportant parts show the image untouched. Faint at small sizes: the
+  service's heatmap artifact is ``xmlcore.overlay.render_overlay`` instead.
+- ``mask_png``: the top superpixels kept, the rest dimmed, with their borders drawn
+  (``segment_outlines``, shared with ``xmlcore.overlay``).
 - ``panel_png``: image | blend | mask side by side, with the target, the top
   predictions, the true labels and the hierarchy path written underneath.
 
@@ -113,9 +115,28 @@ def mask(
     kept = np.isin(seg, np.asarray(list(top_segments), dtype=np.int64))
     out = np.where(kept[..., None], img, img * dim)
     if boundaries:
-        edge = find_boundaries(seg, mode="inner") & kept
-        out[edge] = _BOUNDARY
+        out[segment_outlines(seg, top_segments)] = _BOUNDARY
     return np.rint(out).astype(np.uint8)
+
+
+def segment_outlines(segments: np.ndarray, chosen: Sequence[int], width: int = 1) -> np.ndarray:
+    """bool ``(H, W)``: the pixels just inside the border of each ``chosen`` segment,
+    ``width`` pixels thick.
+
+    ``background=-1`` because scikit-image treats label 0 as background and never
+    outlines it by default, yet 0 is an ordinary superpixel id here (SLIC starts at 0).
+    """
+    seg = np.asarray(segments)
+    kept = np.isin(seg, np.asarray(list(chosen), dtype=np.int64))
+    edge = find_boundaries(seg, mode="inner", background=-1)
+    for _ in range(width - 1):
+        grown = edge.copy()
+        grown[1:] |= edge[:-1]
+        grown[:-1] |= edge[1:]
+        grown[:, 1:] |= edge[:, :-1]
+        grown[:, :-1] |= edge[:, 1:]
+        edge = grown
+    return edge & kept
 
 
 def top_pixel_segments(heatmap: np.ndarray, fraction: float = 0.2) -> np.ndarray:

@@ -30,6 +30,8 @@ from xmlx.errors import XmlxError
 MAX_KEY_BYTES = 1024
 ITEM_ARTIFACT_NAMES = frozenset(
     {"heatmap.png", "mask.png", "weights.npy", "overlay.png", "segments.npy", "explanation.json"}
+    # one overlay per explained target, up to xmlcore.batch.MAX_HEATMAPS (8)
+    | {f"heatmap_{k}.png" for k in range(2, 9)}
 )
 _TOKEN_PATTERN = re.compile(r"^a[0-9]{1,6}-[0-9a-f]{8}$")
 _ID_PATTERN = re.compile(r"^[a-z]{2,8}_[0-9a-z]{4,40}$")

@@ -31,6 +31,23 @@ class LabelScore:
 
 
 @dataclass(frozen=True)
+class HeatmapView:
+    """One explained target's overlay: its label, address and colour-scale values."""
+
+    label: str
+    src: str
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def scale_text(self) -> str:
+        """The values at the blue and red ends of the overlay's colour scale."""
+        if self.low is None or self.high is None:
+            return ""
+        return f"blue {self.low:.3g} … red {self.high:.3g}"
+
+
+@dataclass(frozen=True)
 class Card:
     key: str
     state: str
@@ -44,6 +61,7 @@ class Card:
     path: str | None = None
     path_note: str = ""
     metrics: dict[str, float] = field(default_factory=dict)  # of the explained target
+    heatmaps: list[HeatmapView] = field(default_factory=list)  # one per explained target
     error_code: str | None = None
     error_message: str | None = None
 
@@ -87,7 +105,29 @@ def item_card(
         path=path,
         path_note=note,
         metrics=_first_metrics(result),
+        heatmaps=_heatmaps(result, artifacts, link),
     )
+
+
+def _heatmaps(
+    result: Mapping[str, Any], artifacts: Mapping[str, str], link: Link
+) -> list[HeatmapView]:
+    """One view per explanation that has an overlay artifact (``xmlcore.batch``); older
+    results without ``overlay`` show their ``heatmap.png`` under the first target."""
+    views = []
+    for position, explanation in enumerate(result.get("explanations") or []):
+        overlay = explanation.get("overlay") or {}
+        name = str(overlay.get("artifact", "heatmap.png" if position == 0 else ""))
+        src = link(artifacts[name]) if name in artifacts else None
+        if src is None:
+            continue
+        scale = overlay.get("scale") or {}
+        target = explanation.get("target") or {}
+        label = str(
+            target.get("name") or f"{target.get('kind', 'target')} {target.get('index', position)}"
+        )
+        views.append(HeatmapView(label, src, scale.get("low"), scale.get("high")))
+    return views
 
 
 def _first_metrics(result: Mapping[str, Any]) -> dict[str, float]:

@@ -77,3 +77,19 @@ function pollTraining(el) {
 
 document.querySelectorAll("[data-poll]").forEach(poll);
 document.querySelectorAll("[data-training]").forEach(pollTraining);
+
+// Label switch of a multi-label result: each button holds one explained label's
+// overlay; a click shows it in the card's heatmap figure, with its name and scale.
+document.addEventListener("click", (event) => {
+  const button = event.target.closest(".label-switch button");
+  if (!button) return;
+  const card = button.closest(".card");
+  const img = card.querySelector("figure.overlay img");
+  img.src = button.dataset.src;
+  img.alt = `heatmap overlay of ${card.dataset.key} for ${button.dataset.label}`;
+  card.querySelector(".overlay-label").textContent = button.dataset.label;
+  card.querySelector(".overlay-scale").textContent = button.dataset.scale;
+  card.querySelectorAll(".label-switch button").forEach((b) => {
+    b.setAttribute("aria-pressed", b === button ? "true" : "false");
+  });
+});
