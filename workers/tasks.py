@@ -20,6 +20,7 @@ from workers import observe  # noqa: F401  (signal handlers: logs, metrics, trac
 from workers.celery_app import (
     DEFAULT_QUEUE,
     GPU_QUEUE,
+    TASK_DELIVER_WEBHOOKS,
     TASK_PREPARE_BATCH,
     TASK_RECONCILE,
     TASK_RUN_CHUNK,
@@ -32,7 +33,7 @@ from workers.celery_app import (
 )
 from workers.context import worker_context
 from workers.metrics import RETRIES
-from xmlx import jobs
+from xmlx import jobs, webhooks
 from xmlx.errors import XmlxError
 
 log = logging.getLogger("xmlx.worker")
@@ -145,3 +146,14 @@ def reconcile() -> int:
             "reconciler re-enqueued", extra={"chunks": len(refs), "preparations": len(stalled)}
         )
     return len(refs) + len(stalled)
+
+
+@xmlx_task(TASK_DELIVER_WEBHOOKS, DEFAULT_QUEUE, max_retries=0)
+def deliver_webhooks() -> str:
+    """POST the due rows of the webhook outbox (`xmlx.webhooks.delivery`). No retry of
+    its own: the next beat tick is the retry, and each row keeps its own schedule."""
+    ctx = worker_context()
+    counts = webhooks.deliver_due(ctx.sessions, ctx.settings, ctx.owner)
+    if any(counts.values()):
+        log.info("webhooks delivered", extra=counts)
+    return ",".join(f"{k}={v}" for k, v in counts.items())

@@ -38,6 +38,7 @@ TRAIN_KIND = "train"  # `xmlx.models.JobKind.TRAIN`
 TASK_RUN_CHUNK = "xmlx.run_chunk"
 TASK_RECONCILE = "xmlx.reconcile"
 TASK_PREPARE_BATCH = "xmlx.prepare_batch"
+TASK_DELIVER_WEBHOOKS = "xmlx.deliver_webhooks"
 
 # Message headers (task.request attributes on the worker): the request that caused the
 # message (xmlx.logs) and when it was sent (the worker's queue-wait histogram).
@@ -50,6 +51,8 @@ TASK_ROUTES = {
     TASK_RECONCILE: {"queue": DEFAULT_QUEUE},
     # Listing and inserting is database and S3 work: never behind GPU chunks.
     TASK_PREPARE_BATCH: {"queue": DEFAULT_QUEUE},
+    # Network waits on other people's servers: never behind (or in front of) GPU work.
+    TASK_DELIVER_WEBHOOKS: {"queue": DEFAULT_QUEUE},
 }
 
 
@@ -92,7 +95,13 @@ def configure(app: Celery, settings: Settings) -> None:
                 "task": TASK_RECONCILE,
                 "schedule": float(settings.reconcile_interval_seconds),
                 "options": {"queue": DEFAULT_QUEUE, "expires": settings.reconcile_interval_seconds},
-            }
+            },
+            # The outbox is the truth: a tick lost or expired is caught up by the next.
+            "deliver-webhooks": {
+                "task": TASK_DELIVER_WEBHOOKS,
+                "schedule": float(settings.webhook_interval_seconds),
+                "options": {"queue": DEFAULT_QUEUE, "expires": settings.webhook_interval_seconds},
+            },
         },
     )
 
