@@ -33,6 +33,7 @@ from api.routes import (
     jobs,
     models,
     uploads,
+    webhooks,
 )
 from xmlx import logs, tracing
 from xmlx.db import engine_from_settings, make_session_factory
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models,
         explanations,
         jobs,
+        webhooks,
         admin,
     ):
         app.include_router(module.router)
