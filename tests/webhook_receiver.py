@@ -46,8 +46,9 @@ class Receiver:
 
 
 @contextmanager
-def running_receiver() -> Iterator[Receiver]:
-    receiver = Receiver(port=0)
+def running_receiver(port: int = 0) -> Iterator[Receiver]:
+    """A receiver on `port` (0: a free one) until the block ends."""
+    receiver = Receiver(port=port)
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -65,7 +66,7 @@ def running_receiver() -> Iterator[Receiver]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     receiver.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
