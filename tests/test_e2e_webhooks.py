@@ -26,6 +26,7 @@ import pytest
 from tests.service_fixtures import running_stack
 from tests.webhook_receiver import Receiver, running_receiver
 from xmlx import repository as repo
+from xmlx.client import Client
 from xmlx.db import create_engine, make_session_factory, session_scope
 from xmlx.embedded_redis import free_port
 from xmlx.models import ModelState
@@ -149,16 +150,22 @@ def test_worker_killed_mid_delivery(stack: Stack, api: Tenant) -> None:
 
 
 def test_a_receiver_down_gets_retries_then_the_call(api: Tenant) -> None:
+    """Through the Python client: an explanation batch with its callback_url."""
     port = free_port()
-    job_id = _cancelled_job(api, f"http://127.0.0.1:{port}/hook")
-    row = _wait(lambda: (r := _delivery(api, job_id))["attempts"] >= 2 and r, 20, "retries")
-    assert row["state"] == "pending" and row["last_error"] == "webhook.connect_failed"
-    with running_receiver(port) as receiver:
-        row = _wait(
-            lambda: (r := _delivery(api, job_id))["state"] == "delivered" and r, 20, "delivery"
-        )
-        _assert_one_signed_call(receiver, job_id, _secret(api), row)
-        assert len(_calls_for(receiver, job_id)) == 1
+    with Client(api.base_url, api.key) as client:
+        job = client.explain(api.model_id, ["a.png"], callback_url=f"http://127.0.0.1:{port}/h")
+        assert client.cancel(job.id).state == "cancelled"
+
+        def delivery() -> dict[str, Any]:
+            (row,) = client.webhooks(job.id)
+            return row
+
+        row = _wait(lambda: (r := delivery())["attempts"] >= 2 and r, 20, "retries")
+        assert row["state"] == "pending" and row["last_error"] == "webhook.connect_failed"
+        with running_receiver(port) as receiver:
+            row = _wait(lambda: (r := delivery())["state"] == "delivered" and r, 20, "delivery")
+            _assert_one_signed_call(receiver, job.id, _secret(api), row)
+            assert len(_calls_for(receiver, job.id)) == 1
 
 
 def test_api_restarted_mid_delivery(stack: Stack, api: Tenant) -> None:

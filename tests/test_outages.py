@@ -41,7 +41,7 @@ def outage_client(make_api_settings: Callable[..., Settings]) -> Iterator[TestCl
 
 
 def _state(client: TestClient) -> ApiState:
-    return client.app.state.xmlx  # type: ignore[attr-defined,no-any-return]
+    return client.app.state.xmlx  # type: ignore[attr-defined]
 
 
 def assert_unavailable(answer: object, dependency: str, secrets: tuple[str, ...] = ()) -> None:

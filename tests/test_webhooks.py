@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from tests.kernel_fixtures import fresh_database
 from tests.webhook_receiver import running_receiver
@@ -21,7 +22,7 @@ from xmlx.db import SessionFactory, create_engine, make_session_factory, session
 from xmlx.jobs.common import settle_job
 from xmlx.models import WebhookDelivery
 from xmlx.repository import webhooks as webhook_repo
-from xmlx.settings import Settings
+from xmlx.settings import Settings, get_settings
 from xmlx.webhooks import delivery
 from xmlx.webhooks.urls import WebhookUrlError, check_callback_url
 
@@ -29,12 +30,17 @@ LOOPBACK = frozenset({"127.0.0.1"})
 
 
 @pytest.fixture(scope="module")
-def sessions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionFactory]:
+def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with fresh_database(tmp_path_factory.mktemp("webhooks")) as url:
         migrate.upgrade(url)
-        engine = create_engine(url)
-        yield make_session_factory(engine)
-        engine.dispose()
+        yield url
+
+
+@pytest.fixture(scope="module")
+def sessions(database: str) -> Iterator[SessionFactory]:
+    engine = create_engine(database)
+    yield make_session_factory(engine)
+    engine.dispose()
 
 
 @pytest.fixture
@@ -261,3 +267,27 @@ def test_retry_schedule_grows_and_is_capped(settings: Settings) -> None:
     delays = [delivery.retry_delay(settings, n, rng) for n in range(1, 7)]
     assert 8 <= delays[0] <= 12 and 16 <= delays[1] <= 24
     assert all(32 <= d <= 48 for d in delays[2:])  # capped at 40 s +-20 %
+
+
+def test_cli_sets_a_tenant_default(
+    database: str, sessions: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from xmlx.cli import app
+
+    with session_scope(sessions) as session:
+        name = repo.create_tenant(session, f"cli-{uuid.uuid4().hex}").name
+    monkeypatch.setenv("XMLX_DATABASE_URL", database)
+    monkeypatch.setenv("XMLX_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        args = ["webhooks", "set", "--tenant", name, "--url", "http://127.0.0.1:9/h"]
+        first = runner.invoke(app, args)
+        assert first.exit_code == 0, first.output
+        assert "http://127.0.0.1:9/h" in first.output and "whsec_" in first.output
+        refused = runner.invoke(app, [*args[:4], "--url", "http://10.0.0.1/h"])
+        assert refused.exit_code == 2 and "private" in refused.output
+        unknown = runner.invoke(app, ["webhooks", "set", "--tenant", "nobody-" + name])
+        assert unknown.exit_code == 2
+    finally:
+        get_settings.cache_clear()
