@@ -291,3 +291,13 @@ def test_cli_sets_a_tenant_default(
         assert unknown.exit_code == 2
     finally:
         get_settings.cache_clear()
+
+
+def test_beat_sends_the_delivery_task_to_the_default_queue(settings: Settings) -> None:
+    from xmlx.messaging import DEFAULT_QUEUE, TASK_DELIVER_WEBHOOKS, producer_app
+
+    app = producer_app(settings.model_copy(update={"webhook_interval_seconds": 2.5}))
+    entry = app.conf.beat_schedule["deliver-webhooks"]
+    assert (entry["task"], entry["schedule"]) == (TASK_DELIVER_WEBHOOKS, 2.5)
+    assert entry["options"]["queue"] == DEFAULT_QUEUE
+    assert app.conf.task_routes[TASK_DELIVER_WEBHOOKS] == {"queue": DEFAULT_QUEUE}

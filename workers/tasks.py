@@ -32,7 +32,7 @@ from workers.celery_app import (
     send_preparations,
 )
 from workers.context import worker_context
-from workers.metrics import RETRIES
+from workers.metrics import RETRIES, WEBHOOK_DELIVERIES
 from xmlx import jobs, webhooks
 from xmlx.errors import XmlxError
 
@@ -154,6 +154,9 @@ def deliver_webhooks() -> str:
     its own: the next beat tick is the retry, and each row keeps its own schedule."""
     ctx = worker_context()
     counts = webhooks.deliver_due(ctx.sessions, ctx.settings, ctx.owner)
+    for outcome, n in counts.items():
+        if n:
+            WEBHOOK_DELIVERIES.labels(outcome).inc(n)
     if any(counts.values()):
         log.info("webhooks delivered", extra=counts)
     return ",".join(f"{k}={v}" for k, v in counts.items())
