@@ -5,14 +5,17 @@ rotation, a job's delivery log (tenant-scoped). Delivery itself: tests/test_webh
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from api.app import create_app
-from tests.api_fixtures import ApiUser, assert_problem, make_ready_model
+from tests.api_fixtures import ApiUser, assert_problem, make_ready_model, serve_app
 from tests.test_api_batches import small_dataset
-from xmlx.db import SessionFactory
+from xmlx import repository as repo
+from xmlx.db import SessionFactory, session_scope
 from xmlx.settings import Settings
 
 HOOK = "http://127.0.0.1:9/hook"
@@ -97,3 +100,27 @@ def test_tenant_settings_default_url_and_rotation(
     admin_url = f"/v1/admin/tenants/{api_user.tenant_id}/webhook-settings"
     answer = hook_client.get(admin_url, headers=make_api_user().headers)
     assert_problem(answer, 403, "auth.insufficient_scope")
+
+
+def test_cli_submit_passes_the_callback_url(
+    make_api_settings: Callable[..., Settings],
+    hook_client: TestClient,
+    api_user: ApiUser,
+    model_id: str,
+    session_factory: SessionFactory,
+) -> None:
+    """`xmlx submit --callback-url` over real HTTP (Python client -> API)."""
+    from xmlx.cli import app as cli
+
+    allowed = partial(make_api_settings, webhook_allowed_hosts="127.0.0.1")
+    with serve_app(allowed) as (base, _settings):
+        common = ["submit", model_id, "a.png", "--no-wait", "--api-url", base,
+                  "--api-key", api_user.key]  # fmt: skip
+        refused = CliRunner().invoke(cli, [*common, "--callback-url", "http://10.0.0.9/h"])
+        assert refused.exit_code == 1 and "webhook.url_not_allowed" in refused.output
+        done = CliRunner().invoke(cli, [*common, "--callback-url", HOOK])
+        assert done.exit_code == 0, done.output
+    job_id = done.output.split()[1].rstrip(":")
+    with session_scope(session_factory) as session:
+        job = repo.get_job(session, api_user.tenant_id, job_id)
+        assert job is not None and job.callback_url == HOOK
