@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -301,3 +303,25 @@ def test_beat_sends_the_delivery_task_to_the_default_queue(settings: Settings) -
     assert (entry["task"], entry["schedule"]) == (TASK_DELIVER_WEBHOOKS, 2.5)
     assert entry["options"]["queue"] == DEFAULT_QUEUE
     assert app.conf.task_routes[TASK_DELIVER_WEBHOOKS] == {"queue": DEFAULT_QUEUE}
+
+
+def test_a_slow_receiver_does_not_hold_the_others(
+    sessions: SessionFactory, settings: Settings
+) -> None:
+    tenant = _tenant(sessions)
+    with running_receiver() as slow, running_receiver() as fast:
+        hold = slow.hang = threading.Event()
+        stuck, quick = _job(sessions, tenant, slow.url), _job(sessions, tenant, fast.url)
+        _finish(sessions, stuck)
+        _finish(sessions, quick)
+        patient = settings.model_copy(update={"webhook_read_timeout_seconds": 8})
+        worker = threading.Thread(target=_deliver, args=(sessions, patient))
+        worker.start()
+        deadline = time.monotonic() + 4  # one sender at a time would wait out the 8 s
+        while not (slow.calls and fast.calls) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert slow.calls and fast.calls  # the fast one got its POST while the slow one hangs
+        slow.hang = None
+        hold.set()
+        worker.join(timeout=10)
+    assert [r.state for r in _deliveries(sessions, quick)] == ["delivered"]

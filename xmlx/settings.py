@@ -147,6 +147,8 @@ class Settings(BaseSettings):
     # A delivering worker's claim on a row; a killed worker's rows are retried after it.
     webhook_lease_seconds: int = Field(default=60, ge=5)
     webhook_batch_size: int = Field(default=50, ge=1, le=1000)
+    # POSTs one delivery task sends side by side: a slow receiver holds one of them.
+    webhook_concurrency: int = Field(default=8, ge=1, le=64)
 
     # Observability (xmlx.logs): `json` for log shippers, `text` for people.
     log_format: Literal["text", "json"] = "text"

@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -71,23 +72,32 @@ def deliver_due(
     owner: str,
     *,
     budget_seconds: float | None = None,
-    post: Callable[[Settings, Request], Outcome] | None = None,
 ) -> dict[str, int]:
     """Deliver due rows until none is left, `webhook_batch_size` were tried, or the
-    budget (default: 4 intervals) is spent; counts by outcome."""
-    send = post or post_signed
+    budget (default: 4 intervals) is spent; counts by outcome.
+
+    `webhook_concurrency` senders work side by side, each claiming its next row, so a
+    receiver that answers slowly (up to the read timeout) holds one sender, not every
+    other tenant's deliveries."""
     budget = budget_seconds if budget_seconds is not None else 4 * settings.webhook_interval_seconds
     stop_at = time.monotonic() + budget
-    counts = {"delivered": 0, "retry": 0, "failed": 0}
-    for _ in range(settings.webhook_batch_size):
-        if time.monotonic() > stop_at:
-            break
-        request = claim_next(sessions, settings, owner)
-        if request is None:
-            break
-        outcome = send(settings, request)
-        counts[record(sessions, settings, owner, request, outcome)] += 1
-    return counts
+    senders = min(settings.webhook_concurrency, settings.webhook_batch_size)
+    share = -(-settings.webhook_batch_size // senders)
+
+    def send_some(_: int) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        for _ in range(share):
+            if time.monotonic() > stop_at:
+                break
+            request = claim_next(sessions, settings, owner)
+            if request is None:
+                break
+            counts[record(sessions, settings, owner, request, post_signed(settings, request))] += 1
+        return counts
+
+    with ThreadPoolExecutor(senders, thread_name_prefix="webhooks") as pool:
+        total = sum(pool.map(send_some, range(senders)), Counter[str]())
+    return {outcome: total[outcome] for outcome in ("delivered", "retry", "failed")}
 
 
 def claim_next(sessions: SessionFactory, settings: Settings, owner: str) -> Request | None:

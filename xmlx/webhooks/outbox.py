@@ -58,7 +58,7 @@ def job_summary(job: Job, event: str) -> dict[str, Any]:
         error = {"code": job.error_code, "message": job.error_message or ""}
     return {
         "event": event,
-        "sent_for": iso(job.finished_at or utcnow()),
+        "occurred_at": iso(job.finished_at or utcnow()),
         "job": {
             "id": job.id,
             "kind": job.kind,
