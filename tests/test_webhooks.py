@@ -239,7 +239,7 @@ def test_the_address_is_checked_again_at_delivery(
         "http://[::1]/hook", "http://localhost:8000/hook", "http://0.0.0.0/hook",
         "http://224.0.0.1/hook", "http://[::ffff:127.0.0.1]/hook", "ftp://example.com/x",
         "http://user:pw@127.0.0.1/hook", "https:///nohost", "file:///etc/passwd",
-        "http://no-such-host.invalid/hook",
+        "http://no-such-host.invalid/hook", "http://127.0.0.1:9/a\x00b", "http://127.0.0.1/a b",
     ],
 )  # fmt: skip
 def test_internal_and_odd_urls_are_refused(url: str) -> None:
@@ -325,3 +325,4 @@ def test_a_slow_receiver_does_not_hold_the_others(
         hold.set()
         worker.join(timeout=10)
     assert [r.state for r in _deliveries(sessions, quick)] == ["delivered"]
+

@@ -17,6 +17,7 @@ and checked again at every attempt (`xmlx.webhooks.urls`).
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections import Counter
@@ -34,6 +35,7 @@ from xmlx.webhooks.signing import EVENT_HEADER, ID_HEADER, SIGNATURE_HEADER, sig
 from xmlx.webhooks.urls import Target, WebhookUrlError, resolve_public
 
 USER_AGENT = "xmlx-webhooks/1"
+log = logging.getLogger("xmlx.webhooks")
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def deliver_due(
             request = claim_next(sessions, settings, owner)
             if request is None:
                 break
-            counts[record(sessions, settings, owner, request, post_signed(settings, request))] += 1
+            counts[record(sessions, settings, owner, request, _attempt(settings, request))] += 1
         return counts
 
     with ThreadPoolExecutor(senders, thread_name_prefix="webhooks") as pool:
@@ -141,6 +143,16 @@ def record(
             session, request.delivery_id, owner, last_status=outcome.status, **values
         )
     return result
+
+
+def _attempt(settings: Settings, request: Request) -> Outcome:
+    """`post_signed`, and an unforeseen error recorded as a failed attempt: a row that
+    raised would otherwise be retried at each lease expiry, for ever, uncounted."""
+    try:
+        return post_signed(settings, request)
+    except Exception:
+        log.exception("webhook %s: unexpected error", request.delivery_id)
+        return Outcome(None, "webhook.error")
 
 
 def post_signed(settings: Settings, request: Request) -> Outcome:

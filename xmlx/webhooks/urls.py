@@ -47,6 +47,8 @@ def _refuse(reason: str) -> WebhookUrlError:
 def parse(url: str) -> SplitResult:
     if len(url) > MAX_URL_LENGTH:
         raise _refuse(f"longer than {MAX_URL_LENGTH} characters")
+    if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
+        raise _refuse("spaces and control characters must be percent-encoded")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (raises on a port out of range)
