@@ -325,4 +325,3 @@ def test_a_slow_receiver_does_not_hold_the_others(
         hold.set()
         worker.join(timeout=10)
     assert [r.state for r in _deliveries(sessions, quick)] == ["delivered"]
-
