@@ -179,6 +179,7 @@ def _phase(
         "server_errors": len(tally.codes_500),
         "server_error_samples": tally.codes_500[:3],
         "transport_errors": len(tally.transport_errors),
+        "transport_error_samples": tally.transport_errors[:3],
         "recovery_seconds": recovered,
     }
 
@@ -270,11 +271,13 @@ def outage_stack(root: Path, echo: Callable[[str], None] = print) -> Iterator[Ou
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI-sized: 4 pollers, 3 s down")
+    parser.add_argument("--root", type=Path, help="working directory, kept (default: temporary)")
     args = parser.parse_args(argv)
     sizes = OutageSizes.quick() if args.quick else OutageSizes()
+    echo = lambda line: print(line, file=sys.stderr)  # noqa: E731
     with (
         tempfile.TemporaryDirectory(prefix="xmlx-outages-") as tmp,
-        outage_stack(Path(tmp), echo=lambda line: print(line, file=sys.stderr)) as harness,
+        outage_stack(args.root or Path(tmp), echo=echo) as harness,
     ):
         report = outages_under_load(harness, sizes)
     print(json.dumps(report), flush=True)
