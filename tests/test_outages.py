@@ -12,6 +12,8 @@ import botocore.exceptions
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from api.app import create_app
 from api.deps import ApiState
@@ -30,7 +32,8 @@ def outage_client(make_api_settings: Callable[..., Settings]) -> Iterator[TestCl
     # can reach without its dependency really down (each raises what its client raises).
     @app.get("/test/redis-down")
     def redis_down() -> None:
-        redis.Redis(port=free_port(), socket_connect_timeout=0.5).ping()
+        no_retry = Retry(NoBackoff(), 0)
+        redis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=no_retry).ping()
 
     @app.get("/test/boto-down")
     def boto_down() -> None:
