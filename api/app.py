@@ -28,6 +28,7 @@ from api.routes import (
     admin,
     capabilities,
     datasets,
+    deletions,
     explanations,
     files,
     health,
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         explanations,
         jobs,
         webhooks,
+        deletions,
         admin,
     ):
         app.include_router(module.router)

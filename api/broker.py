@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import redis
 from celery import Celery
 
-from xmlx.messaging import QUEUES, producer_app, send_preparation, send_wakeups
+from xmlx.messaging import QUEUES, producer_app, send_preparation, send_purge, send_wakeups
 from xmlx.settings import Settings
 
 log = logging.getLogger("xmlx.api")
@@ -67,6 +67,16 @@ class Broker:
             send_preparation(self.celery, job_id, retry_policy=_PUBLISH_RETRY)
         except Exception:
             log.exception("could not enqueue the preparation of %s; the reconciler will", job_id)
+            return False
+        return True
+
+    def send_purge(self, purge_id: str) -> bool:
+        """The message of a purge just recorded; False when the broker failed (the
+        purge sweep sends it once the purge has been idle for its grace)."""
+        try:
+            send_purge(self.celery, purge_id, retry_policy=_PUBLISH_RETRY)
+        except Exception:
+            log.exception("could not enqueue purge %s; the purge sweep will", purge_id)
             return False
         return True
 

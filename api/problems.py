@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from xmlcore.errors import XmlcoreError
 from xmlcore.params import PARAMS_MODELS, describe_errors
 from xmlx.errors import XmlxError
+from xmlx.quotas import QuotaError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:xmlx:problem:"
@@ -46,6 +47,11 @@ _STATUS_BY_CODE: dict[str, int] = {
     "storage.no_bucket": 503,
     "storage.error": 502,
     "rate.limited": 429,
+    "model.in_use": 409,
+    "dataset.in_use": 409,
+    "uploads.not_found": 404,
+    "quota.storage_exceeded": 403,
+    "quota.items_in_flight": 429,
 }
 _TITLES: dict[int, str] = {
     400: "Bad request",
@@ -77,6 +83,9 @@ class Problem(BaseModel):
     detail: str
     code: str
     errors: list[dict[str, Any]] | None = None
+    # Quota problems: the tenant's current usage and its limit (bytes or items).
+    usage: int | None = None
+    limit: int | None = None
 
 
 class ProblemError(Exception):
@@ -90,6 +99,7 @@ class ProblemError(Exception):
         *,
         errors: Sequence[Mapping[str, Any]] | None = None,
         headers: Mapping[str, str] | None = None,
+        usage: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(f"{code}: {detail}")
         self.status = status
@@ -97,6 +107,7 @@ class ProblemError(Exception):
         self.detail = detail
         self.errors = [dict(e) for e in errors] if errors is not None else None
         self.headers = dict(headers or {})
+        self.usage = usage  # (usage, limit) of a quota
 
 
 def status_for(code: str) -> int:
@@ -116,7 +127,10 @@ def from_error(exc: XmlxError | XmlcoreError, status: int | None = None) -> Prob
     if isinstance(exc, XmlcoreError) and exc.line is not None:
         errors = [{"code": exc.code, "line": exc.line, "message": exc.message}]
     code = _RENAMED.get(exc.code, exc.code)
-    return ProblemError(status or status_for(exc.code), code, exc.message, errors=errors)
+    usage = (exc.usage, exc.limit) if isinstance(exc, QuotaError) else None
+    return ProblemError(
+        status or status_for(exc.code), code, exc.message, errors=errors, usage=usage
+    )
 
 
 def problem_response(problem: ProblemError) -> JSONResponse:
@@ -127,6 +141,8 @@ def problem_response(problem: ProblemError) -> JSONResponse:
         detail=problem.detail,
         code=problem.code,
         errors=problem.errors,
+        usage=problem.usage[0] if problem.usage else None,
+        limit=problem.usage[1] if problem.usage else None,
     )
     headers = dict(problem.headers)
     if problem.status == 503:

@@ -14,6 +14,11 @@ Measured, at 224 px with VGG16 and MobileNetV2 (``--smoke``: 32 px, tiny counts)
   images are built in the graph), each against the bare forward passes of the same
   samples already on the device, plus where the host path's time goes (segmentation,
   mask building, host->device copies, the ridge solve), measured separately;
+- ``lime_overlap`` (in the same steps): 32 images explained in chunks of 8 (a
+  worker's batches) one chunk after another, each batch read before the next (the pipeline
+  before), with asynchronous dispatch, and overlapped (``explain_stream``: the next
+  chunk segmented while the model works), each against the bare forward passes
+  (``compare_pipelines``; ``bench/lime_overlap.py`` runs it alone on any machine);
 - ``lime_package``: the ``lime`` package on the same model and images, default and
   tuned batch size, against ours on the same images;
 - ``explainers``: occlusion, integrated gradients and Grad-CAM, images/s;
@@ -28,6 +33,7 @@ minute. ``--budget-s`` stops starting new measurements once that much time has p
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -54,7 +60,7 @@ from xmlcore.explain import (
     OcclusionExplainer,
     SlicSegmenter,
 )
-from xmlcore.explain.device_sampling import PerturbingPredictor
+from xmlcore.explain.device_sampling import PerturbingPredictor, _jax_forward
 from xmlcore.explain.lime import image_seed
 from xmlcore.explain.sampling import SampleRequest, draw_masks, fill_image
 from xmlcore.explain.surrogate import fit_weighted_ridge
@@ -70,6 +76,8 @@ class Sizes:
     lime_images: int
     num_samples: int
     lime_batch: int
+    overlap_images: int  # explained in chunks of overlap_chunk: the worker's batches
+    overlap_chunk: int
     package_images: int
     grad_images: int
     train_images: int
@@ -77,8 +85,8 @@ class Sizes:
     heavy_base: str  # VGG16 on the GPU; the smoke run swaps in the small base (CPU time)
 
 
-FULL = Sizes(224, (64, 256, 512), 16, 1000, 256, 4, 32, 1024, 8192, "vgg16")
-SMOKE = Sizes(32, (8, 16), 2, 40, 16, 1, 2, 96, 256, "small")
+FULL = Sizes(224, (64, 256, 512), 16, 1000, 256, 32, 8, 4, 32, 1024, 8192, "vgg16")
+SMOKE = Sizes(32, (8, 16), 2, 40, 16, 2, 1, 1, 2, 96, 256, "small")
 
 _start = time.perf_counter()
 
@@ -238,7 +246,8 @@ def measure_lime(base: str, policy: str, sizes: Sizes, images: np.ndarray) -> di
     compute_s = timed(lambda: sync(model.predict_on_batch(on_device)), 3) * batches
     host_copy_s = timed(lambda: host_predict(model)(rows), 3) * batches
     host = LimeExplainer(host_predict(model), num_samples=samples, batch_size=bs, seed=0)
-    device = LimeExplainer(PerturbingPredictor(model), num_samples=samples, batch_size=bs, seed=0)
+    predictor = PerturbingPredictor(model)
+    device = LimeExplainer(predictor, num_samples=samples, batch_size=bs, seed=0)
     host_s = timed(lambda: host.explain(images, TARGETS), 1)
     device_s = timed(lambda: device.explain(images, TARGETS), 1)
     parts = host_breakdown(images, samples, bs)
@@ -262,7 +271,118 @@ def measure_lime(base: str, policy: str, sizes: Sizes, images: np.ndarray) -> di
         **{k: round(v, 3) for k, v in parts.items()},
         coef_max_abs_diff_host_vs_device=same,
     )
+    overlap = lime_images(sizes, sizes.overlap_images)
+    repeats = 1 if sizes is SMOKE else 2
+    measure_lime_overlap(
+        predictor, base, policy, overlap, sizes.overlap_chunk, samples, bs, repeats
+    )
     return {"device_s": device_s, "host_s": host_s}
+
+
+def bare_forward_s(model: keras.Model, n_samples: int, batch_size: int) -> tuple[float, float]:
+    """``n_samples`` forward passes in full batches already on the device (best of 3):
+    one ``predict_on_batch`` at a time (the ``lime`` line's baseline), and, on JAX,
+    every batch dispatched back to back through the jitted call the LIME pipeline uses
+    (no per-call Keras overhead, no wait between batches: the strictest baseline)."""
+    shape = tuple(int(v) for v in model.input.shape[1:])
+    rows = np.random.randint(0, 256, (batch_size, *shape), np.uint8)
+    on_device = keras.ops.convert_to_tensor(rows.astype(np.float32))
+    batches = -(-n_samples // batch_size)
+    one_by_one = timed(lambda: sync(model.predict_on_batch(on_device)), 3) * batches
+    if keras.backend.backend() != "jax":
+        return one_by_one, one_by_one
+    forward = _jax_forward(model)
+
+    def back_to_back() -> None:
+        outputs = [forward(on_device) for _ in range(batches)]
+        sync(outputs[-1])
+
+    return one_by_one, timed(back_to_back, 3)
+
+
+def compare_pipelines(
+    predictor: PerturbingPredictor,
+    images: np.ndarray,
+    chunk: int,
+    num_samples: int,
+    batch_size: int,
+    repeats: int = 1,
+) -> dict[str, float]:
+    """Our LIME on ``images`` in chunks of ``chunk`` (a worker's batches), three ways:
+
+    - ``sequential_sync``: ``explain`` per chunk, each batch read before the next is
+      built (``asynchronous=False``, the pipeline before);
+    - ``sequential_async``: ``explain`` per chunk, batch ``i + 1`` dispatched before
+      batch ``i`` is read (asynchronous on JAX; the same as sync elsewhere);
+    - ``overlapped``: ``explain_stream`` over the chunks: the next chunk segmented and
+      this chunk's fits made on the pool while the model works.
+
+    Each against the bare forward passes of the same number of samples, with the
+    coefficients' largest difference to the sequential pipeline and the host's own
+    work per image (segmentation and fill, one core) for scale. Best of ``repeats``
+    rounds, the modes interleaved, after one untimed warm-up each (compilation)."""
+    chunks = [(images[i : i + chunk], TARGETS) for i in range(0, len(images), chunk)]
+    kwargs = {"num_samples": num_samples, "batch_size": batch_size, "seed": 0}
+    synchronous = copy.copy(predictor)  # shares the compiled models: nothing to rebuild
+    synchronous.asynchronous = False
+    sync_lime = LimeExplainer(synchronous, **kwargs)
+    async_lime = LimeExplainer(predictor, **kwargs)
+    modes: dict[str, Callable[[], list[list[list[Any]]]]] = {
+        "sequential_sync": lambda: [sync_lime.explain(*c) for c in chunks],
+        "sequential_async": lambda: [async_lime.explain(*c) for c in chunks],
+        "overlapped": lambda: list(async_lime.explain_stream(chunks)),
+    }
+    results = {name: fn() for name, fn in modes.items()}  # warm-up: compiles every shape
+    seconds = dict.fromkeys(modes, float("inf"))
+    for _ in range(repeats):  # interleaved, so a load change on a shared machine hits all
+        for name, fn in modes.items():
+            start = time.perf_counter()
+            results[name] = fn()
+            seconds[name] = min(seconds[name], time.perf_counter() - start)
+    bare, strict = bare_forward_s(predictor.model, len(images) * num_samples, batch_size)
+    segmenter = SlicSegmenter()
+    start = time.perf_counter()
+    for image in images:
+        fill_image(image, segmenter(image), "mean")
+    host_ms = (time.perf_counter() - start) / len(images) * 1e3
+    flat = {name: [r for c in found for r in c] for name, found in results.items()}
+    diff = max(
+        _max_coef_diff(flat["sequential_sync"], flat[name])
+        for name in ("sequential_async", "overlapped")
+    )
+    return {
+        "bare_forward_s": bare,
+        "bare_forward_back_to_back_s": strict,
+        **{f"{k}_s": v for k, v in seconds.items()},
+        **{f"{k}_overhead": v / bare for k, v in seconds.items()},
+        **{f"{k}_overhead_strict": v / strict for k, v in seconds.items()},
+        "overlapped_speedup": seconds["sequential_sync"] / seconds["overlapped"],
+        "host_segment_fill_ms_per_image": host_ms,
+        "coef_max_abs_diff_vs_sequential_sync": diff,
+    }
+
+
+def measure_lime_overlap(
+    predictor: PerturbingPredictor,
+    base: str,
+    policy: str,
+    images: np.ndarray,
+    chunk: int,
+    num_samples: int,
+    batch_size: int,
+    repeats: int,
+) -> None:
+    found = compare_pipelines(predictor, images, chunk, num_samples, batch_size, repeats)
+    emit(
+        "lime_overlap",
+        base=base,
+        policy=policy,
+        n_images=len(images),
+        chunk=chunk,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        **{k: v if k.startswith("coef_") else round(v, 3) for k, v in found.items()},
+    )
 
 
 def _max_coef_diff(a: list[list[Any]], b: list[list[Any]]) -> float:

@@ -3,6 +3,8 @@
 # carried wheels (.whl: keras, namex, optree, lime), run Keras on JAX, and keep every
 # JSON line in $OUT (when set) so a run cut short still brings its figures back.
 # Usage: bash bench/gpu_suite.sh [gpu_suite.py args]; locally: python bench/gpu_suite.py --smoke
+# Next GPU lease (LIME overlapped vs sequential, docs/BENCHMARKS.md "Overlapped LIME pipeline"):
+#   bash bench/gpu_suite.sh --only lime_vgg16 lime_mobilenet explainers forward_mobilenet_f32
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then

@@ -30,12 +30,20 @@ def test_smoke_mode_measures_every_step() -> None:
     assert summary["measure"] == "summary" and summary["failed"] == summary["skipped"] == []
     assert len(summary["done"]) == 9
     measures = {row["measure"] for row in rows}
-    assert {"matmul_peak", "forward", "lime", "lime_package", "explainer", "train"} <= measures
+    assert {"matmul_peak", "forward", "lime", "lime_overlap", "lime_package"} <= measures
+    assert {"explainer", "train"} <= measures
     lime = [row for row in rows if row["measure"] == "lime"]
     assert len(lime) == 2
     for row in lime:
         assert row["coef_max_abs_diff_host_vs_device"] < 1e-6
         assert row["device_path_s"] > 0 and row["bare_forward_s"] > 0
+    overlap = [row for row in rows if row["measure"] == "lime_overlap"]
+    assert [row["base"] for row in overlap] == [row["base"] for row in lime]
+    for row in overlap:  # the overlapped pipeline is the sequential one reordered
+        assert row["coef_max_abs_diff_vs_sequential_sync"] < 1e-6
+        assert row["n_images"] > row["chunk"]  # several chunks, so there is overlap
+        for name in ("sequential_sync", "sequential_async", "overlapped"):
+            assert row[f"{name}_s"] > 0 and row[f"{name}_overhead"] > 0
     forward = [row for row in rows if row["measure"] == "forward"]
     assert all(row["images_per_s"] > 0 and row["gflops_per_image"] > 0 for row in forward)
     methods = {row["method"] for row in rows if row["measure"] == "explainer"}

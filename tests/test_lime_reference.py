@@ -150,3 +150,21 @@ def test_keras_model_fast_equals_lime():
         images, [0, 3]
     )
     assert_same(fast, ref)
+
+
+def test_a_stream_on_either_engine_equals_explaining_each_chunk():
+    """``explain_stream`` is ``explain`` chunk by chunk, on the reference engine too
+    (which runs ``lime`` per image and has nothing to overlap)."""
+    images = make_images(3)
+    chunks = [(images[:1], [0, 2]), (images[1:], [1])]
+    common = {"segmenter": SlicSegmenter(n_segments=12), "num_samples": 40, "batch_size": 16}
+    fast = list(LimeExplainer(pooled_model, **common).explain_stream(chunks))
+    reference = LimeExplainer(pooled_model, engine="reference", **common)
+    streamed = list(reference.explain_stream(chunks))
+    assert len(streamed) == len(fast) == 2
+    for got, fast_chunk, (chunk, targets) in zip(streamed, fast, chunks, strict=True):
+        want = reference.explain(chunk, targets)
+        for row_got, row_want in zip(got, want, strict=True):
+            for g, w in zip(row_got, row_want, strict=True):
+                np.testing.assert_array_equal(g.segment_weights, w.segment_weights)
+        assert_same(fast_chunk, got)

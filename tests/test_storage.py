@@ -77,6 +77,23 @@ def test_list_keys_pages_under_a_prefix(object_store: ObjectStore) -> None:
     assert object_store.list_keys("nothing/", limit=10) == []
 
 
+def test_list_sizes_and_delete_many(object_store: ObjectStore) -> None:
+    for i in range(5):
+        object_store.put_bytes(f"d/{i}.bin", b"x" * (i + 1))
+    object_store.put_bytes("e/keep.bin", b"k")
+    sizes = object_store.list_sizes("d/", limit=3)
+    assert sizes == [("d/0.bin", 1), ("d/1.bin", 2), ("d/2.bin", 3)]
+    assert object_store.list_sizes("d/", start_after="d/2.bin") == [("d/3.bin", 4), ("d/4.bin", 5)]
+    object_store.delete_many(["d/0.bin", "d/1.bin", "d/missing.bin", "d/4.bin"])
+    assert object_store.list_keys("", limit=10) == ["d/2.bin", "d/3.bin", "e/keep.bin"]
+    object_store.delete_many([])
+    with pytest.raises(StorageError):
+        object_store.delete_many([f"d/{i}" for i in range(1001)])  # S3's limit per call
+    with pytest.raises(StorageError) as bad:
+        object_store.delete_many(["d/2.bin", "../escape"])
+    assert bad.value.code == "storage.bad_key" and object_store.exists("d/2.bin")
+
+
 def test_put_file(object_store: ObjectStore, tmp_path: Path) -> None:
     source = tmp_path / "model.keras"
     source.write_bytes(b"weights" * 100)

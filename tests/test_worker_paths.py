@@ -28,7 +28,7 @@ from workers.training import run_training
 from xmlcore.datasets import generate_dishes
 from xmlcore.images import encode_png
 from xmlcore.labels import manifest_to_csv
-from xmlx import jobs
+from xmlx import jobs, quotas
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, session_scope, utcnow
 from xmlx.embedded_redis import free_port
@@ -160,6 +160,10 @@ def test_training_stores_the_model_and_held_out_figures(
     model = setup.model(model_id)
     assert model.state == ModelState.READY and model.artifact_key
     assert setup.store.exists(model.artifact_key)
+    with session_scope(setup.sessions) as session:  # the archive counts for its tenant
+        assert quotas.stored_bytes(session, setup.tenant_id) >= (
+            setup.store.head(model.artifact_key) or 1
+        )
     metrics = model.metrics or {}
     assert (metrics["n_train"], metrics["n_test"]) == (18, 2)
     assert 0.0 <= metrics["p@1"] <= 1.0 and "held_out" not in metrics
@@ -261,6 +265,8 @@ def test_an_explanation_chunk_with_a_new_sampler_records_stability(
         item_keys=setup.image_keys[:2], model_id=trained[0], chunk_size=2,
         params={"image_prefix": IMAGES, "method": "lime", "params": params},
     )  # fmt: skip
+    with session_scope(setup.sessions) as session:
+        stored_before = quotas.stored_bytes(session, setup.tenant_id)
     assert run_chunk(setup.context(), created.chunk_ids[0]).recorded == 2
     job = setup.job(created.job.id)
     assert job.state == "succeeded" and 0 <= job.result_metrics["stability@5"]["sum"] <= 2
@@ -268,6 +274,10 @@ def test_an_explanation_chunk_with_a_new_sampler_records_stability(
         page = repo.list_items(session, setup.tenant_id, created.job.id, limit=10)
         assert page is not None
         summaries = [row.result["explanations"][0] for row in page.rows]
+        written = quotas.stored_bytes(session, setup.tenant_id) - stored_before
+    # The tenant's storage account grew by exactly the files the rows name.
+    named = [key for row in page.rows for key in (row.artifacts or {}).values()]
+    assert named and written == sum(setup.store.head(key) or 0 for key in named)
     assert {s["provenance"]["sampler"] for s in summaries} == {"antithetic"}
     assert all(0 <= s["metrics"]["stability@5"] <= 1 for s in summaries)
 

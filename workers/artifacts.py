@@ -18,7 +18,7 @@ from workers.context import WorkerContext
 from workers.lease import ChunkStoppedError
 from workers.metrics import ITEMS
 from xmlcore.batch import ImageReport
-from xmlx import jobs
+from xmlx import jobs, quotas
 from xmlx.keys import item_artifact_key
 from xmlx.models import Job
 from xmlx.storage import StorageError
@@ -89,7 +89,8 @@ def persist(
         if key not in unwritten
     ]
     if written:
-        _record(ctx, attempt, written, [entry[2] for entry in puts])
+        sizes = {key: sum(len(data) for data in report.artifacts.values()) for key, report in pairs}
+        _record(ctx, attempt, written, [entry[2] for entry in puts], sizes)
     for success in written:
         pending.remove(success.item_key)
     first_error = next((error for error in errors if error is not None), None)
@@ -98,18 +99,26 @@ def persist(
 
 
 def _record(
-    ctx: WorkerContext, attempt: Attempt, written: list[jobs.ItemSuccess], put_keys: list[str]
+    ctx: WorkerContext,
+    attempt: Attempt,
+    written: list[jobs.ItemSuccess],
+    put_keys: list[str],
+    sizes: dict[str, int],
 ) -> None:
     outcomes = jobs.record_items_success(ctx.sessions, attempt.job.id, written, lease=attempt.lease)
     if not all(outcome.lease_held for outcome in outcomes):
         delete_quietly(ctx, put_keys)  # nothing of this batch counts: leave no trace
         raise ChunkStoppedError(lease_lost=True)
+    stored = 0
     for success, outcome in zip(written, outcomes, strict=True):
         if outcome.recorded:
             attempt.recorded[success.item_key] = set(success.artifacts.values())
+            stored += sizes.get(success.item_key, 0)
             ITEMS.labels(attempt.job.kind, "succeeded", "").inc()
         else:  # recorded by an earlier attempt, whose row names its own files
             delete_quietly(ctx, list(success.artifacts.values()))
+    # The tenant's storage account (xmlx.quotas); the periodic recount corrects it.
+    quotas.record_written(ctx.sessions, attempt.job.tenant_id, stored)
 
 
 def sweep(ctx: WorkerContext, attempt: Attempt) -> None:

@@ -21,14 +21,17 @@ from xmlx.messaging import (
     GPU_QUEUE,
     TASK_DELIVER_WEBHOOKS,
     TASK_PREPARE_BATCH,
+    TASK_PURGE,
     TASK_RECONCILE,
     TASK_ROUTES,
     TASK_RUN_CHUNK,
+    TASK_SWEEP_PURGES,
     TASK_TRAIN,
     TRAIN_QUEUE,
     configure,
     producer_app,
     send_preparation,
+    send_purge,
     send_wakeups,
 )
 from xmlx.settings import Settings, get_settings
@@ -38,9 +41,11 @@ __all__ = [
     "GPU_QUEUE",
     "TASK_DELIVER_WEBHOOKS",
     "TASK_PREPARE_BATCH",
+    "TASK_PURGE",
     "TASK_RECONCILE",
     "TASK_ROUTES",
     "TASK_RUN_CHUNK",
+    "TASK_SWEEP_PURGES",
     "TASK_TRAIN",
     "TRAIN_QUEUE",
     "app",
@@ -49,6 +54,7 @@ __all__ = [
     "queue_depth",
     "send_chunks",
     "send_preparations",
+    "send_purges",
 ]
 
 
@@ -79,3 +85,9 @@ def send_preparations(jobs: list[str]) -> None:
     """Enqueue one ``prepare_batch`` message per preparing job id (after its commit)."""
     for job_id in jobs:
         send_preparation(app, job_id)
+
+
+def send_purges(purge_ids: list[str], countdown: float | None = None) -> None:
+    """One ``purge`` message per purge id (after its commit)."""
+    for purge_id in purge_ids:
+        send_purge(app, purge_id, countdown=countdown)

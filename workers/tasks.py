@@ -22,18 +22,21 @@ from workers.celery_app import (
     GPU_QUEUE,
     TASK_DELIVER_WEBHOOKS,
     TASK_PREPARE_BATCH,
+    TASK_PURGE,
     TASK_RECONCILE,
     TASK_RUN_CHUNK,
+    TASK_SWEEP_PURGES,
     TASK_TRAIN,
     TRAIN_QUEUE,
     app,
     queue_depth,
     send_chunks,
     send_preparations,
+    send_purges,
 )
 from workers.context import worker_context
 from workers.metrics import RETRIES, WEBHOOK_DELIVERIES
-from xmlx import jobs, webhooks
+from xmlx import jobs, purge, purge_sweep, webhooks
 from xmlx.errors import XmlxError
 
 log = logging.getLogger("xmlx.worker")
@@ -160,3 +163,46 @@ def deliver_webhooks() -> str:
     if any(counts.values()):
         log.info("webhooks delivered", extra=counts)
     return ",".join(f"{k}={v}" for k, v in counts.items())
+
+
+# A purge waiting for a cancelled job's last chunk asks again after this long.
+PURGE_WAIT_SECONDS = 2.0
+
+
+@xmlx_task(TASK_PURGE, DEFAULT_QUEUE)
+def run_purge(purge_id: str) -> str:
+    """Delete a purge's objects and rows for up to `purge_budget_seconds`, then send
+    its continuation (`xmlx.purge`)."""
+    ctx = worker_context()
+    settings = ctx.settings
+    outcome = purge.run_purge(
+        ctx.sessions, ctx.store, purge_id,
+        budget_seconds=settings.purge_budget_seconds, lease_seconds=settings.purge_lease_seconds,
+    )  # fmt: skip
+    if outcome == purge.PAUSED:
+        send_purges([purge_id])
+    elif outcome == purge.WAITING:
+        send_purges([purge_id], countdown=PURGE_WAIT_SECONDS)
+    log.info("purge step", extra={"purge_id": purge_id, "outcome": outcome})
+    return outcome
+
+
+@xmlx_task(TASK_SWEEP_PURGES, DEFAULT_QUEUE)
+def sweep_purges() -> int:
+    """Retention, stalled purges, orphan files and usage recounts (`xmlx.purge_sweep`)."""
+    ctx = worker_context()
+    outcome = purge_sweep.sweep(
+        ctx.sessions, ctx.store,
+        grace_seconds=ctx.settings.purge_grace_seconds,
+        recount_every_seconds=ctx.settings.usage_recount_seconds,
+    )  # fmt: skip
+    send_purges(outcome.send)
+    if outcome.send or outcome.orphan_files:
+        log.info(
+            "purge sweep",
+            extra={
+                "purges": len(outcome.send), "expired_jobs": outcome.expired_jobs,
+                "orphan_files": outcome.orphan_files, "recounted": outcome.recounted,
+            },
+        )  # fmt: skip
+    return len(outcome.send)

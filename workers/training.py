@@ -39,7 +39,7 @@ from xmlcore.labels import LabelSpace, read_manifest
 from xmlcore.metrics import evaluate_ranking, propensities
 from xmlcore.model import TwoStepModel, train_two_step
 from xmlcore.records import RecordBatches
-from xmlx import jobs
+from xmlx import jobs, quotas
 from xmlx.keys import attempt_token, model_artifact_key
 from xmlx.models import Job, JobKind
 from xmlx.storage import StorageError
@@ -140,7 +140,8 @@ def _store_model(
     model_id = str(job.model_id)
     name = f"model.{attempt_token(claim.attempt, ctx.owner)}.zip"
     artifact_key = model_artifact_key(job.tenant_id, model_id, name)
-    ctx.store.put_bytes(artifact_key, model.to_bytes(), "application/zip")
+    archive = model.to_bytes()
+    ctx.store.put_bytes(artifact_key, archive, "application/zip")
     outcome = jobs.record_model_trained(
         ctx.sessions, job.id, TRAIN_ITEM_KEY,
         lease=jobs.LeaseRef(chunk_id, ctx.owner), model_id=model_id, artifact_key=artifact_key,
@@ -151,6 +152,7 @@ def _store_model(
     if not outcome.lease_held:
         ctx.store.delete(artifact_key)  # another attempt owns the model now
         return "lease_lost"
+    quotas.record_written(ctx.sessions, job.tenant_id, len(archive))
     jobs.complete_chunk(ctx.sessions, chunk_id, ctx.owner)
     return "done"
 

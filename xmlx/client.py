@@ -2,8 +2,9 @@
 
 ``Client(base_url, api_key)`` uploads images straight to storage through presigned
 URLs, registers datasets, trains models, submits explanation and prediction batches,
-waits with a progress bar, and pages through results. Errors from the API come back
-as ``ApiError`` carrying the problem document's stable ``code``.
+waits with a progress bar, pages through results, and deletes what it no longer needs
+(``delete_job``, ``delete_model``, ``delete_dataset``, ``delete_uploads``). Errors from
+the API come back as ``ApiError`` carrying the problem document's stable ``code``.
 """
 
 from __future__ import annotations
@@ -215,6 +216,24 @@ class Client:
 
     def cancel(self, job_id: str) -> JobStatus:
         return JobStatus.from_json(self.request("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def delete_job(self, job_id: str) -> dict[str, Any]:
+        """Delete a job, its results and artifacts (a running one is cancelled first);
+        returns the purge record (`purge` shows its progress). A model or dataset still
+        in use answers `model.in_use` / `dataset.in_use` (409)."""
+        return dict(self.request("DELETE", f"/v1/jobs/{job_id}"))
+
+    def delete_model(self, model_id: str) -> dict[str, Any]:
+        return dict(self.request("DELETE", f"/v1/models/{model_id}"))
+
+    def delete_dataset(self, dataset_id: str) -> dict[str, Any]:
+        return dict(self.request("DELETE", f"/v1/datasets/{dataset_id}"))
+
+    def delete_uploads(self, prefix: str) -> dict[str, Any]:
+        return dict(self.request("DELETE", "/v1/uploads", params={"prefix": prefix}))
+
+    def purge(self, purge_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/purges/{purge_id}"))
 
     def wait(
         self, job_id: str, *, progress: bool = False, timeout: float = 3600.0, poll: float = 1.0

@@ -39,6 +39,8 @@ TASK_RUN_CHUNK = "xmlx.run_chunk"
 TASK_RECONCILE = "xmlx.reconcile"
 TASK_PREPARE_BATCH = "xmlx.prepare_batch"
 TASK_DELIVER_WEBHOOKS = "xmlx.deliver_webhooks"
+TASK_PURGE = "xmlx.purge"
+TASK_SWEEP_PURGES = "xmlx.sweep_purges"
 
 # Message headers (task.request attributes on the worker): the request that caused the
 # message (xmlx.logs) and when it was sent (the worker's queue-wait histogram).
@@ -53,6 +55,9 @@ TASK_ROUTES = {
     TASK_PREPARE_BATCH: {"queue": DEFAULT_QUEUE},
     # Network waits on other people's servers: never behind (or in front of) GPU work.
     TASK_DELIVER_WEBHOOKS: {"queue": DEFAULT_QUEUE},
+    # Deleting is listing, DeleteObjects and row batches: default queue too.
+    TASK_PURGE: {"queue": DEFAULT_QUEUE},
+    TASK_SWEEP_PURGES: {"queue": DEFAULT_QUEUE},
 }
 
 
@@ -101,6 +106,14 @@ def configure(app: Celery, settings: Settings) -> None:
                 "task": TASK_DELIVER_WEBHOOKS,
                 "schedule": float(settings.webhook_interval_seconds),
                 "options": {"queue": DEFAULT_QUEUE, "expires": settings.webhook_interval_seconds},
+            },
+            "sweep_purges": {
+                "task": TASK_SWEEP_PURGES,
+                "schedule": float(settings.purge_sweep_interval_seconds),
+                "options": {
+                    "queue": DEFAULT_QUEUE,
+                    "expires": settings.purge_sweep_interval_seconds,
+                },
             },
         },
     )
@@ -160,6 +173,24 @@ def send_preparation(
         TASK_PREPARE_BATCH,
         args=[job_id],
         queue=DEFAULT_QUEUE,
+        retry_policy=retry_policy,
+        headers=message_headers(),
+    )
+
+
+def send_purge(
+    app: Celery,
+    purge_id: str,
+    *,
+    countdown: float | None = None,
+    retry_policy: dict[str, Any] | None = None,
+) -> None:
+    """The `purge` message of a purge record (after its commit)."""
+    app.send_task(
+        TASK_PURGE,
+        args=[purge_id],
+        queue=DEFAULT_QUEUE,
+        countdown=countdown,
         retry_policy=retry_policy,
         headers=message_headers(),
     )

@@ -97,6 +97,11 @@ class Tenant(Base):
     # The most forward passes one job of this tenant may cost (xmlx.jobs.cost);
     # NULL: Settings.max_job_forward_passes.
     max_job_forward_passes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Limits set by an operator (`xmlx tenants limits`, the admin API); NULL: none.
+    # Finished explanation jobs older than `retention_days` are purged (xmlx.deletion).
+    retention_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    max_items_in_flight: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class ApiKey(Base):
@@ -135,6 +140,8 @@ class Dataset(Base):
     image_prefix: Mapped[str | None] = mapped_column(String(MAX_KEY_LENGTH))
     images_prefix: Mapped[str | None] = mapped_column(String(MAX_KEY_LENGTH))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Soft delete: set by DELETE, the row is then 404 everywhere and purged later.
+    deleted_at: Mapped[datetime | None]
 
     __table_args__ = (Index(None, "tenant_id", "created_at", "id"),)
 
@@ -156,6 +163,7 @@ class Model(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]
 
     __table_args__ = (Index(None, "tenant_id", "created_at", "id"),)
 
@@ -204,6 +212,9 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]
+    # When the orphan sweep (xmlx.orphans) checked the finished job's folder; NULL: due.
+    orphans_checked_at: Mapped[datetime | None]
 
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key"),
@@ -263,6 +274,59 @@ class Item(Base):
         # report): (job_id, state, id) would need a sort of the whole job.
         Index(None, "job_id", "id"),
     )
+
+
+class PurgeState(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+
+
+class Purge(Base):
+    """The background removal of one deleted thing's objects and rows (`xmlx.purge`).
+
+    `kind` is job, model, dataset or uploads; `target` the id (or, for uploads, the
+    storage prefix). `stage` and `cursor` say where it stands, so a killed purge goes on
+    from its last committed page; `lease_until` keeps two tasks off one purge.
+    """
+
+    __tablename__ = "purges"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH))
+    state: Mapped[str] = mapped_column(String(16), default=PurgeState.PENDING)
+    stage: Mapped[str] = mapped_column(String(16), default="objects")
+    cursor: Mapped[str | None] = mapped_column(String(MAX_KEY_LENGTH))
+    objects_deleted: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_freed: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_deleted: Mapped[int] = mapped_column(BigInteger, default=0)
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index(None, "state", "updated_at"),
+        Index(None, "tenant_id", "kind", "target"),
+    )
+
+
+class TenantUsage(Base):
+    """Bytes the tenant's jobs, models, datasets and uploads keep in the store.
+
+    Added to as the service writes (artifacts, models, manifests), taken from as purges
+    free, and set to a listing's exact sum by the periodic recount (`xmlx.quotas`),
+    which also catches uploads: clients PUT those straight to the store.
+    """
+
+    __tablename__ = "tenant_usage"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    counted_at: Mapped[datetime | None]
 
 
 class WebhookDeliveryState(StrEnum):

@@ -110,6 +110,14 @@ class Settings(BaseSettings):
     # Decoded uint8 training images (one record file per training) on the worker's
     # disk: later epochs and later slices read them instead of the object store.
     train_cache_dir: Path = Field(default_factory=_default_train_cache)
+    # Deletion (xmlx.purge): a purge task works this long, then sends its continuation;
+    # the sweep (retention, stalled purges, orphan files, usage recounts) runs this
+    # often; a tenant's stored bytes are recounted from a listing this often.
+    purge_budget_seconds: int = Field(default=60, ge=1)
+    purge_lease_seconds: int = Field(default=120, ge=1)
+    purge_sweep_interval_seconds: int = Field(default=60, ge=1)
+    purge_grace_seconds: int = Field(default=60, ge=1)
+    usage_recount_seconds: int = Field(default=6 * 3600, ge=1)
 
     # Workers.
     images_per_batch: int = Field(default=16, ge=1)  # images per heartbeat / forward batch

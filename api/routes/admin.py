@@ -5,6 +5,9 @@ The first admin key comes from the server's shell (`xmlx keys create --tenant op
 the answer that creates it and nowhere else: listings show its prefix, scopes, creation
 and last use (recorded at most once a minute), never the secret or its hash.
 
+`/tenants/{id}/limits` reads and sets a tenant's retention and quotas (`xmlx.quotas`;
+the same as `xmlx tenants limits`), with its current usage.
+
 Revoking a key stops it on every API process within a second (`api.keyauth`): the
 revocation is written to the database, then announced on the shared revocation epoch.
 If Redis cannot take the announcement the answer is 503 -- the key IS revoked in the
@@ -20,13 +23,15 @@ from typing import Annotated, Literal
 import redis
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 
 from api.deps import Admin, State
 from api.problems import ProblemError, problem_responses
 from api.views import Page
+from xmlx import quotas
 from xmlx import repository as repo
 from xmlx.db import session_scope
-from xmlx.models import ApiKey
+from xmlx.models import ApiKey, Tenant
 from xmlx.security import parse_scopes
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -60,6 +65,20 @@ class KeyOut(BaseModel):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+
+
+class LimitsIn(BaseModel):
+    """A tenant's limits; null (or left out) removes one."""
+
+    retention_days: int | None = Field(default=None, ge=1, le=36_500)
+    max_stored_bytes: int | None = Field(default=None, ge=0, le=2**62)
+    max_items_in_flight: int | None = Field(default=None, ge=0, le=2**62)
+
+
+class LimitsOut(LimitsIn):
+    tenant_id: str
+    stored_bytes: int = Field(description="bytes the tenant keeps in the store (accounted)")
+    items_in_flight: int = Field(description="items of its live jobs not yet finished")
 
 
 class CreatedKey(BaseModel):
@@ -146,3 +165,40 @@ def revoke_key(tenant_id: TenantId, key_id: KeyId, caller: Admin, state: State) 
             headers={"Retry-After": "1"},
         ) from exc
     return Response(status_code=204)
+
+
+def _limits_out(session: Session, tenant: Tenant) -> LimitsOut:
+    return LimitsOut(
+        tenant_id=tenant.id, retention_days=tenant.retention_days,
+        max_stored_bytes=tenant.max_stored_bytes, max_items_in_flight=tenant.max_items_in_flight,
+        stored_bytes=quotas.stored_bytes(session, tenant.id),
+        items_in_flight=quotas.items_in_flight(session, tenant.id),
+    )  # fmt: skip
+
+
+@router.get(
+    "/tenants/{tenant_id}/limits",
+    response_model=LimitsOut,
+    summary="A tenant's retention and quotas, with its current usage",
+    responses=problem_responses(401, 403, 404, 429),
+)
+def get_limits(tenant_id: TenantId, caller: Admin, state: State) -> LimitsOut:
+    with session_scope(state.sessions) as session:
+        tenant = repo.get_tenant(session, tenant_id)
+        if tenant is None:
+            raise _tenant_not_found(tenant_id)
+        return _limits_out(session, tenant)
+
+
+@router.put(
+    "/tenants/{tenant_id}/limits",
+    response_model=LimitsOut,
+    summary="Set a tenant's retention (days) and quotas (stored bytes, items in flight)",
+    responses=problem_responses(401, 403, 404, 422, 429),
+)
+def set_limits(tenant_id: TenantId, body: LimitsIn, caller: Admin, state: State) -> LimitsOut:
+    with session_scope(state.sessions) as session:
+        tenant = quotas.set_limits(session, tenant_id, **body.model_dump())
+        if tenant is None:
+            raise _tenant_not_found(tenant_id)
+        return _limits_out(session, tenant)

@@ -24,6 +24,7 @@ from api.schemas import DatasetRequest
 from api.submit import mark_replayed
 from api.views import DatasetDetail, DatasetOut, Page, dataset_detail, dataset_out
 from xmlcore.labels import read_manifest
+from xmlx import quotas
 from xmlx import repository as repo
 from xmlx.dataset_images import images_user_prefix
 from xmlx.db import session_scope
@@ -46,7 +47,7 @@ def find_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
     status_code=201,
     response_model=DatasetDetail,
     summary="Register a dataset from an uploaded manifest and images folder",
-    responses=problem_responses(401, 404, 409, 413, 422, 429),
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 429),
 )
 def create_dataset(
     body: DatasetRequest,
@@ -82,6 +83,7 @@ def _create(state: State, tenant_id: str, body: DatasetRequest) -> DatasetDetail
     counts = space.label_counts()
     user_prefix = inputs.folder(body.images_prefix)
     with session_scope(state.sessions) as session:
+        quotas.check_storage(session, tenant_id)
         dataset = repo.create_dataset(
             session,
             tenant_id,
@@ -96,6 +98,7 @@ def _create(state: State, tenant_id: str, body: DatasetRequest) -> DatasetDetail
         )
         # Written before the commit: a dataset row never exists without its manifest.
         state.store.put_bytes(dataset.manifest_key, data, f"text/{suffix}")
+        quotas.add_stored_bytes(session, tenant_id, len(data))
     return dataset_detail(dataset, user_prefix)
 
 

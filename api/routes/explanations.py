@@ -46,13 +46,14 @@ from api.submit import (
     replayed_job,
 )
 from api.views import JobOut
-from xmlx import jobs
+from xmlx import jobs, quotas
+from xmlx import repository as repo
 from xmlx.dataset_images import images_storage_prefix
 from xmlx.db import session_scope
 from xmlx.models import JobKind, Model
 
 router = APIRouter(prefix="/v1", tags=["batches"])
-ERRORS = problem_responses(401, 404, 409, 413, 422, 429)
+ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 429)
 
 
 @router.post(
@@ -119,6 +120,9 @@ def _submit(
     check_cost(state, tenant_id, body, model, 1)  # before a prefix or manifest is read
     params = {**extra, "k": body.k, "image_prefix": base}
     if body.images is None:
+        # The batch's size is known only once listed: refuse it if even one more item
+        # would pass the tenant's limit.
+        quotas.check_submission(state.sessions, tenant_id, 1)
         source = _source(state, tenant_id, body, base)
         created = jobs.start_preparing(
             state.sessions, tenant_id=tenant_id, kind=kind, source=source, params=params,
@@ -155,7 +159,10 @@ def _image_base(
 ) -> tuple[str, dict[str, Any]]:
     """The storage prefix keys are relative to, and the model's label counts."""
     with session_scope(state.sessions) as session:
-        trained_on = find_dataset(session, tenant_id, model.dataset_id)
+        # The model's own dataset may be deleted: its tombstone keeps the label counts.
+        trained_on = repo.get_dataset(session, tenant_id, model.dataset_id, deleted=True)
+        if trained_on is None:
+            raise ProblemError(404, "dataset.not_found", f"no dataset {model.dataset_id}")
         source = find_dataset(session, tenant_id, dataset_id) if dataset_id else None
     if source is None:
         return inputs.uploads_folder(tenant_id, ""), trained_on.label_counts

@@ -44,7 +44,7 @@ TRAIN_ITEM_KEY = "model"  # the one item of a training job (workers.training rea
     status_code=202,
     response_model=ModelCreated,
     summary="Train a model on a dataset",
-    responses=problem_responses(401, 404, 422, 429),
+    responses=problem_responses(401, 403, 404, 422, 429),
 )
 def create_model(
     body: ModelRequest,
@@ -78,7 +78,7 @@ def create_model(
     status_code=202,
     response_model=ModelCreated,
     summary="Train a failed model again: a new job for the same model id",
-    responses=problem_responses(401, 404, 409, 422, 429),
+    responses=problem_responses(401, 403, 404, 409, 422, 429),
 )
 def retrain_model(
     model_id: str,

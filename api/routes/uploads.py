@@ -13,6 +13,8 @@ from api.deps import IdempotencyKey, State, Submitter
 from api.problems import problem_responses
 from api.schemas import UploadRequest
 from api.views import UploadsOut, UploadTarget
+from xmlx import quotas
+from xmlx.db import session_scope
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 
@@ -23,12 +25,14 @@ router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
     summary="Presigned PUT URLs for keys under your uploads",
     description="Each URL accepts one PUT with exactly the given Content-Type. Presigning "
     "stores nothing, so a retry (with or without Idempotency-Key) is harmless.",
-    responses=problem_responses(401, 422, 429),
+    responses=problem_responses(401, 403, 422, 429),
 )
 def create_uploads(
     body: UploadRequest, caller: Submitter, state: State, _idempotency_key: IdempotencyKey
 ) -> UploadsOut:
     inputs.check_user_keys(body.keys, inputs.uploads_folder(caller.tenant_id, ""))
+    with session_scope(state.sessions) as session:
+        quotas.check_storage(session, caller.tenant_id)
     expiry = state.settings.presign_expiry_seconds
     targets = [
         UploadTarget(

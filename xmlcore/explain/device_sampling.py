@@ -12,11 +12,18 @@ picks ``image`` or ``fill`` per pixel, exactly the uint8 values the host path ma
 it is there. Everything is Keras ops, so it compiles with XLA on JAX and TensorFlow and
 runs on PyTorch too. Shapes are bucketed (batch and image count to powers of two,
 segment count to a multiple of 64) so a run compiles a handful of graphs, not one per
-batch.
+batch; ``submit_perturbed(..., pad_to=)`` pads every batch of a run to one size.
+
+``submit_perturbed`` starts a batch and returns a ``Pending`` to read later: on JAX the
+call is dispatched asynchronously (a jitted ``stateless_call``; the host goes on
+preparing the next batch while the device computes), so ``run_requests`` dispatches
+batch ``i + 1`` before it reads batch ``i`` and the device never waits for the host
+between batches. Other backends answer at once (``predict_on_batch``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
@@ -85,22 +92,57 @@ def pad_rows(arr: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+class Pending:
+    """Outputs of a batch started with ``submit_perturbed``; ``result()`` waits for them."""
+
+    def __init__(self, read: Callable[[], np.ndarray]) -> None:
+        self._read = read
+
+    def result(self) -> np.ndarray:
+        return self._read()
+
+
+def _jax_forward(model: keras.Model) -> Callable[[list[Any]], Any]:
+    """``inputs -> outputs`` of ``model`` compiled with ``jax.jit``, returning the device
+    array without waiting for it (``predict_on_batch`` converts to numpy, which blocks).
+    Variables are read at each call, so weights set later are used."""
+    import jax
+
+    def forward(trainable: list[Any], non_trainable: list[Any], inputs: list[Any]) -> Any:
+        outputs, _ = model.stateless_call(trainable, non_trainable, inputs, training=False)
+        return outputs
+
+    compiled = jax.jit(forward)
+
+    def call(inputs: list[Any]) -> Any:
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        return compiled(trainable, non_trainable, inputs)
+
+    return call
+
+
 class PerturbingPredictor:
     """A ``predict_fn`` over ``model`` (float32 pixels ``(N, H, W, 3)`` -> ``(N, m)``)
     whose perturbed samples are built on the device (see the module docstring).
 
     ``postprocess`` maps the model's float32 outputs (numpy) to the final outputs, for
-    cheap host-side heads such as a decoder matrix.
+    cheap host-side heads such as a decoder matrix. ``asynchronous=False`` keeps the
+    earlier pipeline (each batch read before the next is built, padded to its own
+    power of two): the baseline of ``bench/lime_overlap.py``.
     """
 
     segment_bucket = 64
 
-    def __init__(self, model: keras.Model, postprocess: Any = None) -> None:
+    def __init__(
+        self, model: keras.Model, postprocess: Any = None, *, asynchronous: bool = True
+    ) -> None:
         shape = tuple(int(v) for v in model.input.shape[1:])
         if len(shape) != 3 or shape[-1] != 3:
             raise ExplainError("explain.bad_model", f"model input must be (H, W, 3), got {shape}")
         self.model = model
         self.postprocess = postprocess
+        self.asynchronous = asynchronous
         h, w, _ = shape
         images = keras.Input((h, w, 3), dtype="uint8", name="images")
         fills = keras.Input((h, w, 3), dtype="uint8", name="fills")
@@ -165,16 +207,56 @@ class PerturbingPredictor:
     ) -> np.ndarray:
         """Outputs for ``len(rows)`` samples: sample ``b`` is ``images[rows[b]]`` with
         the segments where ``masks[b]`` is 0 replaced by ``fills[rows[b]]``."""
+        inputs = self._perturbed_inputs(images, fills, segments, masks, rows, None)
+        return self._finish(self.perturbing_model.predict_on_batch(inputs), len(rows))
+
+    def submit_perturbed(
+        self,
+        images: np.ndarray,
+        fills: np.ndarray,
+        segments: np.ndarray,
+        masks: np.ndarray,
+        rows: np.ndarray,
+        *,
+        pad_to: int | None = None,
+    ) -> Pending:
+        """``predict_perturbed`` started now and read later (see the module docstring).
+
+        ``pad_to`` pads the samples to that many rows (at least ``len(rows)``): a run
+        passes its batch size, so its short last batch compiles nothing new."""
+        n = len(rows)
+        if pad_to is not None and pad_to < n:
+            raise ExplainError("explain.bad_batch", f"pad_to {pad_to} < {n} samples")
+        inputs = self._perturbed_inputs(images, fills, segments, masks, rows, pad_to)
+        if keras.backend.backend() != "jax":
+            done = self._finish(self.perturbing_model.predict_on_batch(inputs), n)
+            return Pending(lambda: done)
+        out = self._jax_perturbing(inputs)  # dispatched, not waited for
+        return Pending(lambda: self._finish(out, n))
+
+    @cached_property
+    def _jax_perturbing(self) -> Callable[[list[Any]], Any]:
+        return _jax_forward(self.perturbing_model)
+
+    def _perturbed_inputs(
+        self,
+        images: np.ndarray,
+        fills: np.ndarray,
+        segments: np.ndarray,
+        masks: np.ndarray,
+        rows: np.ndarray,
+        pad_to: int | None,
+    ) -> list[np.ndarray]:
         n, k = masks.shape
+        size = bucket(max(n, pad_to or 0))
         k_pad = -(-max(k, 1) // self.segment_bucket) * self.segment_bucket
-        padded_masks = np.zeros((bucket(n), k_pad), np.uint8)
+        padded_masks = np.zeros((size, k_pad), np.uint8)
         padded_masks[:n, :k] = masks
         g = bucket(len(images))
-        inputs = [
+        return [
             pad_rows(np.ascontiguousarray(images, np.uint8), g),
             pad_rows(np.ascontiguousarray(fills, np.uint8), g),
             pad_rows(np.ascontiguousarray(segments, np.int32), g),
             padded_masks,
-            pad_rows(np.ascontiguousarray(rows, np.int32), bucket(n)),
+            pad_rows(np.ascontiguousarray(rows, np.int32), size),
         ]
-        return self._finish(self.perturbing_model.predict_on_batch(inputs), n)

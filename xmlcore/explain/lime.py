@@ -14,6 +14,7 @@ images into each forward batch and solves one ridge system for every target;
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache, cached_property
@@ -55,8 +56,8 @@ def image_seed(seed: int, image_index: int) -> int:
 class _ImageRun:
     """Sampling state of one image in the fast engine.
 
-    Segments and fill are computed on first use, which happens in ``run_requests``'
-    builder thread: images are segmented while the model works on earlier batches.
+    Segments come from the pool (``pending_segments``, started a chunk ahead); the fill
+    is computed on first use, in ``run_requests``' builder thread.
     """
 
     index: int
@@ -154,31 +155,99 @@ class LimeExplainer(Explainer):
         self.sampler = sampler
 
     def explain(self, images: np.ndarray, targets: Targets) -> list[list[Explanation]]:
+        if self.engine == "reference":
+            return self._explain_references(images, targets)
+        [explained] = self.explain_stream([(images, targets)])
+        return explained
+
+    explain_batch = explain
+
+    def explain_stream(
+        self, chunks: Iterable[tuple[np.ndarray, Targets]]
+    ) -> Iterator[list[list[Explanation]]]:
+        """``explain(images, targets)`` of each chunk in turn, equal to it, overlapped.
+
+        A bounded pipeline, one chunk ahead: while the model works on chunk ``i``'s
+        samples, chunk ``i + 1``'s images are segmented on the thread pool, and chunk
+        ``i``'s fits, stability and explanations are made on the pool while the model
+        works on chunk ``i + 1``. On a GPU the host work per image (SLIC ~46 ms of one
+        core at 224 px, the fill, the fits) then hides behind the device's ~60 ms per
+        image of VGG16 at 1,000 samples instead of sitting between its batches.
+        ``chunks`` is read one ahead of the chunk being sampled. When a chunk fails,
+        every chunk before it has been yielded before the error is raised.
+        """
+        if self.engine == "reference":
+            for images, targets in chunks:
+                yield self._explain_references(images, targets)
+            return
+        threads = max(1, min(os.cpu_count() or 1, SEGMENTATION_THREADS))
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            source = iter(chunks)
+            ahead = self._prepare(next(source, None), pool)
+            finishing: Future[list[list[Explanation]]] | None = None
+            while ahead is not None:
+                current, ahead = ahead, None
+                ahead = self._prepare(next(source, None), pool)
+                try:
+                    runs, rows, seed = self._begin(*current)
+                    self._sample(runs)
+                except Exception:
+                    # The chunk before is done: hand it over before the error.
+                    if finishing is not None:
+                        yield finishing.result()
+                    raise
+                done = pool.submit(self._finish, runs, rows, seed)
+                if finishing is not None:
+                    yield finishing.result()
+                finishing = done
+            if finishing is not None:
+                yield finishing.result()
+
+    def _explain_references(self, images: np.ndarray, targets: Targets) -> list[list[Explanation]]:
         batch = check_images(stack_images(images))
         originals = self._predict(batch)
         rows = normalize_targets(targets, len(batch), originals.shape[1])
-        seed = (
-            self.seed
-            if self.seed is not None
-            else int(np.random.SeedSequence().generate_state(1)[0])
-        )
-        if self.engine == "reference":
-            return [
-                self._explain_reference(i, batch[i], row, originals[i], seed)
-                for i, row in enumerate(rows)
-            ]
-        runs = [self._start(i, batch[i], row, originals[i], seed) for i, row in enumerate(rows)]
-        # Segment every image on a pool from the start: one builder thread segmenting
-        # image after image was the bottleneck on a GPU (SLIC at 224 px ~46 ms an image
-        # against ~60 ms of VGG16 work per 1,000 samples; bench/gpu_suite.py).
-        threads = max(1, min(len(runs), os.cpu_count() or 1, SEGMENTATION_THREADS))
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            for run in runs:
-                run.pending_segments = pool.submit(run.segmenter, run.image)
-            self._sample(runs)
-        return [self._explanations(run, row, seed) for run, row in zip(runs, rows, strict=True)]
+        seed = self._base_seed()
+        return [
+            self._explain_reference(i, batch[i], row, originals[i], seed)
+            for i, row in enumerate(rows)
+        ]
 
-    explain_batch = explain
+    def _base_seed(self) -> int:
+        if self.seed is not None:
+            return self.seed
+        return int(np.random.SeedSequence().generate_state(1)[0])
+
+    def _prepare(
+        self, chunk: tuple[np.ndarray, Targets] | None, pool: ThreadPoolExecutor
+    ) -> tuple[np.ndarray, Targets, list[Future[np.ndarray]]] | None:
+        """Check a chunk's images and start segmenting them on ``pool``."""
+        if chunk is None:
+            return None
+        images, targets = chunk
+        batch = check_images(stack_images(images))
+        return batch, targets, [pool.submit(self.segmenter, image) for image in batch]
+
+    def _begin(
+        self, batch: np.ndarray, targets: Targets, segments: list[Future[np.ndarray]]
+    ) -> tuple[list[_ImageRun], list[list[TargetInfo]], int]:
+        """The model on the originals, the targets, and each image's sampling state."""
+        originals = self._predict(batch)
+        rows = normalize_targets(targets, len(batch), originals.shape[1])
+        seed = self._base_seed()
+        runs = [self._start(i, batch[i], row, originals[i], seed) for i, row in enumerate(rows)]
+        for run, pending in zip(runs, segments, strict=True):
+            run.pending_segments = pending
+        return runs, rows, seed
+
+    def _finish(
+        self, runs: list[_ImageRun], rows: list[list[TargetInfo]], seed: int
+    ) -> list[list[Explanation]]:
+        columns = _columns(runs)
+        for run in runs:
+            if run.fit is None:
+                self._refit(run, columns)
+        return [self._explanations(run, row, seed) for run, row in zip(runs, rows, strict=True)]
 
     def _predict(self, batch: np.ndarray) -> np.ndarray:
         parts = [
@@ -205,8 +274,10 @@ class LimeExplainer(Explainer):
         )
 
     def _sample(self, runs: list[_ImageRun]) -> None:
-        """Rounds of sampling over the unfinished images, one packed forward pass each."""
-        columns = np.unique(np.concatenate([run.columns for run in runs]))
+        """Rounds of sampling over the unfinished images, one packed forward pass each.
+        Without adaptive stopping there is one round, and its fits are left to
+        ``_finish`` (on the pool, while the model works on the next chunk)."""
+        columns = _columns(runs)
         while active := [run for run in runs if not run.done]:
             requests = (self._draw(run) for run in active)
             run_requests(self.predict_fn, requests, self.batch_size, columns, runs[0].image.shape)
@@ -214,7 +285,10 @@ class LimeExplainer(Explainer):
                 assert run.request is not None
                 if run.request.outputs:
                     run.outputs.append(run.request.result())
-                self._refit(run, columns)
+                if self.adaptive is None:
+                    run.done = True
+                else:
+                    self._refit(run, columns)
 
     def _draw(self, run: _ImageRun) -> SampleRequest:
         first = run.drawn == 0
@@ -366,6 +440,11 @@ class LimeExplainer(Explainer):
             "adaptive": self.adaptive.to_json() if self.adaptive else None,
             "versions": dict(versions()),
         }
+
+
+def _columns(runs: list[_ImageRun]) -> np.ndarray:
+    """The model output columns any image of the chunk is explained for, sorted."""
+    return np.unique(np.concatenate([run.columns for run in runs]))
 
 
 @cache

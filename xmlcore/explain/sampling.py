@@ -221,35 +221,65 @@ def _run_on_device(
 ) -> None:
     """``run_requests`` for a predictor that builds the perturbed images itself
     (``device_sampling.PerturbingPredictor``): batches carry masks, not pixels. The
-    requests are still made (segmented) in a helper thread while the device works."""
+    requests are made (segmented) and the batches assembled in a helper thread while
+    the device works. With ``submit_perturbed`` (asynchronous on JAX), batch ``i + 1``
+    is dispatched before batch ``i``'s outputs are read: one batch at most is read
+    late, and the device does not wait for the host between batches. Every batch is
+    padded to ``batch_size`` rows, so the short last one compiles nothing new."""
+    submit = getattr(predictor, "submit_perturbed", None)
+    if not getattr(predictor, "asynchronous", True):
+        submit = None
+    late: tuple[Any, int, list[Chunk]] | None = None
+
+    def deliver(pending: Any, n: int, chunks: list[Chunk]) -> None:
+        out = checked_outputs(pending.result(), n, columns)
+        for req, start, take in chunks:
+            req.outputs.append(out[start : start + take])
+
     with ThreadPoolExecutor(max_workers=1) as builder:
         batches = _mask_batches(requests, batch_size)
         upcoming = builder.submit(next, batches, None)
         while (batch := upcoming.result()) is not None:
             upcoming = builder.submit(next, batches, None)
-            group, masks, rows, chunks = batch
-            out = predictor.predict_perturbed(
-                np.stack([req.image for req in group]),
-                np.stack([req.fill for req in group]),
-                np.stack([req.segments for req in group]),
-                masks,
-                rows,
-            )
-            out = checked_outputs(out, len(masks), columns)
-            for req, start, take in chunks:
-                req.outputs.append(out[start : start + take])
+            stacked, masks, rows, chunks = batch
+            if submit is None:
+                answered = _Answered(predictor.predict_perturbed(*stacked, masks, rows))
+                deliver(answered, len(masks), chunks)
+                continue
+            pending = submit(*stacked, masks, rows, pad_to=batch_size)
+            if late is not None:
+                deliver(*late)
+            late = (pending, len(masks), chunks)
+        if late is not None:
+            deliver(*late)
+
+
+class _Answered:
+    """The outputs of a predictor without ``submit_perturbed``, read like a pending batch."""
+
+    def __init__(self, outputs: np.ndarray) -> None:
+        self.outputs = outputs
+
+    def result(self) -> np.ndarray:
+        return self.outputs
+
+
+Stacked = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""The distinct images of a batch, their fills and segment maps, stacked."""
 
 
 def _mask_batches(
     requests: Iterable[SampleRequest], batch_size: int
-) -> Iterator[tuple[list[SampleRequest], np.ndarray, np.ndarray, list[Chunk]]]:
-    """Like ``_packed_batches``, as (distinct requests, masks, row -> request, chunks)."""
+) -> Iterator[tuple[Stacked, np.ndarray, np.ndarray, list[Chunk]]]:
+    """Like ``_packed_batches``, as (the distinct requests' images, fills and segments
+    stacked, masks, row -> request, chunks). Stacked here, in the builder thread, so
+    the dispatching thread does no per-batch copying."""
     group: list[SampleRequest] = []
     parts: list[tuple[np.ndarray, int]] = []
     chunks: list[Chunk] = []
     pos = 0
 
-    def flush() -> tuple[list[SampleRequest], np.ndarray, np.ndarray, list[Chunk]]:
+    def flush() -> tuple[Stacked, np.ndarray, np.ndarray, list[Chunk]]:
         width = max(m.shape[1] for m, _ in parts)
         masks = np.zeros((pos, width), np.uint8)
         rows = np.empty(pos, np.int32)
@@ -258,7 +288,12 @@ def _mask_batches(
             masks[start : start + len(m), : m.shape[1]] = m
             rows[start : start + len(m)] = g
             start += len(m)
-        return group, masks, rows, chunks
+        stacked = (
+            np.stack([req.image for req in group]),
+            np.stack([req.fill for req in group]),
+            np.stack([req.segments for req in group]),
+        )
+        return stacked, masks, rows, chunks
 
     for req in requests:
         row = 0

@@ -21,7 +21,7 @@ def request_cancel(
     now = now or utcnow()
     with session_scope(sessions) as session:
         job = work.lock_job(session, job_id, now)
-        if job is None or job.tenant_id != tenant_id:
+        if job is None or job.tenant_id != tenant_id or job.deleted_at is not None:
             raise JobError("job.not_found", f"no job {job_id}")
         work.request_cancel(session, job_id, now)
         try_finish_cancel(session, job_id, now)

@@ -16,7 +16,8 @@ comes after item `total - 1` (a manifest: after its first `total` keys).
 
 Failures end the job with a code: `batch.listing_failed` (the store refused the
 listing), `batch.empty`, `batch.too_large` (more than `max_items`), `key.invalid`,
-`batch.duplicate_keys` (a manifest naming a key twice). A transient storage error is
+`batch.duplicate_keys` (a manifest naming a key twice); once listed, `quota.job_cost`
+and `quota.items_in_flight` (the tenant's limits, `xmlx.quotas`). A transient storage error is
 raised for the task to retry; the resumed run continues where this one stopped.
 """
 
@@ -32,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from xmlcore.param_costs import PREDICT
+from xmlx import quotas
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, new_id, session_scope, utcnow
 from xmlx.errors import XmlxError
@@ -205,6 +207,7 @@ def _finish(
         if job is None or job.state != JobState.PREPARING:
             return Preparation(job_id, kind, job.state if job else "", [])
         refusal = None if cost_limit is None else _cost_refusal(session, job, cost_limit)
+        refusal = refusal or _items_refusal(session, job)
         if refusal is None and work.finish_preparing(session, job_id, now):
             return Preparation(job_id, kind, JobState.QUEUED, repo.chunk_ids(session, job_id))
     if refusal is not None:
@@ -236,6 +239,16 @@ def _cost_refusal(session: Session, job: Job, cost_limit: int) -> XmlxError | No
             evaluate=[str(kind) for kind in params.get("evaluate") or ()],
         )
     except XmlxError as exc:
+        return exc
+    return None
+
+
+def _items_refusal(session: Session, job: Job) -> XmlxError | None:
+    """`quota.items_in_flight` when the listed items (counted in flight already, as a
+    preparing job's) take the tenant past its limit: the API could only check one."""
+    try:
+        quotas.check_items(session, job.tenant_id, 0)
+    except quotas.QuotaError as exc:
         return exc
     return None
 

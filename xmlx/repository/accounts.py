@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from xmlx.db import new_id, utcnow
-from xmlx.models import ApiKey, Tenant
+from xmlx.models import ApiKey, Tenant, TenantUsage
 from xmlx.repository._exec import execute_count
 from xmlx.security import (
     DEFAULT_SCOPES,
@@ -30,6 +30,8 @@ LAST_USE_RESOLUTION = timedelta(minutes=1)
 def create_tenant(session: Session, name: str) -> Tenant:
     tenant = Tenant(id=new_id("ten"), name=name, created_at=utcnow())
     session.add(tenant)
+    session.flush()
+    session.add(TenantUsage(tenant_id=tenant.id, stored_bytes=0))
     session.flush()
     return tenant
 

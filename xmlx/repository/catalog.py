@@ -1,4 +1,5 @@
-"""Datasets and models: what a tenant has uploaded and trained. Every read is tenant-scoped."""
+"""Datasets and models: what a tenant has uploaded and trained. Every read is tenant-scoped
+and skips soft-deleted rows (`deleted_at`; `xmlx.deletion`)."""
 
 from __future__ import annotations
 
@@ -53,8 +54,14 @@ def create_dataset(
     return dataset
 
 
-def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset | None:
+def get_dataset(
+    session: Session, tenant_id: str, dataset_id: str, *, deleted: bool = False
+) -> Dataset | None:
+    """The tenant's dataset; with `deleted`, also a deleted one that models still name
+    (its row stays as a tombstone with their label counts; its objects are gone)."""
     stmt = select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id)
+    if not deleted:
+        stmt = stmt.where(Dataset.deleted_at.is_(None))
     return session.scalars(stmt).one_or_none()
 
 
@@ -65,7 +72,11 @@ def dataset_ids_with_images_at(
     made before migration 0002 have no folder column and are not found here)."""
     stmt = (
         select(Dataset.id)
-        .where(Dataset.tenant_id == tenant_id, Dataset.image_prefix == image_prefix)
+        .where(
+            Dataset.tenant_id == tenant_id,
+            Dataset.image_prefix == image_prefix,
+            Dataset.deleted_at.is_(None),
+        )
         .order_by(Dataset.created_at.desc())
         .limit(limit)
     )
@@ -75,7 +86,7 @@ def dataset_ids_with_images_at(
 def list_datasets(
     session: Session, tenant_id: str, *, limit: int = 50, cursor: str | None = None
 ) -> Page[Dataset]:
-    stmt = select(Dataset).where(Dataset.tenant_id == tenant_id)
+    stmt = select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None))
     return newest_first_page(session, stmt, Dataset, limit, cursor)
 
 
@@ -106,7 +117,9 @@ def create_model(
 
 
 def get_model(session: Session, tenant_id: str, model_id: str) -> Model | None:
-    stmt = select(Model).where(Model.id == model_id, Model.tenant_id == tenant_id)
+    stmt = select(Model).where(
+        Model.id == model_id, Model.tenant_id == tenant_id, Model.deleted_at.is_(None)
+    )
     return session.scalars(stmt).one_or_none()
 
 
@@ -123,7 +136,7 @@ def list_models(
     limit: int = 50,
     cursor: str | None = None,
 ) -> Page[Model]:
-    stmt = select(Model).where(Model.tenant_id == tenant_id)
+    stmt = select(Model).where(Model.tenant_id == tenant_id, Model.deleted_at.is_(None))
     if state is not None:
         stmt = stmt.where(Model.state == state)
     return newest_first_page(session, stmt, Model, limit, cursor)

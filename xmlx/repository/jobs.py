@@ -20,8 +20,9 @@ ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING)
 
 
 def get_job(session: Session, tenant_id: str, job_id: str) -> Job | None:
-    """The job if it belongs to `tenant_id`; another tenant's job is simply not found."""
-    stmt = select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
+    """The job if it belongs to `tenant_id` and is not deleted; another tenant's job is
+    simply not found."""
+    stmt = select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id, Job.deleted_at.is_(None))
     return session.scalars(stmt).one_or_none()
 
 
@@ -39,7 +40,12 @@ def training_job_id(session: Session, tenant_id: str, model_id: str) -> str | No
     """The newest training job of a model."""
     stmt = (
         select(Job.id)
-        .where(Job.tenant_id == tenant_id, Job.model_id == model_id, Job.kind == JobKind.TRAIN)
+        .where(
+            Job.tenant_id == tenant_id,
+            Job.model_id == model_id,
+            Job.kind == JobKind.TRAIN,
+            Job.deleted_at.is_(None),
+        )
         .order_by(Job.created_at.desc())
         .limit(1)
     )
@@ -56,7 +62,7 @@ def list_jobs(
     cursor: str | None = None,
 ) -> Page[Job]:
     """The tenant's jobs, newest first, optionally filtered by state and kind."""
-    stmt = select(Job).where(Job.tenant_id == tenant_id)
+    stmt = select(Job).where(Job.tenant_id == tenant_id, Job.deleted_at.is_(None))
     if state is not None:
         stmt = stmt.where(Job.state == state)
     if kind is not None:
@@ -93,7 +99,12 @@ def get_item(session: Session, tenant_id: str, job_id: str, item_key: str) -> It
     stmt = (
         select(Item)
         .join(Job, Job.id == Item.job_id)
-        .where(Job.tenant_id == tenant_id, Item.job_id == job_id, Item.item_key == item_key)
+        .where(
+            Job.tenant_id == tenant_id,
+            Job.deleted_at.is_(None),
+            Item.job_id == job_id,
+            Item.item_key == item_key,
+        )
     )
     return session.scalars(stmt).one_or_none()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -10,6 +10,7 @@ from xmlx.errors import XmlxError
 from xmlx.keys import KeyValidationError, validate_user_key
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+MAX_DELETE_BATCH = 1000  # S3 DeleteObjects takes at most 1,000 keys per call
 
 
 class StorageError(XmlxError):
@@ -66,6 +67,17 @@ class ObjectStore(Protocol):
     ) -> list[str]:
         """Up to `limit` keys under `prefix`, sorted, after `start_after` (pass the last
         key of a page to get the next; a page shorter than `limit` is the last)."""
+        ...
+
+    def list_sizes(
+        self, prefix: str = "", *, limit: int = 1000, start_after: str | None = None
+    ) -> list[tuple[str, int]]:
+        """`list_keys` with each object's size in bytes (one listing call on S3)."""
+        ...
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove up to `MAX_DELETE_BATCH` objects in one call (S3 DeleteObjects);
+        missing ones are not an error."""
         ...
 
     def presigned_get_url(self, key: str, expires_seconds: int) -> str: ...

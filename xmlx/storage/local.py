@@ -5,10 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from xmlx.storage.base import DEFAULT_CONTENT_TYPE, StorageError, check_key, too_large
+from xmlx.storage.base import (
+    DEFAULT_CONTENT_TYPE,
+    MAX_DELETE_BATCH,
+    StorageError,
+    check_key,
+    too_large,
+)
 from xmlx.storage.signing import sign_local_url
 
 # Partial writes live here until renamed into place; the name is never a valid listing
@@ -110,6 +116,19 @@ class LocalObjectStore:
             key for key in self._keys_below(prefix) if start_after is None or key > start_after
         )
         return keys[:limit]
+
+    def list_sizes(
+        self, prefix: str = "", *, limit: int = 1000, start_after: str | None = None
+    ) -> list[tuple[str, int]]:
+        keys = self.list_keys(prefix, limit=limit, start_after=start_after)
+        return [(key, self.head(key) or 0) for key in keys]
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        if len(keys) > MAX_DELETE_BATCH:
+            raise StorageError("storage.error", f"{len(keys)} keys in one delete_many call")
+        paths = [self.path_for(key) for key in keys]  # every key checked before any goes
+        for path in paths:
+            path.unlink(missing_ok=True)
 
     def _keys_below(self, prefix: str) -> list[str]:
         folder = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +20,13 @@ from botocore.exceptions import (
     IncompleteReadError,
 )
 
-from xmlx.storage.base import DEFAULT_CONTENT_TYPE, StorageError, check_key, too_large
+from xmlx.storage.base import (
+    DEFAULT_CONTENT_TYPE,
+    MAX_DELETE_BATCH,
+    StorageError,
+    check_key,
+    too_large,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -161,12 +167,39 @@ class S3ObjectStore:
     def list_keys(
         self, prefix: str = "", *, limit: int = 1000, start_after: str | None = None
     ) -> list[str]:
+        return [key for key, _ in self.list_sizes(prefix, limit=limit, start_after=start_after)]
+
+    def list_sizes(
+        self, prefix: str = "", *, limit: int = 1000, start_after: str | None = None
+    ) -> list[tuple[str, int]]:
         params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": limit}
         if start_after is not None:
             params["StartAfter"] = start_after
         with _translated(prefix or self.bucket):
             answer = self.client.list_objects_v2(**params)
-        return [entry["Key"] for entry in answer.get("Contents", [])]
+        return [(entry["Key"], int(entry.get("Size", 0))) for entry in answer.get("Contents", [])]
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        if len(keys) > MAX_DELETE_BATCH:
+            raise StorageError("storage.error", f"{len(keys)} keys in one delete_many call")
+        if not keys:
+            return
+        for key in keys:
+            check_key(key)
+        objects: Any = [{"Key": key} for key in keys]
+        with _translated(keys[0]):
+            answer = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+            )
+        errors = answer.get("Errors", [])
+        if errors:  # per-key failures come back in a 200 answer: retry the batch later
+            first = errors[0]
+            raise StorageError(
+                "storage.unavailable",
+                f"{len(errors)} of {len(keys)} deletes failed, e.g. {first.get('Key')}: "
+                f"{first.get('Code')}",
+                transient=True,
+            )
 
     def presigned_get_url(self, key: str, expires_seconds: int) -> str:
         check_key(key)
