@@ -20,6 +20,7 @@ from api.broker import Broker, make_redis
 from api.deps import ApiState
 from api.idempotency import ReplayStore
 from api.metrics import Metrics, RequestTimer
+from api.outages import install_outage_handlers
 from api.problems import install_handlers
 from api.ratelimit import RateLimiter
 from api.requestid import RequestIdMiddleware
@@ -34,6 +35,7 @@ from api.routes import (
     jobs,
     models,
     uploads,
+    webhooks,
 )
 from xmlx import logs, tracing
 from xmlx.db import engine_from_settings, make_session_factory
@@ -102,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_handlers(app)
+    install_outage_handlers(app)
     app.add_middleware(RequestTimer, metrics=lambda: _metrics_of(app))
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer has its id
     for module in (
@@ -113,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models,
         explanations,
         jobs,
+        webhooks,
         deletions,
         admin,
     ):

@@ -44,7 +44,6 @@ _STATUS_BY_CODE: dict[str, int] = {
     "storage.url_expired": 403,
     "storage.bad_signature": 403,
     "storage.denied": 502,
-    "storage.unavailable": 503,
     "storage.no_bucket": 503,
     "storage.error": 502,
     "rate.limited": 429,
@@ -71,6 +70,8 @@ _TITLES: dict[int, str] = {
 # The kernel calls an idempotency clash `job.idempotency_conflict`; the API promises
 # one code for it whatever was being created.
 _RENAMED = {"job.idempotency_conflict": "idempotency.conflict"}
+# Any 503 tells the client when to come back (`api.outages`).
+RETRY_AFTER_SECONDS = 5
 
 
 class Problem(BaseModel):
@@ -115,6 +116,13 @@ def status_for(code: str) -> int:
 
 def from_error(exc: XmlxError | XmlcoreError, status: int | None = None) -> ProblemError:
     """The problem for a kernel or xmlcore error; its code decides the status."""
+    if isinstance(exc, XmlxError) and exc.code == "storage.unavailable":
+        # An outage (api.outages): its message can name the endpoint; this one cannot.
+        return ProblemError(
+            503, "service.unavailable",
+            "the storage is unreachable for the moment; retry after the Retry-After seconds",
+            errors=[{"dependency": "storage"}],
+        )  # fmt: skip
     errors = None
     if isinstance(exc, XmlcoreError) and exc.line is not None:
         errors = [{"code": exc.code, "line": exc.line, "message": exc.message}]
@@ -136,10 +144,13 @@ def problem_response(problem: ProblemError) -> JSONResponse:
         usage=problem.usage[0] if problem.usage else None,
         limit=problem.usage[1] if problem.usage else None,
     )
+    headers = dict(problem.headers)
+    if problem.status == 503:
+        headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
     return JSONResponse(
         jsonable_encoder(body, exclude_none=True),
         status_code=problem.status,
-        headers=problem.headers,
+        headers=headers,
         media_type=PROBLEM_MEDIA_TYPE,
     )
 

@@ -27,6 +27,7 @@ from xmlcore.params import (
     OcclusionParams,
     SmoothGradParams,
 )
+from xmlx.models import MAX_URL_LENGTH
 
 MAX_TOP_K_TARGET = 50
 MAX_UPLOAD_KEYS = 1000
@@ -34,6 +35,18 @@ MAX_UPLOAD_KEYS = 1000
 Side = Annotated[int, Field(ge=16, le=1024)]
 Name = Annotated[str, Field(max_length=200)]
 Id = Annotated[str, Field(min_length=1, max_length=40)]
+CallbackUrl = Annotated[
+    str | None,
+    Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_URL_LENGTH,
+        description="an http(s) URL POSTed once with the job's summary when it reaches a "
+        "final state, signed with your tenant's secret (`Xmlx-Signature`, see "
+        "/v1/webhook-settings); default: your tenant's webhook URL, if set. Private, "
+        "loopback and reserved addresses are refused (422 `webhook.url_not_allowed`)",
+    ),
+]
 ContentType = Annotated[
     str, Field(max_length=200, pattern=r"^[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*$")
 ]
@@ -105,6 +118,7 @@ class ModelRequest(Strict):
     dataset_id: Id
     name: Name = ""
     training: TrainingParams = Field(default_factory=TrainingParams)
+    callback_url: CallbackUrl = None
 
 
 class BatchRequest(Strict):
@@ -129,6 +143,7 @@ class BatchRequest(Strict):
         description="order among YOUR jobs (high first, then oldest first); the pool is "
         "shared fairly across tenants whatever the priority",
     )
+    callback_url: CallbackUrl = None
 
     @model_validator(mode="after")
     def _one_source(self) -> BatchRequest:

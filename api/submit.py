@@ -18,10 +18,11 @@ from api.deps import ApiState
 from api.idempotency import conflict
 from api.problems import ProblemError
 from api.views import JobOut, job_out
-from xmlx import jobs, quotas
+from xmlx import jobs, quotas, webhooks
 from xmlx import repository as repo
 from xmlx.db import session_scope, utcnow
 from xmlx.models import Job, Model, ModelState
+from xmlx.repository import webhooks as webhook_repo
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 
@@ -53,6 +54,7 @@ def create_and_enqueue(
     fp: str,
     chunk_size: int,
     priority: str = "normal",
+    callback_url: str | None = None,
 ) -> jobs.CreatedJob:
     quotas.check_submission(state.sessions, tenant_id, len(item_keys))
     created = jobs.create_job(
@@ -67,6 +69,7 @@ def create_and_enqueue(
         chunk_size=chunk_size,
         max_items=state.settings.max_batch_items,
         priority=priority,
+        callback_url=callback_url,
     )
     if created.created:  # committed by now: safe to enqueue
         if state.broker.send_chunks([(chunk_id, kind) for chunk_id in created.chunk_ids]):
@@ -74,6 +77,21 @@ def create_and_enqueue(
         else:
             state.metrics.enqueue_failures.inc()
     return created
+
+
+def checked_callback(state: ApiState, tenant_id: str, url: str | None) -> str | None:
+    """`url` if the service may POST to it (422 `webhook.url_not_allowed` if not); the
+    tenant gets a signing secret now if it has none, so the first delivery is signed
+    with a secret it can read (GET /v1/webhook-settings)."""
+    if url is None:
+        return None
+    try:
+        webhooks.check_callback_url(url, state.settings.webhook_allowed_host_set)
+    except webhooks.WebhookUrlError as exc:
+        raise ProblemError(422, exc.code, exc.message) from exc
+    with session_scope(state.sessions) as session:
+        webhook_repo.ensure_secret(session, tenant_id, webhooks.new_secret())
+    return url
 
 
 def render_job(state: ApiState, job: Job, session: Session | None = None) -> JobOut:

@@ -1,4 +1,4 @@
-"""Chaos bench: the service under faults, with real processes (scenarios 1-5, 7, 14, 15).
+"""Chaos bench: the service under faults, with real processes (scenarios 1-5, 7, 14, 15, 17).
 
 One private stack serves every scenario: PostgreSQL (`xmlx.embedded_postgres`, SQLite
 when the machine has no PostgreSQL binaries; scenario 5 then skips), Redis
@@ -31,6 +31,9 @@ injects its fault, waits for the job to end and checks the database and the buck
     epochs are trained in all (per-attempt epoch lines in the workers' logs), and the
     held-out P@1/P@3 are within seed noise of uninterrupted runs
     (`bench/chaos_training.py`).
+17. outages under load: the database, Redis and S3 each stopped while pollers run;
+    every answer is counted: 503 with Retry-After while down, zero 500s, 200s again
+    once back (`bench/chaos_outages.py`, which also runs alone without training).
 
 Usage: ``python bench/chaos.py [--scenario N ...] [--quick] [--root DIR] [--allow-skips]``.
 One JSON line per scenario (`scenario`, `items`, `results`, `duplicates`, `lost`,
@@ -73,6 +76,7 @@ from xmlx.storage import S3ObjectStore  # noqa: E402
 
 if str(ROOT / "bench") not in sys.path:
     sys.path.insert(0, str(ROOT / "bench"))
+from chaos_outages import OutageSizes, outages_under_load  # noqa: E402
 from chaos_training import TrainingSizes, training_killed  # noqa: E402
 
 WORKERS = ("worker1", "worker2")
@@ -109,11 +113,12 @@ class Sizes:
     cancel_num_samples: int = 32
     stopped_items: int = 100
     training: TrainingSizes = field(default_factory=TrainingSizes)
+    outages: OutageSizes = field(default_factory=OutageSizes)
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(60, 2, 60, 40, 60, 10.0, 40, 3.0, 400, stopped_items=40,
-                   training=TrainingSizes.quick())  # fmt: skip
+                   training=TrainingSizes.quick(), outages=OutageSizes.quick())  # fmt: skip
 
 
 @dataclass
@@ -615,6 +620,7 @@ SCENARIOS: dict[int, Callable[[Chaos], dict[str, Any]]] = {
     7: cancel_large_job,
     14: stopped_worker,
     15: lambda chaos: training_killed(chaos, chaos.sizes.training),
+    17: lambda chaos: outages_under_load(chaos, chaos.sizes.outages),
 }
 
 

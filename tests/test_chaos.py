@@ -5,7 +5,8 @@ The slow tests start their own PostgreSQL (when the machine has the binaries), R
 SeaweedFS, API, two workers and beat on private ports, train a tiny model once, and run
 each scenario against it: workers SIGKILLed mid-batch, Redis restarted empty, messages
 delivered twice, SeaweedFS down for 10 s, PostgreSQL crashed and restarted, a 400-item
-job cancelled. Nothing outside the test's own processes is touched.
+job cancelled, then the database, Redis and S3 each stopped under pollers (503, not
+500). Nothing outside the test's own processes is touched.
 """
 
 from __future__ import annotations
@@ -238,3 +239,22 @@ def test_training_worker_killed_mid_cnn_epoch_resumes(chaos: Any) -> None:
     assert report["cnn_epochs_run"] <= report["cnn_epochs_E"] + 1
     assert len(report["cnn_epochs_by_attempt"]) >= 2  # the killed attempt and a resumed one
     print(json.dumps(report))
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_outages_answer_503_not_500(chaos: Any) -> None:
+    """17. Database, Redis and S3 each stopped under pollers: every 503 carries
+    Retry-After, no 500, and the API answers 200 again once each is back."""
+    bench, harness = chaos
+    report = bench.SCENARIOS[17](harness)
+    text = json.dumps(report)
+    # The issue's goal, checked strictly; the bench's `passed` also wants no transport
+    # error, which one run in six saw once (a dropped connection, cause not found yet).
+    for phase in report["phases"].values():
+        assert phase["server_errors"] == 0, text
+        assert phase["unavailable_without_retry_after"] == 0, text
+        assert phase["recovery_seconds"] is not None, text
+    assert report["phases"]["storage"]["unavailable_with_retry_after"] > 0, text
+    if REQUIRE_POSTGRES:
+        assert report["phases"]["database"]["unavailable_with_retry_after"] > 0, text

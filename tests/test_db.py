@@ -69,7 +69,7 @@ def test_constraints_have_stable_names(database_engine: object) -> None:
     assert {"ix_items_job_id_state_id", "ix_items_chunk_id"} <= indexes
     assert set(Base.metadata.tables) == {
         "tenants", "api_keys", "datasets", "models", "jobs", "chunks", "items",
-        "purges", "tenant_usage",
+        "purges", "tenant_usage", "webhook_settings", "webhook_deliveries",
     }  # fmt: skip
 
 

@@ -464,6 +464,15 @@ def test_network_policies_deny_by_default_and_open_only_the_data_services() -> N
         selected = policy["podSelector"].get("matchLabels", {}).items() <= worker_labels.items()
         if selected and policy.get("ingress") and policy["ingress"] != scrape:
             pytest.fail("a NetworkPolicy lets traffic into the workers")
+        webhooks = policy["podSelector"].get("matchLabels", {}).get(
+            "app.kubernetes.io/component"
+        ) == "worker-default" and any("ipBlock" in peer for rule in policy.get("egress", [])
+                                      for peer in rule["to"])  # fmt: skip
+        if webhooks:  # receivers on the internet: 80/443 to public addresses only
+            (rule,) = policy["egress"]
+            assert {p["port"] for p in rule["ports"]} == {80, 443}
+            assert {"10.0.0.0/8", "169.254.0.0/16"} <= set(rule["to"][0]["ipBlock"]["except"])
+            continue
         ports |= {p["port"] for rule in policy.get("egress", []) for p in rule["ports"]}
     assert ports == {53, 5432, 6379, 9000}
 

@@ -63,6 +63,7 @@ CASES = [
     Case("GET", "/v1/jobs/{job}/results", None, "job.not_found"),
     Case("GET", "/v1/jobs/{job}/results.jsonl", None, "job.not_found"),
     Case("POST", "/v1/jobs/{job}/cancel", None, "job.not_found"),
+    Case("GET", "/v1/jobs/{job}/webhooks", None, "job.not_found"),
     Case("GET", "/ui/jobs/{job}", None, None),
     Case("GET", "/ui/jobs/{job}/progress", None, None),
     Case("GET", "/ui/models/{model}", None, None),

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from xmlx.messaging import (
     DEFAULT_QUEUE,
     GPU_QUEUE,
+    TASK_DELIVER_WEBHOOKS,
     TASK_PREPARE_BATCH,
     TASK_PURGE,
     TASK_RECONCILE,
@@ -38,6 +39,7 @@ from xmlx.settings import Settings, get_settings
 __all__ = [
     "DEFAULT_QUEUE",
     "GPU_QUEUE",
+    "TASK_DELIVER_WEBHOOKS",
     "TASK_PREPARE_BATCH",
     "TASK_PURGE",
     "TASK_RECONCILE",

@@ -21,6 +21,8 @@ names exported here or by the API):
 - `xmlx_worker_chunks_total{kind,status}`, `xmlx_worker_lease_losses_total{kind}`.
 - `xmlx_worker_retries_total{task,error}`: transient failures that made a task retry.
 - `xmlx_worker_queue_wait_seconds{queue}`: from a message's send to its task's start.
+- `xmlx_worker_webhook_deliveries_total{outcome}`: webhook attempts (`delivered`,
+  `retry`, `failed` = given up), from the `xmlx.deliver_webhooks` task.
 """
 
 from __future__ import annotations
@@ -72,9 +74,16 @@ QUEUE_WAIT = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
 )
 
+WEBHOOK_DELIVERIES = Counter(
+    "xmlx_worker_webhook_deliveries",
+    "Webhook delivery attempts by outcome (delivered, retry, failed: given up)",
+    ["outcome"],
+)
+
 # Every metric name the workers export (with the suffixes Prometheus adds).
 METRICS = (
-    ITEMS, FORWARD_PASSES, BATCH_SECONDS, GPU_MEMORY, CHUNKS, LEASE_LOSSES, RETRIES, QUEUE_WAIT
+    ITEMS, FORWARD_PASSES, BATCH_SECONDS, GPU_MEMORY, CHUNKS, LEASE_LOSSES, RETRIES, QUEUE_WAIT,
+    WEBHOOK_DELIVERIES,
 )  # fmt: skip
 
 

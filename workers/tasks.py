@@ -20,6 +20,7 @@ from workers import observe  # noqa: F401  (signal handlers: logs, metrics, trac
 from workers.celery_app import (
     DEFAULT_QUEUE,
     GPU_QUEUE,
+    TASK_DELIVER_WEBHOOKS,
     TASK_PREPARE_BATCH,
     TASK_PURGE,
     TASK_RECONCILE,
@@ -34,8 +35,8 @@ from workers.celery_app import (
     send_purges,
 )
 from workers.context import worker_context
-from workers.metrics import RETRIES
-from xmlx import jobs, purge, purge_sweep
+from workers.metrics import RETRIES, WEBHOOK_DELIVERIES
+from xmlx import jobs, purge, purge_sweep, webhooks
 from xmlx.errors import XmlxError
 
 log = logging.getLogger("xmlx.worker")
@@ -148,6 +149,20 @@ def reconcile() -> int:
             "reconciler re-enqueued", extra={"chunks": len(refs), "preparations": len(stalled)}
         )
     return len(refs) + len(stalled)
+
+
+@xmlx_task(TASK_DELIVER_WEBHOOKS, DEFAULT_QUEUE, max_retries=0)
+def deliver_webhooks() -> str:
+    """POST the due rows of the webhook outbox (`xmlx.webhooks.delivery`). No retry of
+    its own: the next beat tick is the retry, and each row keeps its own schedule."""
+    ctx = worker_context()
+    counts = webhooks.deliver_due(ctx.sessions, ctx.settings, ctx.owner)
+    for outcome, n in counts.items():
+        if n:
+            WEBHOOK_DELIVERIES.labels(outcome).inc(n)
+    if any(counts.values()):
+        log.info("webhooks delivered", extra=counts)
+    return ",".join(f"{k}={v}" for k, v in counts.items())
 
 
 # A purge waiting for a cancelled job's last chunk asks again after this long.

@@ -15,7 +15,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
-from xmlx import cli_jobs, cli_tenants, cli_weights
+from xmlx import cli_jobs, cli_tenants, cli_webhooks, cli_weights
 from xmlx.settings import get_settings
 
 app = typer.Typer(help="xmlx: interpretable extreme multi-label learning on images.")
@@ -26,6 +26,7 @@ app.add_typer(keys_app, name="keys")
 cli_jobs.register(app)
 cli_tenants.register(app)
 cli_weights.register(app)
+cli_webhooks.register(app)
 console = Console()
 
 

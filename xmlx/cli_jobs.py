@@ -54,6 +54,9 @@ def submit(
         str, typer.Option(help='JSON, e.g. {"kind": "label", "name": "garlic"}')
     ] = '{"kind": "top_k", "k": 1}',
     params: Annotated[str, typer.Option(help='JSON, e.g. {"num_samples": 500}')] = "{}",
+    callback_url: Annotated[
+        str | None, typer.Option(help="POSTed once, signed, when the job ends (webhook)")
+    ] = None,
     wait: Annotated[bool, typer.Option(help="wait with a progress bar")] = True,
     api_url: ApiUrl = DEFAULT_URL,
     api_key: ApiKey = "",
@@ -62,7 +65,7 @@ def submit(
     with _client(api_url, api_key) as client:
         job = _call(lambda: client.explain(
             model, images or None, prefix=prefix, manifest_key=manifest, dataset_id=dataset,
-            method=method, evaluate=evaluate,
+            method=method, evaluate=evaluate, callback_url=callback_url,
             target=json.loads(target), params=json.loads(params),
         ))  # fmt: skip
         console.print(f"job {job.id}: {job.state}, {job.total} items")

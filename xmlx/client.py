@@ -149,9 +149,14 @@ class Client:
         body = {"name": name, "images_prefix": images_prefix, "manifest_key": manifest_key}
         return dict(self.request("POST", "/v1/datasets", json=body))
 
-    def train(self, dataset_id: str, name: str = "", **training: Any) -> dict[str, Any]:
-        """Start a training job; returns ``{"job": ..., "model": ...}``."""
-        body = {"dataset_id": dataset_id, "name": name, "training": training}
+    def train(
+        self, dataset_id: str, name: str = "", *, callback_url: str | None = None, **training: Any
+    ) -> dict[str, Any]:
+        """Start a training job; returns ``{"job": ..., "model": ...}``. `callback_url`:
+        POSTed once, signed, when the job ends (docs/DEPLOY.md, "Webhooks")."""
+        body: dict[str, Any] = {"dataset_id": dataset_id, "name": name, "training": training}
+        if callback_url is not None:
+            body["callback_url"] = callback_url
         return dict(self.request("POST", "/v1/models", json=body))
 
     def explain(
@@ -168,13 +173,17 @@ class Client:
         k: int = 5,
         idempotency_key: str | None = None,
         evaluate: Sequence[str] | None = None,
+        callback_url: str | None = None,
     ) -> JobStatus:
         """Submit an explanation batch. `method`: lime, kernel_shap, occlusion or a
         gradient method (GET /v1/capabilities lists them with their params);
         `evaluate`: faithfulness curves to score every result with ("deletion",
-        "insertion")."""
+        "insertion"); `callback_url`: POSTed once, signed, when the job ends instead of
+        (or besides) polling with `wait`."""
         body: dict[str, Any] = {"model_id": model_id, "method": method, "k": k,
                                 "params": dict(params or {})}  # fmt: skip
+        if callback_url is not None:
+            body["callback_url"] = callback_url
         if evaluate:
             body["evaluate"] = list(evaluate)
         if images is not None:
@@ -191,6 +200,10 @@ class Client:
         return JobStatus.from_json(
             self.request("POST", "/v1/explanations", json=body, headers=headers)
         )
+
+    def webhooks(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's webhook deliveries: state, attempts, last status and error code."""
+        return list(self.request("GET", f"/v1/jobs/{job_id}/webhooks")["items"])
 
     def job(self, job_id: str) -> JobStatus:
         return JobStatus.from_json(self.request("GET", f"/v1/jobs/{job_id}"))

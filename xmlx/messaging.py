@@ -38,6 +38,7 @@ TRAIN_KIND = "train"  # `xmlx.models.JobKind.TRAIN`
 TASK_RUN_CHUNK = "xmlx.run_chunk"
 TASK_RECONCILE = "xmlx.reconcile"
 TASK_PREPARE_BATCH = "xmlx.prepare_batch"
+TASK_DELIVER_WEBHOOKS = "xmlx.deliver_webhooks"
 TASK_PURGE = "xmlx.purge"
 TASK_SWEEP_PURGES = "xmlx.sweep_purges"
 
@@ -52,6 +53,8 @@ TASK_ROUTES = {
     TASK_RECONCILE: {"queue": DEFAULT_QUEUE},
     # Listing and inserting is database and S3 work: never behind GPU chunks.
     TASK_PREPARE_BATCH: {"queue": DEFAULT_QUEUE},
+    # Network waits on other people's servers: never behind (or in front of) GPU work.
+    TASK_DELIVER_WEBHOOKS: {"queue": DEFAULT_QUEUE},
     # Deleting is listing, DeleteObjects and row batches: default queue too.
     TASK_PURGE: {"queue": DEFAULT_QUEUE},
     TASK_SWEEP_PURGES: {"queue": DEFAULT_QUEUE},
@@ -97,6 +100,12 @@ def configure(app: Celery, settings: Settings) -> None:
                 "task": TASK_RECONCILE,
                 "schedule": float(settings.reconcile_interval_seconds),
                 "options": {"queue": DEFAULT_QUEUE, "expires": settings.reconcile_interval_seconds},
+            },
+            # The outbox is the truth: a tick lost or expired is caught up by the next.
+            "deliver-webhooks": {
+                "task": TASK_DELIVER_WEBHOOKS,
+                "schedule": float(settings.webhook_interval_seconds),
+                "options": {"queue": DEFAULT_QUEUE, "expires": settings.webhook_interval_seconds},
             },
             "sweep_purges": {
                 "task": TASK_SWEEP_PURGES,

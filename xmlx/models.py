@@ -85,6 +85,7 @@ class ModelState(StrEnum):
 
 
 MAX_KEY_LENGTH = 1024
+MAX_URL_LENGTH = 2048
 
 
 class Tenant(Base):
@@ -192,6 +193,9 @@ class Job(Base):
     # The X-Request-ID of the API call that created the job (xmlx.logs): worker log
     # lines about its chunks carry it.
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # Where the job's final state is POSTed (`xmlx.webhooks`); NULL: the tenant's
+    # default (`webhook_settings.url`), if any.
+    callback_url: Mapped[str | None] = mapped_column(String(MAX_URL_LENGTH), nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     # Where a preparing job's items come from ({"prefix": ...} or {"manifest": ...}, both
@@ -323,3 +327,55 @@ class TenantUsage(Base):
     )
     stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     counted_at: Mapped[datetime | None]
+
+
+class WebhookDeliveryState(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookSettings(Base):
+    """A tenant's webhook default and signing secret (`xmlx.webhooks`)."""
+
+    __tablename__ = "webhook_settings"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    # The URL a job without its own `callback_url` reports to; NULL: none.
+    url: Mapped[str | None] = mapped_column(String(MAX_URL_LENGTH))
+    # HMAC-SHA256 key of the `Xmlx-Signature` header: kept in clear, the server signs
+    # with it (the receiver holds the same value).
+    secret: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """The outbox: one row per job final state, written in the transaction that makes
+    the job final, delivered (and retried) by the `xmlx.deliver_webhooks` beat task."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(40))
+    url: Mapped[str] = mapped_column(String(MAX_URL_LENGTH))
+    # The exact JSON body, fixed when the row is written: every attempt sends the same.
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(16), default=WebhookDeliveryState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(64))
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A claim by one delivering worker; a killed worker's claim expires at this time.
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "event"),
+        Index(None, "state", "next_attempt_at"),
+    )

@@ -140,6 +140,24 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=25_000_000, ge=1)
     image_size: tuple[int, int] = (224, 224)
 
+    # Webhooks (xmlx.webhooks). Hosts a callback URL may name although they resolve to
+    # a private, loopback or otherwise internal address (comma-separated host names or
+    # IP literals, e.g. "127.0.0.1,hooks.internal"); every other such address is refused.
+    webhook_allowed_hosts: str = ""
+    webhook_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # Retries: base x 2^(attempt-1), +-20 % jitter, capped at the max step, until
+    # `webhook_give_up_seconds` after the final state; then the delivery is `failed`.
+    webhook_retry_base_seconds: float = Field(default=30.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    webhook_give_up_seconds: float = Field(default=24 * 3600.0, gt=0)
+    webhook_connect_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    webhook_read_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # A delivering worker's claim on a row; a killed worker's rows are retried after it.
+    webhook_lease_seconds: int = Field(default=60, ge=5)
+    webhook_batch_size: int = Field(default=50, ge=1, le=1000)
+    # POSTs one delivery task sends side by side: a slow receiver holds one of them.
+    webhook_concurrency: int = Field(default=8, ge=1, le=64)
+
     # Observability (xmlx.logs): `json` for log shippers, `text` for people.
     log_format: Literal["text", "json"] = "text"
     # The Celery parent serves the workers' Prometheus metrics on this port
@@ -188,6 +206,12 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError(f"unsafe settings for env={self.env!r}: " + "; ".join(problems))
         return self
+
+    @property
+    def webhook_allowed_host_set(self) -> frozenset[str]:
+        return frozenset(
+            h.strip().lower() for h in self.webhook_allowed_hosts.split(",") if h.strip()
+        )
 
     @property
     def is_sqlite(self) -> bool:

@@ -37,7 +37,14 @@ from api.schemas import (
     LatentTarget,
     PredictionRequest,
 )
-from api.submit import create_and_enqueue, find_model, mark_replayed, render_job, replayed_job
+from api.submit import (
+    checked_callback,
+    create_and_enqueue,
+    find_model,
+    mark_replayed,
+    render_job,
+    replayed_job,
+)
 from api.views import JobOut
 from xmlx import jobs, quotas
 from xmlx import repository as repo
@@ -106,6 +113,7 @@ def _submit(
         mark_replayed(response)
         return render_job(state, replay)
     model = find_model(state, tenant_id, body.model_id, ready=True)
+    callback_url = checked_callback(state, tenant_id, body.callback_url)
     base, label_counts = _image_base(state, tenant_id, body.dataset_id, model)
     if isinstance(body, ExplanationRequestBase):
         _check_target(body, model, label_counts)
@@ -119,6 +127,7 @@ def _submit(
         created = jobs.start_preparing(
             state.sessions, tenant_id=tenant_id, kind=kind, source=source, params=params,
             model_id=model.id, idempotency_key=idempotency_key, request_hash=fp,
+            callback_url=callback_url,
         )  # fmt: skip
         if created.created and not state.broker.send_preparation(created.job.id):
             state.metrics.enqueue_failures.inc()
@@ -138,6 +147,7 @@ def _submit(
         fp=fp,
         chunk_size=state.settings.chunk_size,
         priority=body.priority,
+        callback_url=callback_url,
     )
     if not created.created:
         mark_replayed(response)

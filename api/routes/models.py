@@ -18,7 +18,14 @@ from api.idempotency import fingerprint
 from api.problems import ProblemError, problem_responses
 from api.routes.datasets import find_dataset
 from api.schemas import ModelRequest
-from api.submit import create_and_enqueue, find_model, mark_replayed, render_job, replayed_job
+from api.submit import (
+    checked_callback,
+    create_and_enqueue,
+    find_model,
+    mark_replayed,
+    render_job,
+    replayed_job,
+)
 from api.views import ModelCreated, ModelOut, Page, model_out
 from xmlx import repository as repo
 from xmlx.dataset_images import images_storage_prefix
@@ -54,6 +61,7 @@ def create_model(
         return _created(state, tenant_id, replay)
     training = body.training.model_dump(mode="json")
     _check_weights(state, training["base"], training["weights"])
+    callback_url = checked_callback(state, tenant_id, body.callback_url)
     with session_scope(state.sessions) as session:
         dataset = find_dataset(session, tenant_id, body.dataset_id)
         _check_layer_sizes(training.get("layer_sizes"), dataset.n_labels)
@@ -61,7 +69,7 @@ def create_model(
         model = repo.create_model(session, tenant_id, dataset.id, name=body.name, params=training)
     return _submit_training(
         state, tenant_id, model.id, (dataset.manifest_key, image_prefix), training,
-        (idempotency_key, fp), response,
+        (idempotency_key, fp), response, callback_url=callback_url,
     )  # fmt: skip
 
 
@@ -116,6 +124,7 @@ def _submit_training(
     response: Response,
     *,
     new_model: bool = True,
+    callback_url: str | None = None,
 ) -> ModelCreated:
     """Create the training job (its commit moves the model, `xmlx.jobs.model_state`) and
     enqueue it. A model whose job could not be created is failed with a code, never
@@ -128,6 +137,7 @@ def _submit_training(
         created = create_and_enqueue(
             state, tenant_id, kind=JobKind.TRAIN, item_keys=[TRAIN_ITEM_KEY], params=params,
             model_id=model_id, idempotency_key=idempotency[0], fp=idempotency[1], chunk_size=1,
+            callback_url=callback_url,
         )  # fmt: skip
     except Exception as exc:
         _fail_unqueued_model(state, model_id, exc)

@@ -10,6 +10,7 @@ from xmlx import repository as repo
 from xmlx.jobs.model_state import follow_job
 from xmlx.models import Job, JobState
 from xmlx.repository import work
+from xmlx.webhooks.outbox import record_final_state
 
 
 def fresh_job(session: Session, job_id: str) -> Job:
@@ -25,13 +26,17 @@ def count_and_finalise(
         work.add_progress(session, job_id, done=done, failed=failed)
     finalised = work.finalise_if_complete(session, job_id, now) == 1
     if finalised:
-        settle_model(session, job_id)
+        settle_job(session, job_id)
     return finalised
 
 
-def settle_model(session: Session, job_id: str) -> None:
-    """A training job's model follows the job's (new) state (`xmlx.jobs.model_state`)."""
-    follow_job(session, fresh_job(session, job_id))
+def settle_job(session: Session, job_id: str) -> None:
+    """What follows a job's (new) state, in the transaction that moved it: a training
+    job's model (`xmlx.jobs.model_state`), and a final state's webhook in the outbox
+    (`xmlx.webhooks.outbox`). Every path that moves a job calls this before commit."""
+    job = fresh_job(session, job_id)
+    follow_job(session, job)
+    record_final_state(session, job)
 
 
 def try_finish_cancel(session: Session, job_id: str, now: datetime) -> None:
@@ -42,4 +47,4 @@ def try_finish_cancel(session: Session, job_id: str, now: datetime) -> None:
     work.finish_cancel(session, job_id, now)
     if fresh_job(session, job_id).state == JobState.CANCELLED:
         work.cancel_pending_items(session, job_id, now)
-    settle_model(session, job_id)
+    settle_job(session, job_id)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, session_scope, utcnow
-from xmlx.jobs.common import fresh_job, settle_model, try_finish_cancel
+from xmlx.jobs.common import fresh_job, settle_job, try_finish_cancel
 from xmlx.jobs.types import ChunkRef, JobError
 from xmlx.models import Job, JobState
 from xmlx.repository import work
@@ -42,7 +42,7 @@ def fail_job(
             work.add_progress(session, job_id, failed=failed)
             work.cancel_idle_chunks(session, job_id, now)
             work.fail_job(session, job_id, now, code, message)
-            settle_model(session, job_id)
+            settle_job(session, job_id)
         return fresh_job(session, job_id)
 
 

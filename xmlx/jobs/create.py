@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, new_id, session_scope, utcnow
-from xmlx.jobs.common import settle_model
+from xmlx.jobs.common import settle_job
 from xmlx.jobs.types import CreatedJob, JobError
 from xmlx.logs import current_request_id
 from xmlx.models import MAX_KEY_LENGTH, Job, JobKind, JobState, Priority
@@ -29,8 +29,12 @@ def create_job(
     chunk_size: int = 32,
     max_items: int = 100_000,
     priority: str = Priority.NORMAL,
+    callback_url: str | None = None,
 ) -> CreatedJob:
     """Create a job with one item per key, grouped into chunks of `chunk_size`.
+
+    `callback_url`: where the final state is POSTed (`xmlx.webhooks`; checked by the
+    caller), else the tenant's default.
 
     With `idempotency_key`: the same key and the same `request_hash` return the existing
     job (created=False); the same key with another hash raises `job.idempotency_conflict`.
@@ -59,6 +63,7 @@ def create_job(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         request_id=current_request_id(),
+        callback_url=callback_url,
         created_at=now,
         updated_at=now,
     )
@@ -67,7 +72,7 @@ def create_job(
             session.add(job)
             session.flush()
             chunk_ids = work.insert_work(session, job.id, item_keys, chunk_size)
-            settle_model(session, job.id)  # a retrained model: failed -> pending
+            settle_job(session, job.id)  # a retrained model: failed -> pending
     except IntegrityError:
         # Two requests raced with the same idempotency key: the loser replays the winner.
         replay = (

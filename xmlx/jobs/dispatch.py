@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, session_scope, utcnow
-from xmlx.jobs.common import count_and_finalise, fresh_job, settle_model, try_finish_cancel
+from xmlx.jobs.common import count_and_finalise, fresh_job, settle_job, try_finish_cancel
 from xmlx.jobs.types import Claim, ClaimStatus, PendingItem
 from xmlx.models import PRIORITY_RANK, Chunk, ChunkState, JobKind, JobState, Priority
 from xmlx.repository import dispatch, work
@@ -97,7 +97,7 @@ def _lease_in_job(
         if work.lease_chunk(session, chunk.id, owner, now, lease_until, limits[0]) == 0:
             return None
         if work.start_job(session, job_id, now):
-            settle_model(session, job_id)
+            settle_job(session, job_id)
         dispatch.mark_served(session, job_id, now)
         session.refresh(chunk)
         items = [

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, session_scope, utcnow
-from xmlx.jobs.common import count_and_finalise, fresh_job, settle_model, try_finish_cancel
+from xmlx.jobs.common import count_and_finalise, fresh_job, settle_job, try_finish_cancel
 from xmlx.jobs.types import Claim, ClaimStatus, Heartbeat, PendingItem
 from xmlx.models import FINAL_JOB_STATES, ChunkState
 from xmlx.repository import work
@@ -40,7 +40,7 @@ def claim_chunk(
         lease_until = now + timedelta(seconds=lease_seconds)
         if work.lease_chunk(session, chunk_id, owner, now, lease_until, max_attempts):
             if work.start_job(session, job.id, now):
-                settle_model(session, job.id)
+                settle_job(session, job.id)
             chunk = repo.get_chunk(session, chunk_id)
             assert chunk is not None
             items = [

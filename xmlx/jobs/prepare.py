@@ -73,6 +73,7 @@ def start_preparing(
     model_id: str | None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    callback_url: str | None = None,
 ) -> CreatedJob:
     """The job row of a batch to prepare from `source` ({"prefix": storage prefix, "base":
     the prefix keys are relative to} or {"manifest": storage key, "base": ...})."""
@@ -85,7 +86,8 @@ def start_preparing(
         id=new_id("job"), tenant_id=tenant_id, kind=kind, state=JobState.PREPARING,
         params=params, model_id=model_id, total=0, done=0, failed=0, duplicates=0,
         cancel_requested=False, idempotency_key=idempotency_key, request_hash=request_hash,
-        source=source, request_id=current_request_id(), created_at=now, updated_at=now,
+        source=source, request_id=current_request_id(), callback_url=callback_url,
+        created_at=now, updated_at=now,
     )  # fmt: skip
     try:
         with session_scope(sessions) as session:
