@@ -4,6 +4,7 @@ rotation, a job's delivery log (tenant-scoped). Delivery itself: tests/test_webh
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 
@@ -12,7 +13,13 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from api.app import create_app
-from tests.api_fixtures import ApiUser, assert_problem, make_ready_model, serve_app
+from tests.api_fixtures import (
+    API_TEST_PEPPER,
+    ApiUser,
+    assert_problem,
+    make_ready_model,
+    serve_app,
+)
 from tests.test_api_batches import small_dataset
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, session_scope
@@ -99,6 +106,16 @@ def test_tenant_settings_default_url_and_rotation(
     assert_problem(typo, 422, "request.invalid")
     admin_url = f"/v1/admin/tenants/{api_user.tenant_id}/webhook-settings"
     answer = hook_client.get(admin_url, headers=make_api_user().headers)
+    assert_problem(answer, 403, "auth.insufficient_scope")
+
+
+def test_a_read_only_key_does_not_see_the_signing_secret(
+    hook_client: TestClient, session_factory: SessionFactory
+) -> None:
+    with session_scope(session_factory) as session:
+        tenant = repo.create_tenant(session, f"hooks-{uuid.uuid4().hex}")
+        _row, key = repo.create_api_key(session, tenant.id, API_TEST_PEPPER, "ro", ("read",))
+    answer = hook_client.get("/v1/webhook-settings", headers={"Authorization": f"Bearer {key}"})
     assert_problem(answer, 403, "auth.insufficient_scope")
 
 

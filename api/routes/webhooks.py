@@ -1,8 +1,10 @@
 """Webhooks: a tenant's default URL and signing secret, and a job's deliveries.
 
-`GET/PUT /v1/webhook-settings` reads or sets the caller's own tenant (a `read` key
-for GET, a `submit` key for PUT); `/v1/admin/tenants/{id}/webhook-settings` does the
-same for any tenant with an `admin` key (everything under /v1/admin/ is admin-only).
+`GET/PUT /v1/webhook-settings` reads or sets the caller's own tenant, with a `submit`
+key for both: the answer holds the signing secret, which a read-only key (a dashboard's,
+say) must not see, while whoever may submit a `callback_url` needs it to check calls;
+`/v1/admin/tenants/{id}/webhook-settings` does the same for any tenant with an `admin`
+key (everything under /v1/admin/ is admin-only).
 The signing secret is created with the first settings or the first job that names a
 `callback_url`, and rotated with `{"rotate_secret": true}`: deliveries sign with the
 secret current when they are sent. `GET /v1/jobs/{id}/webhooks` is the delivery log:
@@ -103,7 +105,7 @@ PUT_DOC = "Set a tenant's default callback URL; create or rotate its signing sec
     summary=SETTINGS_DOC + " (your tenant)",
     responses=problem_responses(401, 403, 429),
 )
-def get_own_settings(caller: Reader, state: State) -> WebhookSettingsOut:
+def get_own_settings(caller: Submitter, state: State) -> WebhookSettingsOut:
     return _settings_out(state, caller.tenant_id)
 
 
