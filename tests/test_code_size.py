@@ -110,6 +110,13 @@ def test_train_two_step_records_the_choice_in_its_metadata() -> None:
     assert code_size_metrics(metrics) == {
         k: v for k, v in metrics.items() if "ceiling" in k or "code_size" in k
     }
+    # the worker's evaluation ranks decoded blocks, never the dense (n, p) scores
+    from xmlcore.metrics import evaluate_ranking
+
+    Y = data.label_space.matrix
+    assert evaluate_ranking(Y, model.score_blocks(data.images)) == evaluate_ranking(
+        Y, model.predict_scores(data.images)
+    )
 
 
 def test_too_little_to_choose_on_falls_back_to_the_default_sizes() -> None:
