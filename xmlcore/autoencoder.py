@@ -281,8 +281,9 @@ class DeepNonNegativeAutoencoder:
         saver = EpochCheckpointer("autoencoder", checkpoint, stopper, history=prior)
 
         def fit(initial_epoch: int) -> None:
-            # the order of every epoch follows from (seed, epoch): a resumed fit reads
-            # the batches an uninterrupted one would have
+            # the rows of every epoch's batches follow from (seed, epoch), so a resumed
+            # fit reads the batches an uninterrupted one would (Keras then shuffles the
+            # batches' order from the Python RNG it seeds)
             batches = LabelBatches(train, self.batch_size, self.seed, initial_epoch)
             model.fit(
                 batches, epochs=self.epochs, callbacks=[monitor, stopper, saver, *callbacks],

@@ -54,8 +54,9 @@ def dense_blocks(
 class LabelBatches(keras.utils.PyDataset):
     """``(V_b, V_b)`` mini-batches of a CSR label matrix, densified one batch at a time.
 
-    The rows of epoch ``e`` come in the order ``permutation(seed, e)``: the same for a
-    dense and a sparse copy of ``V`` and for a fit resumed at ``e`` (``first_epoch``).
+    Epoch ``e`` cuts its batches from the row order ``permutation(seed, e)``: the same
+    for a dense and a sparse copy of ``V`` and for a fit resumed at ``e``
+    (``first_epoch``); Keras shuffles the order of the batches themselves.
     One worker (no prefetch threads): slicing CSR rows costs far less than the step.
     """
 
