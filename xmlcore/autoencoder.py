@@ -11,9 +11,10 @@ nothing backend-specific for JAX). ``V`` stays a scipy CSR matrix end to end: th
 reads it through ``LabelBatches`` (rows sliced and densified one mini-batch at a
 time), and the start, the validation loss, the codes and the reconstruction error go
 through it in row blocks, so memory grows with its non-zeros, not with n x p
-(``bench/label_memory.py``). A dense ``V`` is compressed first and gives the same
-model. Prediction is plain numpy matmuls with the learned ``H_``, cheap and
-backend-independent.
+(``bench/label_memory.py``). Below ``DENSE_ENTRIES`` (2^24 entries, 64 MB) the fit
+and the NMF start take V dense, as before, so small matrices give the models they
+gave. A dense ``V`` is compressed first and gives the same model. Prediction is plain
+numpy matmuls with the learned ``H_``, cheap and backend-independent.
 
 Losses:
 - ``"mse"``: the paper's Frobenius reconstruction error (mean over entries).
@@ -62,6 +63,7 @@ import scipy.sparse as sp
 from keras import ops
 
 from xmlcore.autoencoder_training import (
+    DENSE_ENTRIES,
     EpochMonitor,
     LabelBatches,
     TiedNonNegativeLayer,
@@ -284,10 +286,18 @@ class DeepNonNegativeAutoencoder:
             # the rows of every epoch's batches follow from (seed, epoch), so a resumed
             # fit reads the batches an uninterrupted one would (Keras then shuffles the
             # batches' order from the Python RNG it seeds)
+            fitted = [monitor, stopper, saver, *callbacks]
+            if train.shape[0] * train.shape[1] <= DENSE_ENTRIES:  # small: Keras' own shuffle
+                dense = train.toarray()
+                model.fit(
+                    dense, dense, epochs=self.epochs, batch_size=self.batch_size, shuffle=True,
+                    callbacks=fitted, verbose=self.verbose, initial_epoch=initial_epoch,
+                )  # fmt: skip
+                return
             batches = LabelBatches(train, self.batch_size, self.seed, initial_epoch)
             model.fit(
-                batches, epochs=self.epochs, callbacks=[monitor, stopper, saver, *callbacks],
-                verbose=self.verbose, initial_epoch=initial_epoch,
+                batches, epochs=self.epochs, callbacks=fitted, verbose=self.verbose,
+                initial_epoch=initial_epoch,
             )  # fmt: skip
 
         history = resumable_fit(model, fit, saver, resume, self.epochs)
