@@ -286,3 +286,79 @@ def test_from_state_rejects_a_bias_that_does_not_fit(logistic, mutate):
     with pytest.raises(ModelError) as err:
         DeepNonNegativeAutoencoder.from_state(state)
     assert err.value.code == "autoencoder.bad_state"
+
+
+@pytest.mark.parametrize(("loss", "streamed"), [("mse", True), ("bce", True), ("mse", False)])
+def test_sparse_and_dense_training_give_the_same_model(planted, loss, streamed, monkeypatch):
+    # issue 12: past DENSE_ENTRIES the fit reads V one densified mini-batch at a time
+    # (streamed); a dense V is compressed first, so the batches, the start and the
+    # losses are the same either way
+    if streamed:
+        import xmlcore.autoencoder
+        import xmlcore.autoencoder_training
+
+        monkeypatch.setattr(xmlcore.autoencoder, "DENSE_ENTRIES", 0)
+        monkeypatch.setattr(xmlcore.autoencoder_training, "DENSE_ENTRIES", 0)
+    coo = sp.coo_matrix(planted)  # duplicates and explicit zeros must not matter
+    messy = sp.coo_matrix(
+        (
+            np.r_[coo.data * 0.5, coo.data * 0.5, 0.0],
+            (np.r_[coo.row, coo.row, 0], np.r_[coo.col, coo.col, 0]),
+        ),
+        shape=planted.shape,
+    )
+    fits = [
+        DeepNonNegativeAutoencoder(
+            layer_sizes=(8, 3), loss=loss, epochs=4, batch_size=64, seed=3
+        ).fit(V)
+        for V in (planted, sp.csr_matrix(planted), messy)
+    ]
+    for other in fits[1:]:
+        for a, b in zip(fits[0].H_, other.H_, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        assert other.history_["val_loss"] == pytest.approx(fits[0].history_["val_loss"], rel=1e-6)
+        np.testing.assert_allclose(
+            other.transform(sp.csr_matrix(planted)), fits[0].transform(planted), rtol=1e-6
+        )
+
+
+def test_label_batches_densify_each_epoch_a_fresh_permutation(planted):
+    from xmlcore.autoencoder_training import LabelBatches
+
+    V = sp.csr_matrix(planted)
+    batches = LabelBatches(V, batch_size=64, seed=5)
+    orders = []
+    for _ in range(3):
+        batches.on_epoch_begin()
+        rows = [batches[i][0] for i in range(len(batches))]
+        assert [len(r) for r in rows] == [64, 64, 64, 64, 44]
+        dense = np.concatenate(rows)
+        order = batches._order.copy()
+        np.testing.assert_array_equal(dense, planted[order])
+        orders.append(order)
+    assert sorted(orders[0]) == list(range(300)) and not np.array_equal(orders[0], orders[1])
+    # a fit resumed at epoch 2 reads epoch 2's batches
+    resumed = LabelBatches(V, batch_size=64, seed=5, first_epoch=2)
+    resumed.on_epoch_begin()
+    np.testing.assert_array_equal(resumed._order, orders[2])
+
+
+def test_a_big_sparse_label_matrix_is_never_densified():
+    import tracemalloc
+
+    # 20,000 x 5,000 labels, 5 a row: dense float32 would be 400 MB
+    rng = np.random.default_rng(0)
+    n, p = 20_000, 5_000
+    V = sp.csr_matrix(
+        (np.ones(5 * n, np.float32), (np.repeat(np.arange(n), 5), rng.integers(0, p, 5 * n))),
+        shape=(n, p),
+    )
+    tracemalloc.start()
+    try:
+        ae = DeepNonNegativeAutoencoder(layer_sizes=(8, 3), epochs=1, batch_size=1024).fit(V)
+        ae.codes(V)
+        ae.reconstruction_error(V)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 120e6, f"peak {peak / 1e6:.0f} MB"

@@ -13,6 +13,7 @@ from xmlcore.code_size import (
     code_floor,
     code_size_metrics,
     layer_sizes_for,
+    pick_sizes,
 )
 from xmlcore.errors import ConfigError
 
@@ -109,6 +110,13 @@ def test_train_two_step_records_the_choice_in_its_metadata() -> None:
     assert code_size_metrics(metrics) == {
         k: v for k, v in metrics.items() if "ceiling" in k or "code_size" in k
     }
+    # the worker's evaluation ranks decoded blocks, never the dense (n, p) scores
+    from xmlcore.metrics import evaluate_ranking
+
+    Y = data.label_space.matrix
+    assert evaluate_ranking(Y, model.score_blocks(data.images)) == evaluate_ranking(
+        Y, model.predict_scores(data.images)
+    )
 
 
 def test_too_little_to_choose_on_falls_back_to_the_default_sizes() -> None:
@@ -116,3 +124,35 @@ def test_too_little_to_choose_on_falls_back_to_the_default_sizes() -> None:
     assert layer_sizes_for(V) == (default_layer_sizes(6), {"code_size_chosen": 0.0})
     with pytest.raises(ConfigError):  # a bad setting is still an error
         layer_sizes_for(planted_blocks(4, 8, n=60), ae_params={"learning_rate": -1.0})
+
+
+def test_a_code_wider_than_the_rows_allow_is_not_chosen() -> None:
+    # 16 blocks need 16 units to decode; with 200 labelled rows and 25 rows per unit the
+    # cap is 8 units, so the wide code's better ceiling does not buy it (issue 12: the
+    # small preset's 59-58 over 30-15 cost the hierarchy for no test gain)
+    V = planted_blocks(16, 4, n=200)
+    capped = choose_layer_sizes(V, candidates=[(24, 8), (32, 16)], k=4, epochs=40)
+    ceilings = [row["ceiling"] for row in capped.table]
+    assert capped.cap == 8 and ceilings[1] > ceilings[0] + capped.tolerance
+    assert capped.layer_sizes == (24, 8) and capped.best == ceilings[0]
+    assert [row["eligible"] for row in capped.table] == [True, False]
+    assert capped.metrics()["code_size_cap"] == 8.0
+
+
+def test_the_pick_between_floor_cap_and_tolerance() -> None:
+    # the small preset's seed-0 table (480 rows: cap 19, floor 6): 30-15, not 59-58
+    sizes = [(15, 8), (30, 15), (59, 30), (59, 58)]
+    ceilings = [0.7312, 0.8208, 0.8667, 0.9042]
+    assert pick_sizes(sizes, ceilings, floor=6, cap=19, tolerance=0.01) == (
+        (30, 15), 0.8208, [False, True, False, False]
+    )  # fmt: skip
+    # no cap (many rows): the narrowest within tolerance of the best, as before
+    assert pick_sizes(sizes, [0.7, 0.8, 0.9, 0.905], floor=6, cap=58, tolerance=0.01)[0] == (
+        59, 30
+    )  # fmt: skip
+    # the cap below the floor gives way, the floor does not
+    assert pick_sizes(sizes, ceilings, floor=10, cap=4, tolerance=0.01)[0] == (59, 58)
+    # nothing reaches the floor (tiny p): the best ceiling
+    assert pick_sizes([(2, 1), (3, 2)], [0.9, 0.8], floor=4, cap=9, tolerance=0.0) == (
+        (2, 1), 0.9, [False, False]
+    )  # fmt: skip

@@ -110,3 +110,33 @@ def test_decoder_bias_is_checked() -> None:
         with pytest.raises(ConfigError) as err:
             check_decoder_inputs(D, V, latent_dim=2, n_rows=4, bias=bad)
         assert err.value.code == "config.decoder"
+
+
+def test_sparse_labels_give_the_same_loss_and_stay_sparse_until_a_batch() -> None:
+    import scipy.sparse as sp
+
+    from xmlcore.pipeline import ArrayBatches, SparseTargets, take_rows
+
+    # issue 12: the label term's targets hold the labels as CSR, densified per batch
+    rng = np.random.default_rng(3)
+    d, p, n = 2, 5, 7
+    labels = (rng.random((n, p)) < 0.4).astype("float32")
+    latent = rng.normal(size=(n, d)).astype("float32")
+    weights = np.array([1.0, 2.0, 0.5, 1.0, 0.5], dtype="float32")
+    y_true = np.concatenate([latent, labels], axis=1)
+    y_pred = rng.normal(size=(n, d + p)).astype("float32")
+    for bias in (None, np.array([-1.0, 0.5, -2.0, 0.0, 1.0], dtype="float32")):
+        dense, sparse = (
+            np.asarray(ops.convert_to_numpy(label_space_loss(d, weights, v, 1.0, bias=bias)(
+                y_true, y_pred)))
+            for v in (labels, sp.csr_matrix(labels))
+        )  # fmt: skip
+        np.testing.assert_allclose(sparse, dense, rtol=1e-6)
+    _, V, _ = check_decoder_inputs(np.ones((d, p)), sp.csr_matrix(labels), d, n)
+    assert sp.issparse(V) and V.dtype == np.float32
+    targets = SparseTargets(latent, V)
+    assert targets.shape == (n, d + p) and len(take_rows(targets, [0, 2])) == 2
+    batches = ArrayBatches(np.zeros((n, 4, 4, 3), np.uint8), targets, batch_size=3, shuffle=True)
+    assert isinstance(batches.targets, SparseTargets)
+    got = np.concatenate([batches[i][1] for i in range(len(batches))])
+    np.testing.assert_array_equal(got, y_true[batches._order])

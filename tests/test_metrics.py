@@ -216,3 +216,28 @@ def test_fast_top_k_equals_a_full_stable_sort_with_ties() -> None:
         assert ndcg_at_k(labels, scores, k) == pytest.approx(expected)
         top_columns = np.unique(ranking[:, :k]).size / 50
         assert coverage_at_k(scores, k) == pytest.approx(top_columns)
+
+
+def test_block_scores_rank_like_the_dense_matrix(monkeypatch) -> None:
+    import xmlcore.metrics as metrics_module
+    from xmlcore.metrics import BlockScores, evaluate_ranking
+
+    # issue 12: a model's scores for a big test set, decoded a chunk of rows at a time
+    rng = np.random.default_rng(4)
+    Y = sp.csr_matrix((rng.random((40, 9)) < 0.3).astype(np.float32))
+    scores = rng.random((40, 9)).astype(np.float32)
+    asked: list[tuple[int, int]] = []
+
+    def rows(a: int, b: int) -> np.ndarray:
+        asked.append((a, b))
+        return scores[a:b]
+
+    monkeypatch.setattr(metrics_module, "_CHUNK_ELEMENTS", 9 * 7)  # 7 rows a chunk
+    blocks = evaluate_ranking(Y, BlockScores((40, 9), rows), ks=(1, 3, 5))
+    assert blocks == evaluate_ranking(Y, scores, ks=(1, 3, 5))
+    assert asked[0] == (0, 7) and max(b - a for a, b in asked) == 7
+    bad = scores.copy()
+    bad[33, 2] = np.nan
+    with pytest.raises(ConfigError) as err:
+        evaluate_ranking(Y, BlockScores((40, 9), lambda a, b: bad[a:b]))
+    assert err.value.code == "metrics.bad_scores"

@@ -263,7 +263,7 @@ def _evaluate(
     metrics: dict[str, Any] = {}
     if test_images is not None:
         Y_test = space.subset(test_rows).matrix
-        scores = model.predict_scores(test_images)
+        scores = model.score_blocks(test_images)  # never the dense (n_test, p) scores
         prop = propensities(space.subset(train_rows).matrix)
         ranking = evaluate_ranking(Y_test, scores, ks=(1, 3, 5), propensity=prop)
         metrics = {key: round(float(value), 4) for key, value in ranking.items()}

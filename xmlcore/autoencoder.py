@@ -7,9 +7,14 @@ every optimiser step (``keras.constraints.NonNeg`` on the variables), so every c
 ``W_l`` is non-negative and column ``j`` of ``H_l`` reads as a part-based "label set".
 
 Training uses Keras 3 (``keras.ops`` only: run on the TensorFlow and PyTorch backends;
-nothing backend-specific for JAX) with ``V`` held dense in float32, so n x p must fit in
-memory; prediction is plain numpy matmuls with the learned ``H_``, cheap and
-backend-independent.
+nothing backend-specific for JAX). ``V`` stays a scipy CSR matrix end to end: the fit
+reads it through ``LabelBatches`` (rows sliced and densified one mini-batch at a
+time), and the start, the validation loss, the codes and the reconstruction error go
+through it in row blocks, so memory grows with its non-zeros, not with n x p
+(``bench/label_memory.py``). Below ``DENSE_ENTRIES`` (2^24 entries, 64 MB) the fit
+and the NMF start take V dense, as before, so small matrices give the models they
+gave. A dense ``V`` is compressed first and gives the same model. Prediction is plain
+numpy matmuls with the learned ``H_``, cheap and backend-independent.
 
 Losses:
 - ``"mse"``: the paper's Frobenius reconstruction error (mean over entries).
@@ -58,8 +63,11 @@ import scipy.sparse as sp
 from keras import ops
 
 from xmlcore.autoencoder_training import (
+    DENSE_ENTRIES,
     EpochMonitor,
+    LabelBatches,
     TiedNonNegativeLayer,
+    dense_blocks,
     initial_weights,
     prior_logits,
     sigmoid,
@@ -112,12 +120,17 @@ def default_layer_sizes(n_labels: int) -> tuple[int, ...]:
     return (first, min(PAPER_LAYER_SIZES[1], max(1, first // 2)))
 
 
-def check_label_matrix(V: Any, *, min_rows: int = 1) -> np.ndarray:
-    """Validate a label matrix (dense or scipy sparse, 2-D, finite, >= 0) -> float32 dense."""
+def check_label_matrix(V: Any, *, min_rows: int = 1) -> sp.csr_matrix:
+    """Validate a label matrix (dense or scipy sparse, 2-D, finite, >= 0) -> float32 CSR.
+
+    Never densified: a sparse ``V`` is copied as it is (memory ~ nnz), a dense one is
+    compressed. Duplicates are summed, explicit zeros dropped and indices sorted, so a
+    dense and a sparse copy of the same labels give the same matrix, bit for bit.
+    """
     if sp.issparse(V):
         if V.ndim != 2:
             raise ConfigError("autoencoder.bad_input", f"expected a 2-D matrix, got {V.ndim}-D")
-        arr = np.asarray(V.toarray(), dtype=np.float32)
+        X = sp.csr_matrix(V, dtype=np.float32, copy=True)
     else:
         try:
             arr = np.asarray(V, dtype=np.float32)
@@ -127,16 +140,20 @@ def check_label_matrix(V: Any, *, min_rows: int = 1) -> np.ndarray:
             raise ConfigError(
                 "autoencoder.bad_input", f"expected a 2-D (n, p) matrix, got shape {arr.shape}"
             )
-    if not np.isfinite(arr).all():
+        X = sp.csr_matrix(arr)
+    X.sum_duplicates()
+    X.eliminate_zeros()
+    X.sort_indices()
+    if not np.isfinite(X.data).all():
         raise ConfigError("autoencoder.not_finite", "the label matrix holds NaN or infinity")
-    if arr.size and arr.min() < 0:
+    if X.nnz and X.data.min() < 0:
         raise ConfigError("autoencoder.negative_input", "the label matrix must be non-negative")
-    if arr.shape[0] < min_rows or arr.shape[1] < 1:
+    if X.shape[0] < min_rows or X.shape[1] < 1:
         raise ConfigError(
             "autoencoder.too_few_rows",
-            f"need at least {min_rows} rows and 1 column, got shape {arr.shape}",
+            f"need at least {min_rows} rows and 1 column, got shape {X.shape}",
         )
-    return arr
+    return X
 
 
 class DeepNonNegativeAutoencoder:
@@ -266,9 +283,20 @@ class DeepNonNegativeAutoencoder:
         saver = EpochCheckpointer("autoencoder", checkpoint, stopper, history=prior)
 
         def fit(initial_epoch: int) -> None:
+            # the rows of every epoch's batches follow from (seed, epoch), so a resumed
+            # fit reads the batches an uninterrupted one would (Keras then shuffles the
+            # batches' order from the Python RNG it seeds)
+            fitted = [monitor, stopper, saver, *callbacks]
+            if train.shape[0] * train.shape[1] <= DENSE_ENTRIES:  # small: Keras' own shuffle
+                dense = train.toarray()
+                model.fit(
+                    dense, dense, epochs=self.epochs, batch_size=self.batch_size, shuffle=True,
+                    callbacks=fitted, verbose=self.verbose, initial_epoch=initial_epoch,
+                )  # fmt: skip
+                return
+            batches = LabelBatches(train, self.batch_size, self.seed, initial_epoch)
             model.fit(
-                train, train, epochs=self.epochs, batch_size=self.batch_size, shuffle=True,
-                callbacks=[monitor, stopper, saver, *callbacks], verbose=self.verbose,
+                batches, epochs=self.epochs, callbacks=fitted, verbose=self.verbose,
                 initial_epoch=initial_epoch,
             )  # fmt: skip
 
@@ -281,7 +309,7 @@ class DeepNonNegativeAutoencoder:
         self.history_ = {k: [float(v) for v in vals] for k, vals in history.items()}
         return self
 
-    def _label_weights(self, X: np.ndarray) -> np.ndarray:
+    def _label_weights(self, X: sp.csr_matrix) -> np.ndarray:
         if self.loss != "propensity_mse":
             return np.ones(X.shape[1], dtype=np.float32)
         weights = (1.0 / propensities(X)) ** self.tail_power
@@ -289,7 +317,7 @@ class DeepNonNegativeAutoencoder:
         # mean the same for every tail_power.
         return (weights / weights.mean()).astype(np.float32)
 
-    def _split(self, X: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, Any]:
+    def _split(self, X: sp.csr_matrix, rng: np.random.Generator) -> tuple[sp.csr_matrix, Any]:
         n_valid = int(self.validation_fraction * X.shape[0])
         if n_valid < 1 or X.shape[0] - n_valid < 1:
             return X, None
@@ -331,7 +359,7 @@ class DeepNonNegativeAutoencoder:
             )
         out, code = [], X
         for h in H:
-            code = code @ h
+            code = np.asarray(code @ h, dtype=np.float32)  # sparse @ dense: (n, k_l) dense
             out.append(code)
         return out
 
@@ -376,7 +404,11 @@ class DeepNonNegativeAutoencoder:
     def reconstruction_error(self, V: Any) -> float:
         """Mean squared error per entry of ``V`` against its reconstruction."""
         X = check_label_matrix(V)
-        return float(np.mean((X - self.inverse_transform(self.transform(X))) ** 2))
+        total = 0.0
+        for start, block in dense_blocks(X):
+            recon = self.inverse_transform(self.transform(X[start : start + len(block)]))
+            total += float(np.sum((block - recon) ** 2, dtype=np.float64))
+        return total / max(X.shape[0] * X.shape[1], 1)
 
     def keras_model(self) -> keras.Model:
         """A Keras model ``V -> V'`` holding the fitted ``H_`` (for gradients, export)."""

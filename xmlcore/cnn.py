@@ -41,7 +41,7 @@ from xmlcore.label_loss import (
     label_weights,
     trainer_outputs,
 )
-from xmlcore.pipeline import ArrayBatches, ImageBatches
+from xmlcore.pipeline import ArrayBatches, ImageBatches, SparseTargets, take_rows
 
 __all__ = [
     "FixedAffine",
@@ -174,7 +174,7 @@ class ImageNetwork:
         trainer: keras.Model,
         data: Any,
         rows: tuple[np.ndarray, np.ndarray | None],
-        pre: np.ndarray,
+        pre: np.ndarray | SparseTargets,
         on_epoch: EpochCallback | None,
         resumable: tuple[SaveCheckpoint | None, StageCheckpoint | None],
     ) -> dict[str, list[float]]:
@@ -218,7 +218,7 @@ class ImageNetwork:
 
     # -- hooks for subclasses -------------------------------------------------------
 
-    def _prepare_targets(self, y: np.ndarray) -> np.ndarray:
+    def _prepare_targets(self, y: np.ndarray) -> np.ndarray | SparseTargets:
         """Targets as the trainer sees them (identity here)."""
         return y
 
@@ -265,7 +265,7 @@ class ImageNetwork:
             )
         return callbacks
 
-    def _targets(self, data: np.ndarray | ImageBatches, targets: np.ndarray | None) -> Any:
+    def _targets(self, data: np.ndarray | ImageBatches, targets: Any) -> Any:
         if targets is None and isinstance(data, ImageBatches):
             targets = data.targets
         if targets is None:
@@ -297,14 +297,16 @@ class ImageNetwork:
         order = np.random.default_rng(self.seed).permutation(n)
         return np.sort(order[n_val:]), np.sort(order[:n_val])
 
-    def _batches(self, data: Any, rows: np.ndarray, y: np.ndarray, *, shuffle: bool) -> Any:
+    def _batches(
+        self, data: Any, rows: np.ndarray, y: np.ndarray | SparseTargets, *, shuffle: bool
+    ) -> Any:
         if isinstance(data, ImageBatches):
             return data.with_targets(y).subset(
                 rows, shuffle=shuffle, augment=self.augment and shuffle
             )
         return ArrayBatches(
             data[rows],
-            y[rows],
+            take_rows(y, rows),
             batch_size=self.batch_size,
             shuffle=shuffle,
             augment=self.augment and shuffle,
@@ -406,7 +408,7 @@ class LatentLabelRegressor(ImageNetwork):
                 "config.label_loss", "label_weight, tail_power and aux_weight must be >= 0"
             )
 
-    def _prepare_targets(self, y: np.ndarray) -> np.ndarray:
+    def _prepare_targets(self, y: np.ndarray) -> np.ndarray | SparseTargets:
         self.target_offset_, self.target_scale_ = _scaling(y, self.target_scaling)
         parts = [(y - self.target_offset_) / self.target_scale_]
         self._n_aux = 0
@@ -422,7 +424,8 @@ class LatentLabelRegressor(ImageNetwork):
             self._decoder, self._labels, self._decoder_bias = check_decoder_inputs(
                 decoder, labels, latent_dim=y.shape[1], n_rows=len(y), bias=bias
             )
-            parts.append(self._labels)
+            # the label rows stay sparse: densified per batch (issue 12)
+            return SparseTargets(np.concatenate(parts, axis=1), self._labels)
         return np.concatenate(parts, axis=1)
 
     def _latent(self, head_out: Any, name: str) -> Any:

@@ -11,11 +11,27 @@ so the sizes are chosen by that ceiling:
 2. each candidate's autoencoder is fitted briefly (``epochs``, early stopping) on the
    training part of a row sample (at most ``max_rows``, so a big V costs what a small
    one does) and scored on the held-out rows: P@k of ``inverse_transform(transform(V))``;
-3. the choice is the narrowest candidate whose ceiling is within ``tolerance`` of the
-   best candidate's, and whose code is at least ``ceil(log2 p)`` units wide: a code must
-   be able to tell the p labels apart, and an index into p labels needs log2(p) bits
-   (a unit that is on or off carries one). If no candidate clears the floor (tiny p),
-   the best one is taken.
+3. a candidate is eligible when its code is at least ``ceil(log2 p)`` units wide (a
+   code must be able to tell the p labels apart, and an index into p labels needs
+   log2(p) bits: a unit that is on or off carries one) and at most ``n /
+   rows_per_unit`` units wide, n the labelled rows (the CNN learns every code unit
+   from the images: a code wider than that leaves it too few rows per unit, and the
+   ceiling's gain never reaches the test set);
+4. the choice is the narrowest eligible candidate whose ceiling is within
+   ``tolerance`` of the best ELIGIBLE candidate's. If no candidate clears both bounds
+   the row cap is dropped; if none clears the floor (tiny p), the best one is taken.
+
+Why the row cap. The ceiling keeps rising with width up to a code as wide as the
+vocabulary (an autoencoder that copies its input decodes perfectly), so "within
+tolerance of the best" alone drifts to the widest candidate. On the 60-label ``small``
+preset (480 training rows) it chose (59, 58) over (30, 15): test P@5 level over five
+paired seeds (0.5815 against 0.5817; the from-scratch CNN, not the decoder, bounds it)
+and the hierarchy lost (NMI 0.698 against 0.751: a second layer as wide as the first
+groups nothing). The two cases where width paid, the 708-label ``paper`` preset (256-64
+over 64-16: +0.033 P@5, 2,703 rows, 42 per unit) and the 14-label ``digits`` preset
+(13-12 over 7-3: +0.108 P@3, 1,200 rows, 100 per unit), have many rows per code unit;
+``small`` at 59-58 has 8, at 30-15 has 32. Any cap between 16 and 42 rows per unit
+separates them; 25 sits in the middle (docs/BENCHMARKS.md).
 
 ``k`` defaults to the typical number of labels per row (the floor of the mean, 1..5):
 P@k past the row's own label count measures the count, not the ranking.
@@ -31,11 +47,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from xmlcore.autoencoder import DeepNonNegativeAutoencoder, check_label_matrix, default_layer_sizes
+from xmlcore.autoencoder_training import dense_blocks
 from xmlcore.errors import ConfigError
 from xmlcore.metrics import precision_at_k
 
 SCALES = (0.5, 1.0, 2.0, 4.0)
 DEFAULT_TOLERANCE = 0.01
+ROWS_PER_UNIT = 25.0
 METRIC_PREFIX = "decoder_ceiling"
 
 
@@ -44,7 +62,8 @@ class CodeSizeChoice:
     """The chosen ``layer_sizes`` and the table it was chosen from.
 
     ``table``: per candidate ``{"layer_sizes", "ceiling", "eligible"}``, narrowest
-    first; ``ceiling`` is held-out P@``k`` of the decoded true labels.
+    first; ``ceiling`` is held-out P@``k`` of the decoded true labels. ``best`` is the
+    best eligible ceiling, ``cap`` the widest code the labelled rows allow.
     """
 
     layer_sizes: tuple[int, ...]
@@ -53,6 +72,7 @@ class CodeSizeChoice:
     floor: int
     best: float
     n_rows: int
+    cap: int = 0
     table: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -71,6 +91,7 @@ class CodeSizeChoice:
             f"{METRIC_PREFIX}_tolerance": self.tolerance,
             f"{METRIC_PREFIX}_rows": float(self.n_rows),
             "code_size_floor": float(self.floor),
+            "code_size_cap": float(self.cap),
         }
         for row in self.table:
             name = "-".join(str(s) for s in row["layer_sizes"])
@@ -126,15 +147,19 @@ def choose_layer_sizes(
     epochs: int = 60,
     max_rows: int = 4096,
     holdout_fraction: float = 0.2,
+    rows_per_unit: float = ROWS_PER_UNIT,
     ae_params: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> CodeSizeChoice:
     """Pick the sizes for the label matrix ``V`` (n, p; dense or sparse, 0/1); see the
-    module docstring. ``ae_params`` go to every candidate's autoencoder (e.g. ``loss``)."""
+    module docstring. ``ae_params`` go to every candidate's autoencoder (e.g. ``loss``);
+    ``rows_per_unit`` 0 lifts the row cap."""
     if not 0 <= tolerance < 1 or not 0 < holdout_fraction < 1 or max_rows < 10:
         raise ConfigError("autoencoder.bad_param", "need 0 <= tolerance < 1, 0 < holdout < 1")
+    if not 0 <= rows_per_unit < float("inf"):
+        raise ConfigError("autoencoder.bad_param", "need 0 <= rows_per_unit < inf")
     rng = np.random.default_rng(seed)
-    fit_rows, held_rows = _sample(V, max_rows, holdout_fraction, rng)
+    fit_rows, held_rows, n_labelled = _sample(V, max_rows, holdout_fraction, rng)
     p = fit_rows.shape[1]
     k = _default_k(fit_rows) if k is None else int(k)
     if not 1 <= k <= p:
@@ -145,42 +170,80 @@ def choose_layer_sizes(
     )
     params = {"patience": 5, **(ae_params or {}), "epochs": epochs, "seed": seed}
     ceilings = [_ceiling(fit_rows, held_rows, c, k, params) for c in sizes]
-    best, floor = max(ceilings), code_floor(p)
-    ok = [c[-1] >= floor and v >= best - tolerance for c, v in zip(sizes, ceilings, strict=True)]
+    floor = code_floor(p)
+    cap = int(n_labelled / rows_per_unit) if rows_per_unit > 0 else max(c[-1] for c in sizes)
+    chosen, best, ok = pick_sizes(sizes, ceilings, floor=floor, cap=cap, tolerance=tolerance)
     table = [
         {"layer_sizes": c, "ceiling": v, "eligible": e}
         for c, v, e in zip(sizes, ceilings, ok, strict=True)
     ]
-    chosen = sizes[ok.index(True)] if any(ok) else sizes[int(np.argmax(ceilings))]
-    return CodeSizeChoice(chosen, k, tolerance, floor, best, len(fit_rows) + len(held_rows), table)
+    n_rows = fit_rows.shape[0] + held_rows.shape[0]
+    return CodeSizeChoice(chosen, k, tolerance, floor, best, n_rows, cap=cap, table=table)
+
+
+def pick_sizes(
+    sizes: list[tuple[int, ...]],
+    ceilings: list[float],
+    *,
+    floor: int,
+    cap: int,
+    tolerance: float,
+) -> tuple[tuple[int, ...], float, list[bool]]:
+    """(chosen sizes, best eligible ceiling, eligible per candidate) for candidates
+    ordered narrowest code first: steps 3-4 of the module docstring."""
+    allowed = [floor <= c[-1] <= cap for c in sizes]
+    if not any(allowed):  # few rows, many labels: telling the labels apart comes first
+        allowed = [c[-1] >= floor for c in sizes]
+    if not any(allowed):  # tiny p: no candidate reaches the floor
+        return sizes[int(np.argmax(ceilings))], max(ceilings), [False] * len(sizes)
+    best = max(v for v, a in zip(ceilings, allowed, strict=True) if a)
+    ok = [a and v >= best - tolerance for v, a in zip(ceilings, allowed, strict=True)]
+    return sizes[ok.index(True)], best, ok
 
 
 def _sample(
     V: Any, max_rows: int, holdout_fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """(fit rows, held-out rows) as dense float32; rows without labels are left out
-    (P@k is undefined for them). Sampling happens before densifying a sparse V."""
+) -> tuple[sp.csr_matrix, sp.csr_matrix, int]:
+    """(fit rows, held-out rows, labelled rows of ``V``), the rows as float32 CSR (never
+    densified); rows without labels are left out (P@k is undefined for them)."""
     matrix = V.tocsr() if sp.issparse(V) else np.asarray(V)
     if matrix.ndim != 2:
         raise ConfigError("autoencoder.bad_input", f"expected a 2-D matrix, got {matrix.ndim}-D")
     counts = np.asarray(matrix.sum(axis=1)).ravel()
-    rows = rng.permutation(np.flatnonzero(counts > 0))[:max_rows]
+    labelled = np.flatnonzero(counts > 0)
+    rows = rng.permutation(labelled)[:max_rows]
     X = check_label_matrix(matrix[np.sort(rows)], min_rows=1)
-    n_held = round(holdout_fraction * len(X))
-    if n_held < 2 or len(X) - n_held < 4:
+    n_held = round(holdout_fraction * X.shape[0])
+    if n_held < 2 or X.shape[0] - n_held < 4:
         raise ConfigError(
-            "autoencoder.too_few_rows", f"need at least 10 labelled rows, got {len(X)}"
+            "autoencoder.too_few_rows", f"need at least 10 labelled rows, got {X.shape[0]}"
         )
-    order = rng.permutation(len(X))
-    return X[order[n_held:]], X[order[:n_held]]
+    order = rng.permutation(X.shape[0])
+    return X[order[n_held:]], X[order[:n_held]], len(labelled)
 
 
-def _default_k(X: np.ndarray) -> int:
-    return int(min(5, max(1, math.floor(float(X.sum(axis=1).mean())))))
+def _default_k(X: sp.csr_matrix) -> int:
+    return int(min(5, max(1, math.floor(float(X.sum()) / max(X.shape[0], 1)))))
 
 
 def _ceiling(
-    fit: np.ndarray, held: np.ndarray, sizes: tuple[int, ...], k: int, params: dict[str, Any]
+    fit: sp.csr_matrix,
+    held: sp.csr_matrix,
+    sizes: tuple[int, ...],
+    k: int,
+    params: dict[str, Any],
 ) -> float:
     ae = DeepNonNegativeAutoencoder(layer_sizes=sizes, **params).fit(fit)
-    return float(precision_at_k(held, ae.inverse_transform(ae.transform(held)), k))
+    return decoder_ceiling(ae, held, k)
+
+
+def decoder_ceiling(ae: DeepNonNegativeAutoencoder, V: Any, k: int) -> float:
+    """P@k of ``inverse_transform(transform(V))`` against ``V``, in row blocks (the
+    scores of a block are dense, never those of all of ``V``)."""
+    X = check_label_matrix(V)
+    total = 0.0
+    for start, block in dense_blocks(X):
+        rows = X[start : start + len(block)]
+        scores = ae.inverse_transform(ae.transform(rows))
+        total += precision_at_k(rows, scores, k) * rows.shape[0]
+    return total / max(X.shape[0], 1)

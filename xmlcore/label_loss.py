@@ -31,6 +31,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import scipy.sparse as sp
 from keras import layers, ops
 
 from xmlcore.errors import ConfigError
@@ -41,7 +42,7 @@ LABEL_LOSSES = ("none", "mse", "propensity_mse")
 __all__ = ["LABEL_LOSSES", "check_decoder_inputs", "label_space_loss", "label_weights"]
 
 
-def label_weights(labels: np.ndarray, kind: str, tail_power: float) -> np.ndarray:
+def label_weights(labels: Any, kind: str, tail_power: float) -> np.ndarray:
     """Per-label weights ``(p,)`` float32 with mean 1 (all ones for ``"mse"``)."""
     if kind != "propensity_mse" or labels.shape[0] < 3:
         return np.ones(labels.shape[1], dtype=np.float32)
@@ -51,13 +52,19 @@ def label_weights(labels: np.ndarray, kind: str, tail_power: float) -> np.ndarra
 
 def check_decoder_inputs(
     decoder: Any, labels: Any, latent_dim: int, n_rows: int, bias: Any = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``decoder (d, p)``, ``labels (n, p)`` and the logistic decoder's ``bias (p,)``
-    (or None) as float32, or ``config.decoder``."""
+) -> tuple[np.ndarray, sp.csr_matrix, np.ndarray | None]:
+    """``decoder (d, p)``, ``labels (n, p)`` (float32 CSR: never densified) and the
+    logistic decoder's ``bias (p,)`` (or None) as float32, or ``config.decoder``."""
     if decoder is None or labels is None:
         raise ConfigError("config.decoder", "a label loss needs the decoder and the labels")
     D = np.asarray(decoder, dtype=np.float32)
-    V = np.asarray(labels.toarray() if hasattr(labels, "toarray") else labels, dtype=np.float32)
+    try:
+        V = sp.csr_matrix(
+            labels if sp.issparse(labels) else np.asarray(labels, dtype=np.float32),
+            dtype=np.float32,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("config.decoder", f"labels are not a numeric matrix: {exc}") from exc
     if D.ndim != 2 or D.shape[0] != latent_dim or V.shape != (n_rows, D.shape[1]):
         raise ConfigError(
             "config.decoder",
@@ -67,7 +74,7 @@ def check_decoder_inputs(
     b = None if bias is None else np.asarray(bias, dtype=np.float32)
     if b is not None and b.shape != (D.shape[1],):
         raise ConfigError("config.decoder", f"decoder bias must be ({D.shape[1]},), got {b.shape}")
-    if not all(np.isfinite(a).all() for a in (D, V, *([] if b is None else [b]))):
+    if not all(np.isfinite(a).all() for a in (D, V.data, *([] if b is None else [b]))):
         raise ConfigError("config.decoder", "decoder, bias or labels hold NaN or infinity")
     return D, V, b
 
@@ -85,22 +92,29 @@ def decoded_scores(latent: Any, decoder: np.ndarray, bias: np.ndarray | None = N
     return scores
 
 
-def _label_baseline(weights: np.ndarray, labels: np.ndarray, bias: np.ndarray | None) -> float:
+def _label_baseline(weights: np.ndarray, labels: Any, bias: np.ndarray | None) -> float:
     """The label term of a trivial prediction: all zeros (squared error) or the bias
-    alone (cross-entropy). ``label_weight = 1`` then weighs both terms alike."""
+    alone (cross-entropy). ``label_weight = 1`` then weighs both terms alike. Summed
+    over the non-zeros of ``labels`` (dense or sparse), never densified."""
     if not labels.shape[1]:
         return 1.0
-    if bias is None:
-        per_entry = labels**2
-    else:
-        per_entry = np.logaddexp(0.0, bias)[None, :] - labels * bias[None, :]
-    return max(float(np.mean(weights[None, :] * per_entry)), 1e-12)
+    V = sp.csr_matrix(labels, dtype=np.float64)
+    n, p = V.shape
+    w = np.asarray(weights, dtype=np.float64)
+    if bias is None:  # sum_ij w_j v_ij^2
+        total = float(np.sum(w[V.indices] * V.data**2))
+    else:  # sum_ij w_j (log(1 + e^b_j) - v_ij b_j)
+        b = np.asarray(bias, dtype=np.float64)
+        total = n * float(np.sum(w * np.logaddexp(0.0, b))) - float(
+            np.sum(w[V.indices] * V.data * b[V.indices])
+        )
+    return max(total / (n * p), 1e-12)
 
 
 def label_space_loss(
     latent_dim: int,
     weights: np.ndarray,
-    labels: np.ndarray,
+    labels: Any,
     label_weight: float,
     aux_dim: int = 0,
     aux_weight: float = 0.0,

@@ -11,7 +11,7 @@ Hierarchy metrics compare label groupings (``pred_groups[j]``: the group of labe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -176,7 +176,38 @@ def _labels(Y: Any) -> sp.csr_matrix:
     return labels
 
 
-def _scores(scores: Any) -> np.ndarray:
+class BlockScores:
+    """Scores ``(n, p)`` made a block of rows at a time by ``rows(start, stop)``.
+
+    Ranking reads scores in row chunks anyway (``_top_k``), so a model's decoded scores
+    for a big test set (n x p floats: 16 GB at 200k x 20k) need never exist at once
+    (issue 12: evaluation memory grows with n x k, not n x p). Any metric taking
+    ``scores`` takes one.
+    """
+
+    ndim = 2
+
+    def __init__(self, shape: tuple[int, int], rows: Callable[[int, int], Any]) -> None:
+        self.shape = (int(shape[0]), int(shape[1]))
+        self._rows = rows
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        start, stop, _ = index.indices(self.shape[0])
+        block = np.asarray(self._rows(start, stop))
+        if block.shape != (stop - start, self.shape[1]):
+            raise ConfigError(
+                "metrics.shape_mismatch", f"a score block is {block.shape}, not {stop - start} rows"
+            )
+        if not np.issubdtype(block.dtype, np.number) or np.isnan(block).any():
+            raise ConfigError("metrics.bad_scores", "scores must be numbers without NaN")
+        return block
+
+
+def _scores(scores: Any) -> Any:
+    if isinstance(scores, BlockScores):
+        if 0 in scores.shape:
+            raise ConfigError("metrics.empty", f"scores have shape {scores.shape}")
+        return scores
     ranking = scores.toarray() if sp.issparse(scores) else np.asarray(scores)
     if ranking.ndim != 2:
         raise ConfigError("metrics.shape_mismatch", f"scores must be 2-D, got {ranking.shape}")
@@ -207,7 +238,7 @@ def _ranked(Y: Any, scores: Any, k: int) -> tuple[sp.csr_matrix, np.ndarray, np.
     return labels, top, gains
 
 
-def _top_k(ranking: np.ndarray, k: int) -> np.ndarray:
+def _top_k(ranking: Any, k: int) -> np.ndarray:
     n, p = ranking.shape
     width = min(k, p)
     top = np.empty((n, width), dtype=np.int64)

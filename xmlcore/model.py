@@ -42,6 +42,7 @@ from xmlcore.cnn import LatentLabelRegressor
 from xmlcore.code_size import layer_sizes_for
 from xmlcore.errors import ConfigError, ModelError, XmlcoreError
 from xmlcore.explain.device_sampling import PerturbingPredictor
+from xmlcore.metrics import BlockScores
 
 if TYPE_CHECKING:
     from xmlcore.hierarchy import LabelHierarchy
@@ -86,6 +87,13 @@ class TwoStepModel:
     def predict_scores(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """Decoded label scores ``(N, p)`` float32, columns in ``vocabulary`` order."""
         return self.autoencoder.inverse_transform(self.predict_latent(images, batch_size))
+
+    def score_blocks(self, images: Any, batch_size: int | None = None) -> BlockScores:
+        """``predict_scores`` for ranking metrics: decoded a block of rows at a time as
+        they are ranked, so the ``(N, p)`` matrix never exists (``BlockScores``)."""
+        latent = self.predict_latent(images, batch_size)
+        decode = self.autoencoder.inverse_transform
+        return BlockScores((len(latent), len(self.vocabulary)), lambda a, b: decode(latent[a:b]))
 
     def predict_top_k(self, images: Any, k: int = 5) -> list[list[tuple[str, float]]]:
         """Per image, the ``k`` best ``(label, score)`` pairs, best first."""

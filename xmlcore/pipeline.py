@@ -15,9 +15,61 @@ from typing import Any
 
 import keras
 import numpy as np
+import scipy.sparse as sp
 
 from xmlcore.errors import ConfigError
 from xmlcore.images import decode_image
+
+
+class SparseTargets:
+    """Training targets ``[dense (n, d) | sparse (n, p)]``, densified one batch at a time.
+
+    The decoder-aware label term (``xmlcore.label_loss``) trains on the latent codes
+    AND the 0/1 label rows; held dense, the labels would cost n x p floats (issue 12:
+    the label matrix stays sparse end to end). Batches call ``rows``, splits ``take``.
+    """
+
+    def __init__(self, dense: np.ndarray, sparse: Any) -> None:
+        self.dense = np.asarray(dense, dtype="float32")
+        self.sparse = sp.csr_matrix(sparse, dtype=np.float32)
+        if self.dense.ndim != 2 or self.dense.shape[0] != self.sparse.shape[0]:
+            raise ConfigError(
+                "config.shape", f"targets {self.dense.shape} and {self.sparse.shape} differ in rows"
+            )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.dense.shape[0], self.dense.shape[1] + self.sparse.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.dense.shape[0])
+
+    def take(self, rows: Any) -> SparseTargets:
+        return SparseTargets(self.dense[rows], self.sparse[rows])
+
+    def rows(self, rows: Any) -> np.ndarray:
+        """The dense float32 ``(len(rows), d + p)`` block of a batch."""
+        return np.concatenate([self.dense[rows], self.sparse[rows].toarray()], axis=1)
+
+
+Targets = np.ndarray | SparseTargets
+
+
+def as_targets(targets: Any) -> Targets | None:
+    """``None``, ``SparseTargets`` as given, anything else a float32 array."""
+    if targets is None or isinstance(targets, SparseTargets):
+        return targets
+    return np.asarray(targets, dtype="float32")
+
+
+def take_rows(targets: Any, rows: Any) -> Any:
+    """The targets of ``rows``, still sparse where they were (a split, not a batch)."""
+    return targets.take(rows) if isinstance(targets, SparseTargets) else targets[rows]
+
+
+def batch_rows(targets: Any, rows: Any) -> np.ndarray:
+    """The dense targets of one batch."""
+    return targets.rows(rows) if isinstance(targets, SparseTargets) else targets[rows]
 
 
 class ImageBatches(keras.utils.PyDataset):
@@ -31,7 +83,7 @@ class ImageBatches(keras.utils.PyDataset):
     def __init__(
         self,
         items: Sequence[Any],
-        targets: np.ndarray | None = None,
+        targets: np.ndarray | SparseTargets | None = None,
         *,
         image_size: tuple[int, int],
         batch_size: int = 32,
@@ -50,7 +102,7 @@ class ImageBatches(keras.utils.PyDataset):
         if targets is not None and len(targets) != len(items):
             raise ConfigError("config.shape", f"{len(items)} images but {len(targets)} target rows")
         self.items: Any = list(items)
-        self.targets = None if targets is None else np.asarray(targets, dtype="float32")
+        self.targets = as_targets(targets)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.batch_size = int(batch_size)
         self.loader = loader
@@ -74,7 +126,7 @@ class ImageBatches(keras.utils.PyDataset):
         pixels = pixels.astype("float32")
         if self.targets is None:
             return (pixels,)
-        return pixels, self.targets[rows]
+        return pixels, batch_rows(self.targets, rows)
 
     def on_epoch_end(self) -> None:
         if self.shuffle:
@@ -92,7 +144,7 @@ class ImageBatches(keras.utils.PyDataset):
         self, rows: np.ndarray, *, shuffle: bool | None = None, augment: bool | None = None
     ) -> ImageBatches:
         """The same source restricted to ``rows`` (used for the validation split)."""
-        targets = None if self.targets is None else self.targets[rows]
+        targets = None if self.targets is None else take_rows(self.targets, rows)
         items = (
             self.items[rows]
             if isinstance(self.items, np.ndarray)
@@ -101,7 +153,7 @@ class ImageBatches(keras.utils.PyDataset):
         overrides = {"shuffle": shuffle, "augment": augment}
         return self._like(items, targets, **{k: v for k, v in overrides.items() if v is not None})
 
-    def with_targets(self, targets: np.ndarray | None) -> ImageBatches:
+    def with_targets(self, targets: np.ndarray | SparseTargets | None) -> ImageBatches:
         """The same images with other targets (e.g. scaled latent codes)."""
         return self._like(self.items, targets)
 
@@ -121,7 +173,7 @@ class ImageBatches(keras.utils.PyDataset):
         }  # fmt: skip
         return {**options, **overrides}
 
-    def _like(self, items: Any, targets: np.ndarray | None, **overrides: Any) -> ImageBatches:
+    def _like(self, items: Any, targets: Any, **overrides: Any) -> ImageBatches:
         return ImageBatches(items, targets, loader=self.loader, **self._options(**overrides))
 
     def _decode(self, item: Any) -> np.ndarray:
@@ -140,7 +192,7 @@ class ArrayBatches(keras.utils.PyDataset):
     def __init__(
         self,
         images: np.ndarray,
-        targets: np.ndarray | None = None,
+        targets: np.ndarray | SparseTargets | None = None,
         *,
         batch_size: int = 32,
         shuffle: bool = False,
@@ -149,7 +201,7 @@ class ArrayBatches(keras.utils.PyDataset):
     ) -> None:
         super().__init__()
         self.images = images
-        self.targets = None if targets is None else np.asarray(targets, dtype="float32")
+        self.targets = as_targets(targets)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.augment = augment
@@ -171,7 +223,7 @@ class ArrayBatches(keras.utils.PyDataset):
         pixels = pixels.astype("float32")
         if self.targets is None:
             return (pixels,)
-        return pixels, self.targets[rows]
+        return pixels, batch_rows(self.targets, rows)
 
     def on_epoch_end(self) -> None:
         if self.shuffle:

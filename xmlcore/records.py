@@ -72,7 +72,7 @@ class RecordBatches(ImageBatches):
     """``ImageBatches`` whose items are rows of an ``ImageRecordFile`` (int64 array)."""
 
     def __init__(
-        self, records: ImageRecordFile, rows: np.ndarray, targets: np.ndarray | None = None,
+        self, records: ImageRecordFile, rows: np.ndarray, targets: Any = None,
         **kwargs: Any,
     ) -> None:  # fmt: skip
         kwargs.setdefault("image_size", records.image_size)
@@ -83,5 +83,5 @@ class RecordBatches(ImageBatches):
     def _decode(self, item: Any) -> np.ndarray:
         return self.records.read(int(item))
 
-    def _like(self, items: Any, targets: np.ndarray | None, **overrides: Any) -> ImageBatches:
+    def _like(self, items: Any, targets: Any, **overrides: Any) -> ImageBatches:
         return RecordBatches(self.records, items, targets, **self._options(**overrides))
