@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from xmlcore.explain import Explanation, SlicSegmenter, resolve_targets
+from xmlcore.explain import (
+    Explainer,
+    Explanation,
+    LimeExplainer,
+    SlicSegmenter,
+    TargetInfo,
+    resolve_targets,
+)
 from xmlcore.faithfulness import AUC_NAMES, score_faithfulness
 from xmlcore.hierarchy import LabelHierarchy
 from xmlcore.methods import TargetSpec, make_explainer
@@ -24,6 +31,9 @@ from xmlcore.param_costs import PREDICT, max_batch_size
 from xmlcore.viz import blend_png, mask_png
 
 ARTIFACT_NAMES = ("heatmap.png", "mask.png", "weights.npy")
+# LIME sub-chunks of a batch (see ``_explain``): forward batches per chunk, images at most.
+STREAM_DEVICE_BATCHES = 4
+STREAM_MAX_IMAGES = 8
 
 
 @dataclass
@@ -67,7 +77,7 @@ def explain_images(
     """
     explainer = make_explainer(method, model, params or {})
     targets = resolve_targets(model, images, target)
-    explained = explainer.explain(images, targets)
+    explained = _explain(explainer, images, targets)
     predictions = _predictions(model, images, k)
     faithfulness = None
     if evaluate:
@@ -91,6 +101,30 @@ def explain_images(
             result["faithfulness"] = _image_faithfulness(faithfulness[i])
         reports.append(ImageReport(result, _artifacts(images[i], explanations)))
     return reports
+
+
+def _explain(
+    explainer: Explainer, images: np.ndarray, targets: list[list[TargetInfo]]
+) -> list[list[Explanation]]:
+    """``explainer.explain(images, targets)``; for LIME, the same result through
+    ``explain_stream`` over sub-chunks, so that segmenting the next sub-chunk and fitting
+    the last one overlap the model's forward passes (a worker's whole batch would be
+    one chunk, its host work never overlapped)."""
+    if not isinstance(explainer, LimeExplainer):
+        return explainer.explain(images, targets)
+    size = stream_chunk_size(explainer.num_samples, explainer.batch_size)
+    if len(images) <= size:
+        return explainer.explain(images, targets)
+    chunks = ((images[i : i + size], targets[i : i + size]) for i in range(0, len(images), size))
+    return [row for part in explainer.explain_stream(chunks, consecutive=True) for row in part]
+
+
+def stream_chunk_size(num_samples: int, batch_size: int) -> int:
+    """Images per sub-chunk: enough for ``STREAM_DEVICE_BATCHES`` forward batches (at a
+    chunk's end the last batch is padded, so a smaller chunk wastes more of the device),
+    at most ``STREAM_MAX_IMAGES`` (the first chunk's segmentation is not overlapped)."""
+    wanted = -(-STREAM_DEVICE_BATCHES * batch_size // num_samples)
+    return max(1, min(STREAM_MAX_IMAGES, wanted))
 
 
 def _image_faithfulness(scores: list[dict[str, Any]]) -> dict[str, Any]:
