@@ -31,7 +31,7 @@ from xmlcore.param_costs import PREDICT, max_batch_size
 from xmlcore.viz import blend_png, mask_png
 
 ARTIFACT_NAMES = ("heatmap.png", "mask.png", "weights.npy")
-# LIME sub-chunks of a batch (see ``_explain``): forward batches per chunk, images at most.
+# LIME sub-chunks of a batch (see ``explain_in_chunks``): forward batches per chunk, images at most.
 STREAM_DEVICE_BATCHES = 4
 STREAM_MAX_IMAGES = 8
 
@@ -77,7 +77,7 @@ def explain_images(
     """
     explainer = make_explainer(method, model, params or {})
     targets = resolve_targets(model, images, target)
-    explained = _explain(explainer, images, targets)
+    explained = explain_in_chunks(explainer, images, targets)
     predictions = _predictions(model, images, k)
     faithfulness = None
     if evaluate:
@@ -103,8 +103,8 @@ def explain_images(
     return reports
 
 
-def _explain(
-    explainer: Explainer, images: np.ndarray, targets: list[list[TargetInfo]]
+def explain_in_chunks(
+    explainer: Explainer, images: np.ndarray, targets: Sequence[Sequence[TargetInfo]]
 ) -> list[list[Explanation]]:
     """``explainer.explain(images, targets)``; for LIME, the same result through
     ``explain_stream`` over sub-chunks, so that segmenting the next sub-chunk and fitting
