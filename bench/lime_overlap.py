@@ -46,6 +46,12 @@ from xmlcore.explain.device_sampling import PerturbingPredictor
 from xmlcore.images import decode_image, encode_png
 
 
+def padded_rows(chunks: list[int], num_samples: int, batch_size: int) -> int:
+    """Perturbed rows sent to the model for chunks of these many images (row 0 of each
+    image is its original, predicted apart; each chunk's last batch padded)."""
+    return sum(-(-n * (num_samples - 1) // batch_size) * batch_size for n in chunks)
+
+
 def worker_loop(
     predictor: PerturbingPredictor,
     images: np.ndarray,
@@ -98,8 +104,16 @@ def worker_loop(
         for ra, rb in zip(results["old"], results["new"], strict=True)
         for a, b in zip(ra, rb, strict=True)
     )
+    sub = stream_chunk_size(num_samples, batch_size)
     return {
         "images_per_batch": per_batch,
+        # Sample rows the model runs, each run padded to whole batches: sub-chunks pad more.
+        "padded_rows_old": padded_rows([len(b) for b in batches], num_samples, batch_size),
+        "padded_rows_new": padded_rows(
+            [min(sub, len(b) - i) for b in batches for i in range(0, len(b), sub)],
+            num_samples,
+            batch_size,
+        ),
         "sub_chunk": stream_chunk_size(num_samples, batch_size),
         "old_s": best["old"],
         "new_s": best["new"],

@@ -28,8 +28,8 @@ def tiny() -> tuple[TwoStepModel, np.ndarray]:
 
 
 def test_sub_chunks_fill_device_batches_within_bounds() -> None:
-    assert stream_chunk_size(1000, 256) == 2  # 4 batches of 256 need 2 images of 1,000
-    assert stream_chunk_size(40, 16) == 2
+    assert stream_chunk_size(1000, 256) == 3  # 8 batches of 256 need 3 images of 1,000
+    assert stream_chunk_size(40, 16) == 4
     assert stream_chunk_size(10, 256) == 8  # at most 8 images
     assert stream_chunk_size(5000, 16) == 1
 

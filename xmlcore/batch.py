@@ -32,7 +32,7 @@ from xmlcore.viz import blend_png, mask_png
 
 ARTIFACT_NAMES = ("heatmap.png", "mask.png", "weights.npy")
 # LIME sub-chunks of a batch (see ``explain_in_chunks``): forward batches per chunk, images at most.
-STREAM_DEVICE_BATCHES = 4
+STREAM_DEVICE_BATCHES = 8
 STREAM_MAX_IMAGES = 8
 
 
