@@ -28,6 +28,7 @@ from xmlcore.explain import (
     OcclusionExplainer,
 )
 from xmlcore.explain.device_sampling import PerturbingPredictor
+from xmlcore.explain.lime import image_seed
 
 SIZE = 32
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,6 +237,7 @@ import keras, numpy as np
 from xmlcore.datasets import generate_dishes
 from xmlcore.explain import LimeExplainer
 from xmlcore.explain.device_sampling import PerturbingPredictor
+from xmlcore.explain.lime import image_seed
 keras.utils.set_random_seed(3)
 inputs = keras.Input((32, 32, 3))
 x = keras.layers.Conv2D(6, 3, activation="tanh")(keras.layers.Rescaling(1 / 255.0)(inputs))
@@ -276,3 +278,25 @@ def test_the_asynchronous_jax_path_gives_the_host_paths_coefficients() -> None:
     # which on XLA's CPU convolution depends on the padded batch shape.
     assert row["synchronous"] < 1e-7
     assert row["host"] < 1e-7
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_a_consecutive_stream_equals_explaining_the_whole_batch(model, images, engine) -> None:
+    """``consecutive=True``: the chunks are one batch cut in order, so image seeds count
+    on across chunks and one base seed serves them all (also when drawn: seed=None)."""
+    kwargs = {"num_samples": 40, "batch_size": 32, "engine": engine}
+    chunks = [(images[:2], [0, 3]), (images[2:3], [0, 3]), (images[3:], [0, 3])]
+    explainer = LimeExplainer(host_fn(model), **kwargs)
+    streamed = [row for part in explainer.explain_stream(chunks, consecutive=True) for row in part]
+    whole = explainer.explain(images, [0, 3])
+    # Up to float32 rounding: the model's outputs depend on the batch shapes, and here
+    # the originals go to it in chunks, not all at once.
+    assert max_diff(streamed, whole) < 1e-7
+    assert [r[0].provenance for r in streamed] == [r[0].provenance for r in whole]
+    assert [r[1].top_segments for r in streamed] == [r[1].top_segments for r in whole]
+    drawn = LimeExplainer(host_fn(model), **{**kwargs, "seed": None})
+    parts = list(drawn.explain_stream(chunks, consecutive=True))
+    seeds = {r[0].provenance["seed"] for part in parts for r in part}
+    image_seeds = [r[0].provenance["image_seed"] for part in parts for r in part]
+    assert len(seeds) == 1
+    assert image_seeds == [image_seed(next(iter(seeds)), i) for i in range(5)]

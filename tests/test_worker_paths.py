@@ -325,6 +325,63 @@ def test_lease_lost_mid_chunk_stops_and_the_new_owner_finishes(
     assert (job.state, job.done, job.failed) == ("succeeded", 6, 0)
 
 
+class FirstReadFailsStore:
+    """A real store whose first read of each of `keys` fails transiently."""
+
+    def __init__(self, store: ObjectStore, keys: set[str]) -> None:
+        self.store, self.keys = store, set(keys)
+        self.reads: dict[str, int] = {}
+
+    def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        self.reads[key] = self.reads.get(key, 0) + 1
+        if key in self.keys and self.reads[key] == 1:
+            raise StorageError("storage.unavailable", "flaky", transient=True)
+        return self.store.get_bytes(key, max_bytes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def _explain_results(
+    setup: Setup, model_id: str, store: FirstReadFailsStore, seen: list[str] | None = None
+) -> dict[str, Any]:
+    """Each item's result after an explanation chunk of 6 images (3 batches). ``seen``
+    gets the first image's state when the third image (batch 2) is first read."""
+    params = {"num_samples": 30, "batch_size": 16, "seed": 5}
+    created = jobs.create_job(
+        setup.sessions, tenant_id=setup.tenant_id, kind="explain",
+        item_keys=setup.image_keys[:6], model_id=model_id, chunk_size=6,
+        params={"image_prefix": IMAGES, "method": "lime", "params": params},
+    )  # fmt: skip
+    job_id, first = created.job.id, setup.image_keys[0]
+    hooked: Any = store
+    if seen is not None:
+        state = lambda: seen.append(setup.items(job_id)[first][0])  # noqa: E731
+        hooked = ReadHookStore(store, IMAGES + setup.image_keys[2], state)
+    assert run_chunk(setup.context(hooked), created.chunk_ids[0]).status == "done"
+    with session_scope(setup.sessions) as session:
+        page = repo.list_items(session, setup.tenant_id, created.job.id, limit=10)
+        assert page is not None
+        assert {row.state for row in page.rows} == {"succeeded"}
+        return {row.item_key: (row.result or {})["explanations"] for row in page.rows}
+
+
+def test_a_prefetch_that_hit_an_outage_is_read_again_with_the_same_results(
+    setup: Setup, trained: tuple[str, str]
+) -> None:
+    """Batches 2 and 3 are first read ahead, while the batch before is explained. When
+    those reads fail transiently, the batch is read again the normal way: the items
+    succeed with the results the prefetched images give."""
+    prefetched, seen = FirstReadFailsStore(setup.store, set()), list[str]()
+    want = _explain_results(setup, trained[0], prefetched, seen)
+    assert seen == ["pending"]  # batch 2 was read while batch 1 was being explained
+    flaky_keys = {IMAGES + setup.image_keys[2], IMAGES + setup.image_keys[5]}
+    flaky = FirstReadFailsStore(setup.store, flaky_keys)
+    assert _explain_results(setup, trained[0], flaky) == want
+    assert all(flaky.reads[key] == 2 for key in flaky_keys)
+    assert set(prefetched.reads.values()) == {1}  # prefetched images are not read again
+
+
 def _unreachable_s3() -> S3ObjectStore:
     """A real S3 client whose endpoint refuses connections: every call is transient."""
     return S3ObjectStore(

@@ -7,7 +7,10 @@ which can outlast the lease), fetch and decode (a bad image fails alone, with it
 code), call ``xmlcore.batch`` once for the whole batch, write artifacts under keys
 unique to this attempt (`xmlx.keys.attempt_token`), record the batch's items in one
 transaction, which counts only while this worker holds the lease (first write wins).
-The batch's object-store round trips run in parallel. A storage outage is waited out
+The batch's object-store round trips run in parallel, and the next batch's images are
+fetched and decoded on a thread while this one is explained (one batch ahead; nothing
+is recorded from there: a read that failed transiently is simply read again, and a
+stop discards it). A storage outage is waited out
 inside the lease (backoff, heartbeats, only the items not yet recorded are tried
 again); a transient failure that outlasts that hands the chunk back without spending
 an attempt (`jobs.hand_back_chunk`) and propagates, so the task retries.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +47,8 @@ log = logging.getLogger("xmlx.worker")
 STORAGE_BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0)
 # Methods whose batches are forward passes only: gradients need several times the memory.
 FORWARD_ONLY_METHODS = frozenset({"lime", "kernel_shap", "occlusion"})
+# Per item key: its decoded image, or why it has none (`_load_images`).
+Loaded = dict[str, np.ndarray | StorageError | XmlcoreError]
 
 
 @dataclass(frozen=True)
@@ -103,11 +108,22 @@ def _run_items(
         return ChunkOutcome("bad_parameters")
     recorded = 0
     batch_size = max(1, ctx.settings.images_per_batch)
-    for start in range(0, len(item_keys), batch_size):
-        keeper.beat()
-        batch = item_keys[start : start + batch_size]
-        _run_batch_through_outages(ctx, attempt, model, batch, keeper)
-        recorded += len(batch)
+    batches = [item_keys[i : i + batch_size] for i in range(0, len(item_keys), batch_size)]
+    # One thread, one batch ahead: at most two batches of decoded images in memory.
+    ahead = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+    try:
+        upcoming: Future[Loaded] | None = None
+        for index, batch in enumerate(batches):
+            keeper.beat()
+            loaded = upcoming.result() if upcoming is not None else None
+            upcoming = None
+            if index + 1 < len(batches):
+                upcoming = ahead.submit(_load_images, ctx, attempt, model, batches[index + 1])
+            _run_batch_through_outages(ctx, attempt, model, batch, keeper, loaded)
+            recorded += len(batch)
+    finally:
+        # A stop (cancel, lost lease, error) leaves the prefetch to finish unread.
+        ahead.shutdown(wait=False, cancel_futures=True)
     if attempt.sweep:
         sweep(ctx, attempt)
     jobs.complete_chunk(ctx.sessions, attempt.lease.chunk_id, ctx.owner)
@@ -115,17 +131,23 @@ def _run_items(
 
 
 def _run_batch_through_outages(
-    ctx: WorkerContext, attempt: Attempt, model: Any, item_keys: Sequence[str], keeper: LeaseKeeper
+    ctx: WorkerContext,
+    attempt: Attempt,
+    model: Any,
+    item_keys: Sequence[str],
+    keeper: LeaseKeeper,
+    loaded: Loaded | None = None,
 ) -> None:
     """Run one batch; while storage is unavailable, back off (keeping the lease) and
     try the items not yet recorded again. Gives up (raises, so the task retries) after
-    half the task's soft time limit; raises ChunkStoppedError on cancel or lost lease."""
+    half the task's soft time limit; raises ChunkStoppedError on cancel or lost lease.
+    ``loaded``: the batch's prefetched images (`_load_images`), used by the first try."""
     pending = list(item_keys)
     deadline = time.monotonic() + ctx.settings.task_soft_time_limit_seconds / 2
     tries = 0
     while True:
         try:
-            _run_batch(ctx, attempt, model, pending)
+            _run_batch(ctx, attempt, model, pending, loaded)
             return
         except StorageError as exc:
             if not exc.transient or time.monotonic() > deadline:
@@ -133,25 +155,33 @@ def _run_batch_through_outages(
         backoff = STORAGE_BACKOFF_SECONDS[min(tries, len(STORAGE_BACKOFF_SECONDS) - 1)]
         time.sleep(min(backoff, ctx.settings.lease_seconds / 3))  # the lease must outlive it
         tries += 1
+        loaded = None  # the outage's tries read afresh
         keeper.beat()
 
 
-def _run_batch(ctx: WorkerContext, attempt: Attempt, model: Any, pending: list[str]) -> None:
+def _run_batch(
+    ctx: WorkerContext, attempt: Attempt, model: Any, pending: list[str], loaded: Loaded | None
+) -> None:
     """Explain the `pending` items; each one recorded is removed from the list, so a
     batch interrupted by a storage outage is resumed, not redone."""
     started = time.perf_counter()
     try:
-        _explain_batch(ctx, attempt, model, pending, started)
+        _explain_batch(ctx, attempt, model, pending, started, loaded)
     finally:
         BATCH_SECONDS.labels(attempt.job.kind).observe(time.perf_counter() - started)
         record_gpu_memory(ctx.gpu_memory_in_use())
 
 
 def _explain_batch(
-    ctx: WorkerContext, attempt: Attempt, model: Any, pending: list[str], started: float
+    ctx: WorkerContext,
+    attempt: Attempt,
+    model: Any,
+    pending: list[str],
+    started: float,
+    loaded: Loaded | None,
 ) -> None:
     job = attempt.job
-    images, good_keys = _fetch_images(ctx, attempt, model.image_size, pending)
+    images, good_keys = _fetch_images(ctx, attempt, model, pending, loaded)
     if not good_keys:
         return
     compute = _compute_fn(job, model, ctx.forward_batch_size(model))
@@ -245,10 +275,39 @@ def _compute_fn(
 
 
 def _fetch_images(
-    ctx: WorkerContext, attempt: Attempt, size: tuple[int, int], pending: list[str]
+    ctx: WorkerContext, attempt: Attempt, model: Any, pending: list[str], loaded: Loaded | None
 ) -> tuple[list[np.ndarray], list[str]]:
     """Decoded images of the items that could be read; the others are recorded failed
-    (and leave `pending`)."""
+    (and leave `pending`). Items ``loaded`` holds are taken from it, unless their read
+    failed transiently there: those, and the items it lacks, are read now."""
+    found = {
+        key: value
+        for key, value in (loaded or {}).items()
+        if key in pending and not (isinstance(value, StorageError) and value.transient)
+    }
+    found.update(_load_images(ctx, attempt, model, [k for k in pending if k not in found]))
+    images, good = [], []
+    for key in list(pending):
+        value = found[key]
+        if isinstance(value, np.ndarray):
+            images.append(value)
+            good.append(key)
+        elif isinstance(value, StorageError):
+            if value.transient:
+                raise value
+            code = _IMAGE_CODES.get(value.code, value.code)
+            attempt.record_failure(ctx, key, code, value.message)
+            pending.remove(key)
+        else:
+            attempt.record_failure(ctx, key, value.code, value.message)
+            pending.remove(key)
+    return images, good
+
+
+def _load_images(ctx: WorkerContext, attempt: Attempt, model: Any, keys: Sequence[str]) -> Loaded:
+    """Read (in parallel) and decode (one at a time, bounding the memory) the images of
+    ``keys``. Records nothing, so it can run ahead on a thread: `_fetch_images` decides
+    what each outcome means."""
     settings = ctx.settings
     prefix = str(attempt.job.params["image_prefix"])
 
@@ -258,24 +317,22 @@ def _fetch_images(
         except StorageError as exc:
             return exc
 
-    with ThreadPoolExecutor(IO_THREADS) as pool:
-        fetched = list(pool.map(fetch, pending))
-    images, good = [], []
-    for key, data in zip(list(pending), fetched, strict=True):
+    if not keys:
+        return {}
+    with ThreadPoolExecutor(min(IO_THREADS, len(keys))) as pool:
+        fetched = list(pool.map(fetch, keys))
+    loaded: Loaded = {}
+    for key, data in zip(keys, fetched, strict=True):
+        if isinstance(data, StorageError):
+            loaded[key] = data
+            continue
         try:
-            if isinstance(data, StorageError):
-                raise data
-            images.append(decode_image(data, size=size, max_pixels=settings.max_image_pixels))
-            good.append(key)
-        except StorageError as exc:
-            if exc.transient:
-                raise
-            attempt.record_failure(ctx, key, _IMAGE_CODES.get(exc.code, exc.code), exc.message)
-            pending.remove(key)
+            loaded[key] = decode_image(
+                data, size=model.image_size, max_pixels=settings.max_image_pixels
+            )
         except XmlcoreError as exc:
-            attempt.record_failure(ctx, key, exc.code, exc.message)
-            pending.remove(key)
-    return images, good
+            loaded[key] = exc
+    return loaded
 
 
 # An item's image problem reads as an image problem, whatever layer noticed it.

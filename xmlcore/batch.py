@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from xmlcore.explain import Explanation, SlicSegmenter, resolve_targets
+from xmlcore.explain import (
+    Explainer,
+    Explanation,
+    LimeExplainer,
+    SlicSegmenter,
+    TargetInfo,
+    resolve_targets,
+)
 from xmlcore.faithfulness import AUC_NAMES, score_faithfulness
 from xmlcore.hierarchy import LabelHierarchy
 from xmlcore.methods import TargetSpec, make_explainer
@@ -34,6 +41,11 @@ their weights in ``weights.npy`` but no picture (bounded storage per item)."""
 def heatmap_name(position: int) -> str:
     """The artifact of the explanation at ``position`` (0-based) of a result."""
     return "heatmap.png" if position == 0 else f"heatmap_{position + 1}.png"
+
+
+# LIME sub-chunks of a batch (see ``explain_in_chunks``): forward batches per chunk, images at most.
+STREAM_DEVICE_BATCHES = 8
+STREAM_MAX_IMAGES = 8
 
 
 @dataclass
@@ -79,7 +91,7 @@ def explain_images(
     """
     explainer = make_explainer(method, model, params or {})
     targets = resolve_targets(model, images, target)
-    explained = explainer.explain(images, targets)
+    explained = explain_in_chunks(explainer, images, targets)
     predictions = _predictions(model, images, k)
     faithfulness = None
     if evaluate:
@@ -106,6 +118,30 @@ def explain_images(
             summary["overlay"] = {"artifact": name, "scale": scale.to_json()}
         reports.append(ImageReport(result, artifacts))
     return reports
+
+
+def explain_in_chunks(
+    explainer: Explainer, images: np.ndarray, targets: Sequence[Sequence[TargetInfo]]
+) -> list[list[Explanation]]:
+    """``explainer.explain(images, targets)``; for LIME, the same result through
+    ``explain_stream`` over sub-chunks, so that segmenting the next sub-chunk and fitting
+    the last one overlap the model's forward passes (a worker's whole batch would be
+    one chunk, its host work never overlapped)."""
+    if not isinstance(explainer, LimeExplainer):
+        return explainer.explain(images, targets)
+    size = stream_chunk_size(explainer.num_samples, explainer.batch_size)
+    if len(images) <= size:
+        return explainer.explain(images, targets)
+    chunks = ((images[i : i + size], targets[i : i + size]) for i in range(0, len(images), size))
+    return [row for part in explainer.explain_stream(chunks, consecutive=True) for row in part]
+
+
+def stream_chunk_size(num_samples: int, batch_size: int) -> int:
+    """Images per sub-chunk: enough for ``STREAM_DEVICE_BATCHES`` forward batches (at a
+    chunk's end the last batch is padded, so a smaller chunk wastes more of the device),
+    at most ``STREAM_MAX_IMAGES`` (the first chunk's segmentation is not overlapped)."""
+    wanted = -(-STREAM_DEVICE_BATCHES * batch_size // num_samples)
+    return max(1, min(STREAM_MAX_IMAGES, wanted))
 
 
 def _image_faithfulness(scores: list[dict[str, Any]]) -> dict[str, Any]:

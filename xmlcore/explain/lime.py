@@ -163,7 +163,7 @@ class LimeExplainer(Explainer):
     explain_batch = explain
 
     def explain_stream(
-        self, chunks: Iterable[tuple[np.ndarray, Targets]]
+        self, chunks: Iterable[tuple[np.ndarray, Targets]], *, consecutive: bool = False
     ) -> Iterator[list[list[Explanation]]]:
         """``explain(images, targets)`` of each chunk in turn, equal to it, overlapped.
 
@@ -175,10 +175,18 @@ class LimeExplainer(Explainer):
         image of VGG16 at 1,000 samples instead of sitting between its batches.
         ``chunks`` is read one ahead of the chunk being sampled. When a chunk fails,
         every chunk before it has been yielded before the error is raised.
+
+        ``consecutive``: the chunks are parts of one batch, cut in order. Image indices
+        (hence image seeds) then count on across chunks and the stream has one base
+        seed, so the chunks' results, concatenated, are ``explain`` of the whole batch.
         """
+        offset = 0
+        seed = self._base_seed() if consecutive else None
         if self.engine == "reference":
             for images, targets in chunks:
-                yield self._explain_references(images, targets)
+                explained = self._explain_references(images, targets, offset, seed)
+                offset += len(explained) if consecutive else 0
+                yield explained
             return
         threads = max(1, min(os.cpu_count() or 1, SEGMENTATION_THREADS))
         with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -189,27 +197,30 @@ class LimeExplainer(Explainer):
                 current, ahead = ahead, None
                 ahead = self._prepare(next(source, None), pool)
                 try:
-                    runs, rows, seed = self._begin(*current)
+                    runs, rows, chunk_seed = self._begin(*current, offset, seed)
                     self._sample(runs)
                 except Exception:
                     # The chunk before is done: hand it over before the error.
                     if finishing is not None:
                         yield finishing.result()
                     raise
-                done = pool.submit(self._finish, runs, rows, seed)
+                offset += len(runs) if consecutive else 0
+                done = pool.submit(self._finish, runs, rows, chunk_seed)
                 if finishing is not None:
                     yield finishing.result()
                 finishing = done
             if finishing is not None:
                 yield finishing.result()
 
-    def _explain_references(self, images: np.ndarray, targets: Targets) -> list[list[Explanation]]:
+    def _explain_references(
+        self, images: np.ndarray, targets: Targets, offset: int = 0, seed: int | None = None
+    ) -> list[list[Explanation]]:
         batch = check_images(stack_images(images))
         originals = self._predict(batch)
         rows = normalize_targets(targets, len(batch), originals.shape[1])
-        seed = self._base_seed()
+        seed = self._base_seed() if seed is None else seed
         return [
-            self._explain_reference(i, batch[i], row, originals[i], seed)
+            self._explain_reference(offset + i, batch[i], row, originals[i], seed)
             for i, row in enumerate(rows)
         ]
 
@@ -229,13 +240,21 @@ class LimeExplainer(Explainer):
         return batch, targets, [pool.submit(self.segmenter, image) for image in batch]
 
     def _begin(
-        self, batch: np.ndarray, targets: Targets, segments: list[Future[np.ndarray]]
+        self,
+        batch: np.ndarray,
+        targets: Targets,
+        segments: list[Future[np.ndarray]],
+        offset: int = 0,
+        seed: int | None = None,
     ) -> tuple[list[_ImageRun], list[list[TargetInfo]], int]:
-        """The model on the originals, the targets, and each image's sampling state."""
+        """The model on the originals, the targets, and each image's sampling state
+        (image ``i`` of the chunk is image ``offset + i`` of its batch)."""
         originals = self._predict(batch)
         rows = normalize_targets(targets, len(batch), originals.shape[1])
-        seed = self._base_seed()
-        runs = [self._start(i, batch[i], row, originals[i], seed) for i, row in enumerate(rows)]
+        seed = self._base_seed() if seed is None else seed
+        runs = [
+            self._start(offset + i, batch[i], row, originals[i], seed) for i, row in enumerate(rows)
+        ]
         for run, pending in zip(runs, segments, strict=True):
             run.pending_segments = pending
         return runs, rows, seed
