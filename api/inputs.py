@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from api.problems import ProblemError
-from xmlx import keys
+from xmlx import deletion, keys
+from xmlx.db import SessionFactory
 from xmlx.keys import KeyValidationError
 from xmlx.storage import ObjectStore, StorageError
 
@@ -53,6 +54,13 @@ def upload_key(tenant_id: str, user_key: str) -> str:
         return keys.upload_key(tenant_id, user_key)
     except KeyValidationError as exc:
         raise ProblemError(422, "key.invalid", exc.message) from exc
+
+
+def check_manifest_visible(sessions: SessionFactory, tenant_id: str, key: str) -> None:
+    """422 `manifest.not_found` for a manifest under uploads deleted but not purged yet:
+    a DELETE makes them gone for every read at once, not when the purge gets there."""
+    if deletion.deleted_upload_covering(deletion.read_deleted_uploads(sessions, tenant_id), key):
+        raise ProblemError(422, "manifest.not_found", "no object at manifest_key (deleted)")
 
 
 def read_manifest_bytes(store: ObjectStore, key: str) -> bytes:

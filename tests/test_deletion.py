@@ -29,7 +29,7 @@ from tests.test_api_batches import MANIFEST, small_dataset
 from xmlx import jobs, orphans, purge, purge_sweep, quotas
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, session_scope, utcnow
-from xmlx.models import Chunk, Item, Job, Model, Tenant
+from xmlx.models import Chunk, Item, Job, Model, Purge, Tenant
 from xmlx.storage import ObjectStore
 
 
@@ -176,9 +176,22 @@ def test_uploads_are_deleted_by_prefix(client: TestClient, api_user: ApiUser) ->
     assert answer.status_code == 202, answer.text
     record = answer.json()
     assert record["target"] == "b1/"
-    again = client.delete("/v1/uploads", params={"prefix": "b1/"}, headers=headers)
-    assert again.json()["id"] == record["id"]  # still pending: the same purge
+    # Gone at once, before the purge: a second DELETE (or one of a folder inside) is
+    # 404, and presigning a new upload there is refused while the purge may run.
+    for prefix in ("b1/", "b1/x", "b"):
+        again = client.delete("/v1/uploads", params={"prefix": prefix}, headers=headers)
+        if prefix != "b":
+            assert_problem(again, 404, "uploads.not_found")
+        else:  # a wider prefix still holds b2/: a purge of its own
+            assert again.status_code == 202 and again.json()["id"] != record["id"]
+            _finish_pending(state.sessions, again.json()["id"])  # b2/ stays for below
+    new_upload = {"keys": ["b2/ok.png", "b1/new.png"], "content_type": "image/png"}
+    refused = client.post("/v1/uploads", json=new_upload, headers=headers)
+    assert_problem(refused, 409, "uploads.purging")
+    assert record["id"] in refused.json()["detail"]
+    assert len(_files(state.store, api_user.tenant_id, "uploads/b1/")) == 2  # not purged yet
     assert _purge_all(client, record["id"]) == purge.DONE
+    assert client.post("/v1/uploads", json=new_upload, headers=headers).status_code == 200
     assert _files(state.store, api_user.tenant_id, "uploads/") == [
         f"tenants/{api_user.tenant_id}/uploads/b2/z.png"
     ]
@@ -186,6 +199,43 @@ def test_uploads_are_deleted_by_prefix(client: TestClient, api_user: ApiUser) ->
     assert_problem(gone, 404, "uploads.not_found")
     bad = client.delete("/v1/uploads", params={"prefix": "../x"}, headers=headers)
     assert bad.status_code == 422
+
+
+def _finish_pending(sessions: SessionFactory, purge_id: str) -> None:
+    """Mark a purge done without running it (its prefix is readable again)."""
+    with session_scope(sessions) as session:
+        row = session.get(Purge, purge_id)
+        assert row is not None
+        row.state = "done"
+
+
+def test_deleted_uploads_are_gone_for_reads_before_their_purge(
+    client: TestClient, api_user: ApiUser
+) -> None:
+    user, state, headers = api_user, _state(client), api_user.headers
+    model_id = make_ready_model(client, user, state.sessions, small_dataset(client, user)["id"])
+    files = {f"batch/{i}.png": b"x" for i in range(4)} | {"batch/old/a.png": b"x"}
+    upload_files(client, user, files, "image/png")
+    upload_files(client, user, {"lists/keys.txt": b"batch/0.png\n"}, "text/plain")
+    upload_files(client, user, {"lists/set.csv": MANIFEST}, "text/csv")
+    for prefix in ("batch/old/", "batch/3", "lists/"):
+        answer = client.delete("/v1/uploads", params={"prefix": prefix}, headers=headers)
+        assert answer.status_code == 202, answer.text
+    # A listing leaves deleted uploads out; manifests under them are not found.
+    job = client.post("/v1/predictions", json={"model_id": model_id, "prefix": "batch/"},
+                      headers=headers).json()  # fmt: skip
+    assert run_preparation(client, job["id"]).state == "queued"
+    results = client.get(f"/v1/jobs/{job['id']}/results", headers=headers).json()
+    assert [item["key"] for item in results["items"]] == ["batch/0.png", "batch/1.png",
+                                                          "batch/2.png"]  # fmt: skip
+    by_manifest = {"model_id": model_id, "manifest_key": "lists/keys.txt"}
+    answer = client.post("/v1/predictions", json=by_manifest, headers=headers)
+    assert_problem(answer, 422, "manifest.not_found")
+    dataset = {"name": "d", "images_prefix": "batch/", "manifest_key": "lists/set.csv"}
+    assert_problem(client.post("/v1/datasets", json=dataset, headers=headers), 422,
+                   "manifest.not_found")  # fmt: skip
+    # The objects themselves are still there: only the purge removes them.
+    assert len(_files(state.store, user.tenant_id, "uploads/lists/")) == 2
 
 
 def _limit(sessions: SessionFactory, tenant_id: str, **limits: int | None) -> None:

@@ -24,6 +24,7 @@ import pytest
 from tests.kernel_fixtures import TEST_PEPPER, make_local_store
 from workers.context import WorkerContext
 from workers.runner import run_chunk
+from workers.train_state import cached_images
 from workers.training import run_training
 from xmlcore.datasets import generate_dishes
 from xmlcore.images import encode_png
@@ -32,7 +33,7 @@ from xmlx import jobs, quotas
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, session_scope, utcnow
 from xmlx.embedded_redis import free_port
-from xmlx.models import Model, ModelState
+from xmlx.models import Model, ModelState, Purge
 from xmlx.settings import Settings
 from xmlx.storage import LocalObjectStore, ObjectStore, S3ObjectStore, StorageError
 
@@ -280,6 +281,68 @@ def test_an_explanation_chunk_with_a_new_sampler_records_stability(
     assert named and written == sum(setup.store.head(key) or 0 for key in named)
     assert {s["provenance"]["sampler"] for s in summaries} == {"antithetic"}
     assert all(0 <= s["metrics"]["stability@5"] <= 1 for s in summaries)
+
+
+class PendingUploadsPurge:
+    """A pending uploads purge of `prefix` (a storage prefix), for the test's duration:
+    what `DELETE /v1/uploads` leaves until the purge runs. Marked done afterwards, so
+    the module's other tests read those images again."""
+
+    def __init__(self, setup: Setup, prefix: str) -> None:
+        self.setup, self.prefix = setup, prefix
+
+    def __enter__(self) -> str:
+        now = utcnow()
+        with session_scope(self.setup.sessions) as session:
+            row = Purge(
+                id=f"prg_{uuid.uuid4().hex[:12]}", tenant_id=self.setup.tenant_id,
+                kind="uploads", target=self.prefix, state="pending", stage="start",
+                objects_deleted=0, bytes_freed=0, rows_deleted=0, created_at=now,
+                updated_at=now,
+            )  # fmt: skip
+            session.add(row)
+            self.purge_id = row.id
+        return self.purge_id
+
+    def __exit__(self, *exc: object) -> None:
+        with session_scope(self.setup.sessions) as session:
+            row = session.get(Purge, self.purge_id)
+            assert row is not None
+            row.state = "done"
+
+
+def test_an_image_under_deleted_uploads_reads_as_missing_before_the_purge(
+    setup: Setup, trained: tuple[str, str]
+) -> None:
+    keys = setup.image_keys[10:15]  # 3 batches: the prefetch path and the first read
+    created = jobs.create_job(
+        setup.sessions, tenant_id=setup.tenant_id, kind="predict", item_keys=keys,
+        params={"image_prefix": IMAGES, "k": 3}, model_id=trained[0], chunk_size=5,
+    )  # fmt: skip
+    with PendingUploadsPurge(setup, IMAGES + "img_01") as purge_id:
+        gone = {key for key in keys if key.startswith("img_01")}
+        assert run_chunk(setup.context(), created.chunk_ids[0]).status == "done"
+    items = setup.items(created.job.id)
+    assert {key for key, (state, _) in items.items() if state == "succeeded"} == set(keys) - gone
+    assert {items[key] for key in gone} == {("failed", "image.missing")}
+    with session_scope(setup.sessions) as session:
+        page = repo.list_items(session, setup.tenant_id, created.job.id, limit=10)
+        assert page is not None
+        assert all(purge_id in (row.error_message or "") for row in page.rows if row.error_code)
+    assert all(setup.store.exists(IMAGES + key) for key in gone)  # only the purge deletes
+
+
+def test_training_leaves_out_images_under_deleted_uploads(setup: Setup) -> None:
+    keys = tuple(setup.image_keys[8:14])  # img_008 .. img_013
+    with PendingUploadsPurge(setup, IMAGES + "img_00"):
+        _records, kept = cached_images(
+            setup.context(), setup.tenant_id, f"m-{uuid.uuid4().hex}", IMAGES, keys, (32, 32)
+        )
+    assert kept.tolist() == [2, 3, 4, 5]  # img_008 and img_009 are deleted
+    _records, kept = cached_images(
+        setup.context(), setup.tenant_id, f"m-{uuid.uuid4().hex}", IMAGES, keys, (32, 32)
+    )
+    assert kept.tolist() == [0, 1, 2, 3, 4, 5]
 
 
 def test_cancel_mid_chunk_stops_before_the_next_batch(

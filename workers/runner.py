@@ -38,7 +38,7 @@ from xmlcore.images import decode_image
 from xmlcore.methods import parse_target
 from xmlcore.param_costs import check_image_fit, forward_passes_per_item, max_batch_size
 from xmlcore.params import EVALUATIONS, parse_params
-from xmlx import jobs
+from xmlx import deletion, jobs
 from xmlx.keys import attempt_token
 from xmlx.models import Job, JobKind
 from xmlx.storage import StorageError
@@ -115,7 +115,7 @@ def _run_items(
         upcoming: Future[Loaded] | None = None
         for index, batch in enumerate(batches):
             keeper.beat()
-            loaded = upcoming.result() if upcoming is not None else None
+            loaded = _prefetched(upcoming)
             upcoming = None
             if index + 1 < len(batches):
                 upcoming = ahead.submit(_load_images, ctx, attempt, model, batches[index + 1])
@@ -128,6 +128,19 @@ def _run_items(
         sweep(ctx, attempt)
     jobs.complete_chunk(ctx.sessions, attempt.lease.chunk_id, ctx.owner)
     return ChunkOutcome("done", recorded)
+
+
+def _prefetched(upcoming: Future[Loaded] | None) -> Loaded | None:
+    """The batch read ahead, or None when that read failed as a whole (say, the
+    database was unreachable): the batch is then read the normal way, where such a
+    failure is handled (`_run_batch_through_outages`, the task's retries)."""
+    if upcoming is None:
+        return None
+    try:
+        return upcoming.result()
+    except Exception:  # met again, and handled, on the normal read
+        log.warning("prefetch failed; reading the batch again", exc_info=True)
+        return None
 
 
 def _run_batch_through_outages(
@@ -310,8 +323,16 @@ def _load_images(ctx: WorkerContext, attempt: Attempt, model: Any, keys: Sequenc
     what each outcome means."""
     settings = ctx.settings
     prefix = str(attempt.job.params["image_prefix"])
+    # Uploads deleted but not purged yet are gone already: read as missing, not as
+    # whatever the purge has not reached.
+    deleted = deletion.read_deleted_uploads(ctx.sessions, attempt.job.tenant_id) if keys else []
 
     def fetch(key: str) -> bytes | StorageError:
+        covering = deletion.deleted_upload_covering(deleted, prefix + key)
+        if covering is not None:
+            return StorageError(
+                "storage.not_found", f"no object {key} (deleted by purge {covering.purge_id})"
+            )
         try:
             return ctx.store.get_bytes(prefix + key, max_bytes=settings.max_image_bytes)
         except StorageError as exc:

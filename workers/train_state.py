@@ -28,6 +28,7 @@ from xmlcore.checkpoint import StageCheckpoint
 from xmlcore.errors import XmlcoreError
 from xmlcore.images import decode_image
 from xmlcore.records import ImageRecordFile
+from xmlx import deletion
 from xmlx.keys import model_artifact_key, model_prefix
 from xmlx.storage import StorageError
 
@@ -81,7 +82,12 @@ class CheckpointStore:
 
 
 def cached_images(
-    ctx: WorkerContext, model_id: str, prefix: str, keys: tuple[str, ...], size: tuple[int, int]
+    ctx: WorkerContext,
+    tenant_id: str,
+    model_id: str,
+    prefix: str,
+    keys: tuple[str, ...],
+    size: tuple[int, int],
 ) -> tuple[ImageRecordFile, np.ndarray]:
     """The decoded images of `keys` on local disk, and the rows that could be read."""
     base = Path(ctx.settings.train_cache_dir) / f"{model_id}-{size[0]}x{size[1]}"
@@ -92,8 +98,12 @@ def cached_images(
     records = ImageRecordFile.create(records.path, len(keys), size)
     ok = np.zeros(len(keys), dtype=bool)
     settings = ctx.settings
+    # Uploads deleted but not purged yet are gone already: left out as unreadable.
+    deleted = deletion.read_deleted_uploads(ctx.sessions, tenant_id)
 
     def load(row: int) -> None:
+        if deletion.deleted_upload_covering(deleted, prefix + keys[row]) is not None:
+            return
         try:
             data = ctx.store.get_bytes(prefix + keys[row], max_bytes=settings.max_image_bytes)
             records.write(row, decode_image(data, size=size, max_pixels=settings.max_image_pixels))

@@ -167,7 +167,12 @@ def _train(
     train_params = params.get("training", {})
     size = tuple(train_params.get("image_size") or (64, 64))
     records, kept = cached_images(
-        ctx, str(job.model_id), dataset["image_prefix"], space.image_keys, (size[0], size[1])
+        ctx,
+        job.tenant_id,
+        str(job.model_id),
+        dataset["image_prefix"],
+        space.image_keys,
+        (size[0], size[1]),
     )
     if len(kept) < 2:
         raise XmlcoreError(

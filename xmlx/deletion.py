@@ -14,15 +14,19 @@ the same thing is 404, because it is already gone for readers.
   model deletes every job made with it (their results describe that model).
 - A dataset a live training job reads is `dataset.in_use` (409). Its row stays as a
   tombstone while models trained on it exist (they name it); its objects go at once.
-- Uploads are deleted by prefix: there is no row to stamp, so they stay readable until
-  the purge (usually seconds); a second DELETE of a prefix whose purge is still pending
-  answers that purge again, and 404 once nothing is left under it.
+- Uploads are deleted by prefix: there is no row to stamp, so the pending purge is the
+  mark. Until it is done every read skips what is under its prefix
+  (`deleted_upload_prefixes`): workers read such an image as missing, listings and
+  manifests under it are not found, and presigning a new upload there is refused
+  (`uploads.purging`, 409: the purge could delete it). A second DELETE of the prefix,
+  or of a folder inside it, is 404, as for the other kinds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
@@ -133,19 +137,52 @@ def delete_uploads(
     target = keys.uploads_prefix(tenant_id, prefix)
     now = now or utcnow()
     with session_scope(sessions) as session:
-        pending = session.scalars(
-            select(Purge).where(
-                Purge.tenant_id == tenant_id,
-                Purge.kind == KIND_UPLOADS,
-                Purge.target == target,
-                Purge.state == PurgeState.PENDING,
+        covering = deleted_upload_covering(deleted_upload_prefixes(session, tenant_id), target)
+        if covering is not None:
+            raise XmlxError(
+                "uploads.not_found",
+                f"the uploads under {prefix!r} are already deleted (purge {covering.purge_id})",
             )
-        ).first()
-        if pending is not None:
-            return pending
         if not store.list_keys(target, limit=1):
             raise XmlxError("uploads.not_found", f"no uploads under {prefix!r}")
         return _purge(session, tenant_id, KIND_UPLOADS, target, now)
+
+
+class DeletedUploads(NamedTuple):
+    """A pending uploads purge: everything whose storage key starts with `prefix`."""
+
+    purge_id: str
+    prefix: str
+
+
+def deleted_upload_prefixes(session: Session, tenant_id: str) -> list[DeletedUploads]:
+    """The tenant's uploads deleted and not purged yet (a handful at most: one query on
+    the purges' (tenant, kind, target) index)."""
+    stmt = select(Purge.id, Purge.target).where(
+        Purge.tenant_id == tenant_id,
+        Purge.kind == KIND_UPLOADS,
+        Purge.state == PurgeState.PENDING,
+    )
+    return [DeletedUploads(row.id, row.target) for row in session.execute(stmt)]
+
+
+def read_deleted_uploads(sessions: SessionFactory, tenant_id: str) -> list[DeletedUploads]:
+    with session_scope(sessions) as session:
+        return deleted_upload_prefixes(session, tenant_id)
+
+
+def deleted_upload_covering(deleted: Sequence[DeletedUploads], key: str) -> DeletedUploads | None:
+    """The pending purge whose prefix holds storage key (or prefix) `key`, if any."""
+    return next((d for d in deleted if key.startswith(d.prefix)), None)
+
+
+def without_deleted_uploads(
+    deleted: Sequence[DeletedUploads], storage_keys: Iterable[str]
+) -> Iterable[str]:
+    """`storage_keys` less those a pending uploads purge removes."""
+    if not deleted:
+        return storage_keys
+    return (key for key in storage_keys if deleted_upload_covering(deleted, key) is None)
 
 
 def _lock(session: Session, table: type[Row], tenant_id: str, row_id: str) -> Row | None:

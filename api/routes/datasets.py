@@ -76,7 +76,9 @@ def create_dataset(
 
 def _create(state: State, tenant_id: str, body: DatasetRequest) -> DatasetDetail:
     image_prefix = inputs.uploads_folder(tenant_id, body.images_prefix)
-    data = inputs.read_manifest_bytes(state.store, inputs.upload_key(tenant_id, body.manifest_key))
+    manifest_key = inputs.upload_key(tenant_id, body.manifest_key)
+    inputs.check_manifest_visible(state.sessions, tenant_id, manifest_key)
+    data = inputs.read_manifest_bytes(state.store, manifest_key)
     space = read_manifest(data)
     inputs.check_user_keys(space.image_keys, image_prefix)
     suffix = "jsonl" if data.lstrip(_BLANKS).startswith(b"{") else "csv"

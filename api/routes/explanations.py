@@ -188,6 +188,7 @@ def _source(state: ApiState, tenant_id: str, body: BatchRequest, base: str) -> d
         return {"base": base, "prefix": base + body.prefix}
     assert body.manifest_key is not None
     manifest = inputs.upload_key(tenant_id, body.manifest_key)
+    inputs.check_manifest_visible(state.sessions, tenant_id, manifest)
     if not state.store.exists(manifest):
         raise ProblemError(422, "manifest.not_found", "no object at manifest_key")
     return {"base": base, "manifest": manifest}

@@ -23,7 +23,7 @@ raised for the task to retry; the resumed run continues where this one stopped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from xmlcore.param_costs import PREDICT
-from xmlx import quotas
+from xmlx import deletion, quotas
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, new_id, session_scope, utcnow
 from xmlx.errors import XmlxError
@@ -126,9 +126,10 @@ def prepare_batch(
             return Preparation(job_id, job.kind if job else "", job.state if job else "", [])
         kind, source, offset = job.kind, dict(job.source), job.total
         last_key = repo.item_key_at(session, job_id, offset - 1) if offset else None
+        deleted = deletion.deleted_upload_prefixes(session, job.tenant_id)
     per_slice = -(-slice_rows // chunk_size) * chunk_size  # whole chunks in every slice
     try:
-        keys = _source_keys(store, source, offset, last_key)
+        keys = _source_keys(store, source, offset, last_key, deleted)
         slices = 0
         while batch := list(islice(keys, per_slice)):
             _check_slice(batch, source["base"], offset + len(batch), max_items)
@@ -147,15 +148,21 @@ def prepare_batch(
 
 
 def _source_keys(
-    store: ObjectStore, source: dict[str, str], offset: int, last_key: str | None
+    store: ObjectStore,
+    source: dict[str, str],
+    offset: int,
+    last_key: str | None,
+    deleted: Sequence[deletion.DeletedUploads] = (),
 ) -> Iterator[str]:
-    """The batch's keys (relative to the source's base) after the first `offset`."""
+    """The batch's keys (relative to the source's base) after the first `offset`. A
+    listing leaves out uploads deleted but not purged yet (resuming goes by the last
+    key, not a count, so that is safe); a manifest's keys are kept as written, and a
+    deleted one fails as a missing image on the worker."""
     base = source["base"]
     if "prefix" in source:
         start_after = base + last_key if last_key is not None else None
-        return (
-            key[len(base) :] for key in iter_keys(store, source["prefix"], start_after=start_after)
-        )
+        listed = iter_keys(store, source["prefix"], start_after=start_after)
+        return (key[len(base) :] for key in deletion.without_deleted_uploads(deleted, listed))
     lines = (line.strip() for line in _manifest_lines(store, source["manifest"]))
     return islice((line for line in lines if line), offset, None)
 
