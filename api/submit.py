@@ -18,7 +18,7 @@ from api.deps import ApiState
 from api.idempotency import conflict
 from api.problems import ProblemError
 from api.views import JobOut, job_out
-from xmlx import jobs, quotas, webhooks
+from xmlx import jobs, webhooks
 from xmlx import repository as repo
 from xmlx.db import session_scope, utcnow
 from xmlx.models import Job, Model, ModelState
@@ -56,7 +56,6 @@ def create_and_enqueue(
     priority: str = "normal",
     callback_url: str | None = None,
 ) -> jobs.CreatedJob:
-    quotas.check_submission(state.sessions, tenant_id, len(item_keys))
     created = jobs.create_job(
         state.sessions,
         tenant_id=tenant_id,

@@ -10,6 +10,12 @@ them straight to the store. Items in flight are counted from the jobs themselves
 
 Over a limit: `quota.storage_exceeded` (403: waiting does not help, deleting does) or
 `quota.items_in_flight` (429: it passes as jobs finish); both carry `usage` and `limit`.
+
+Admission is atomic: `admit` runs in the transaction that inserts the job, and for a
+tenant with an items limit it first locks the tenant's row, so two concurrent
+submissions cannot both count the same room and together pass the limit. A preparing
+batch (`xmlx.jobs.prepare`) checks again once listed, without that lock: its items
+were committed slice by slice before, so every admission already counted them.
 """
 
 from __future__ import annotations
@@ -107,10 +113,31 @@ def check_items(session: Session, tenant_id: str, new_items: int) -> None:
         )
 
 
-def check_submission(sessions: SessionFactory, tenant_id: str, new_items: int) -> None:
-    with session_scope(sessions) as session:
-        check_storage(session, tenant_id)
-        check_items(session, tenant_id, new_items)
+def admit(session: Session, tenant_id: str, new_items: int) -> None:
+    """Check both limits for a job of `new_items` items that the caller inserts in this
+    same transaction; the items check holds the tenant's lock until it commits."""
+    check_storage(session, tenant_id)
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None or tenant.max_items_in_flight is None:
+        # No limit, nothing to serialise: such tenants (most) take no lock and never
+        # wait for each other's submissions. A limit set concurrently applies from the
+        # next submission, as it would had it been set a moment later.
+        return
+    _lock_tenant(session, tenant_id)
+    check_items(session, tenant_id, new_items)
+
+
+def _lock_tenant(session: Session, tenant_id: str) -> None:
+    """Serialise the tenant's admissions until this transaction ends, and refresh its
+    limits. PostgreSQL: FOR NO KEY UPDATE, which waits for another admission but not for
+    inserts that only reference the tenant (their foreign keys take KEY SHARE). Counts
+    made after it see what the previous holder committed (READ COMMITTED takes a new
+    snapshot per statement). SQLite ignores FOR UPDATE and runs plain SELECTs outside a
+    transaction, so a no-op UPDATE takes the database's write lock first."""
+    if session.get_bind().dialect.name == "sqlite":
+        execute_count(session, update(Tenant).where(Tenant.id == tenant_id).values(id=Tenant.id))
+    locked = select(Tenant).where(Tenant.id == tenant_id).with_for_update(key_share=True)
+    session.execute(locked.execution_options(populate_existing=True)).scalar_one_or_none()
 
 
 def recount_usage(

@@ -46,7 +46,7 @@ from api.submit import (
     replayed_job,
 )
 from api.views import JobOut
-from xmlx import jobs, quotas
+from xmlx import jobs
 from xmlx import repository as repo
 from xmlx.dataset_images import images_storage_prefix
 from xmlx.db import session_scope
@@ -120,9 +120,6 @@ def _submit(
     check_cost(state, tenant_id, body, model, 1)  # before a prefix or manifest is read
     params = {**extra, "k": body.k, "image_prefix": base}
     if body.images is None:
-        # The batch's size is known only once listed: refuse it if even one more item
-        # would pass the tenant's limit.
-        quotas.check_submission(state.sessions, tenant_id, 1)
         source = _source(state, tenant_id, body, base)
         created = jobs.start_preparing(
             state.sessions, tenant_id=tenant_id, kind=kind, source=source, params=params,

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
+from xmlx import quotas
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, new_id, session_scope, utcnow
 from xmlx.jobs.common import settle_job
@@ -38,6 +39,9 @@ def create_job(
 
     With `idempotency_key`: the same key and the same `request_hash` return the existing
     job (created=False); the same key with another hash raises `job.idempotency_conflict`.
+
+    The tenant's limits (`xmlx.quotas.admit`: `quota.storage_exceeded`,
+    `quota.items_in_flight`) are checked in the transaction that inserts the job.
     """
     _check_request(kind, item_keys, chunk_size, max_items)
     if priority not in set(Priority):
@@ -69,12 +73,15 @@ def create_job(
     )
     try:
         with session_scope(sessions) as session:
+            quotas.admit(session, tenant_id, len(item_keys))
             session.add(job)
             session.flush()
             chunk_ids = work.insert_work(session, job.id, item_keys, chunk_size)
             settle_job(session, job.id)  # a retrained model: failed -> pending
-    except IntegrityError:
-        # Two requests raced with the same idempotency key: the loser replays the winner.
+    except (IntegrityError, quotas.QuotaError):
+        # Two requests raced with the same idempotency key: the loser replays the winner
+        # (having waited for the winner's tenant lock, it may count the winner's items
+        # and be refused by the quota instead of hitting the unique key).
         replay = (
             replay_job(sessions, tenant_id, idempotency_key, request_hash)
             if (idempotency_key is not None)

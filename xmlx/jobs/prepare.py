@@ -76,7 +76,9 @@ def start_preparing(
     callback_url: str | None = None,
 ) -> CreatedJob:
     """The job row of a batch to prepare from `source` ({"prefix": storage prefix, "base":
-    the prefix keys are relative to} or {"manifest": storage key, "base": ...})."""
+    the prefix keys are relative to} or {"manifest": storage key, "base": ...}). Its size
+    is known only once listed: the tenant's limits refuse it if even one more item would
+    pass them (`quotas.admit`, in the transaction that inserts the row)."""
     if idempotency_key is not None:
         replay = replay_job(sessions, tenant_id, idempotency_key, request_hash)
         if replay is not None:
@@ -91,8 +93,9 @@ def start_preparing(
     )  # fmt: skip
     try:
         with session_scope(sessions) as session:
+            quotas.admit(session, tenant_id, 1)
             session.add(job)
-    except IntegrityError:
+    except (IntegrityError, quotas.QuotaError):  # a racing twin won (`create_job`)
         replay = (
             replay_job(sessions, tenant_id, idempotency_key, request_hash)
             if idempotency_key is not None
