@@ -121,6 +121,14 @@ class ModelRequest(Strict):
     callback_url: CallbackUrl = None
 
 
+class RetrainRequest(Strict):
+    callback_url: CallbackUrl = Field(
+        default=None,
+        description="where the new training job reports its end; left out: the failed "
+        "training's own callback URL (then the tenant's default)",
+    )
+
+
 class BatchRequest(Strict):
     """Images to run a model on: a list of keys, one prefix, or a manifest (exactly one).
 

@@ -80,6 +80,11 @@ class JobOut(BaseModel):
     )
     cancel_requested: bool
     priority: str = Field(description="low, normal or high: order among the tenant's jobs")
+    callback_url: str | None = Field(
+        default=None,
+        description="where the job's end is POSTed (its own; null: the tenant's default, "
+        "if any, is used at delivery)",
+    )
     params: dict[str, Any]
     error: ErrorInfo | None
     errors_by_code: dict[str, int] = Field(description="failed items per error code")
@@ -184,6 +189,7 @@ def job_out(job: Job, errors_by_code: dict[str, int], now: datetime) -> JobOut:
         duplicates=job.duplicates,
         cancel_requested=job.cancel_requested,
         priority=job.priority or "normal",
+        callback_url=job.callback_url,
         params=job.params,
         error=_error(job.error_code, job.error_message),
         errors_by_code=errors_by_code,

@@ -141,3 +141,36 @@ def test_cli_submit_passes_the_callback_url(
     with session_scope(session_factory) as session:
         job = repo.get_job(session, api_user.tenant_id, job_id)
         assert job is not None and job.callback_url == HOOK
+
+
+def test_a_retrain_keeps_the_failed_trainings_callback_unless_given_one(
+    hook_client: TestClient, api_user: ApiUser
+) -> None:
+    headers = api_user.headers
+    dataset = small_dataset(hook_client, api_user)
+    body = {"dataset_id": dataset["id"], "callback_url": HOOK}
+    created = hook_client.post("/v1/models", json=body, headers=headers).json()
+    model_id = created["model"]["id"]
+
+    def fail_training(job_id: str) -> None:  # a cancelled training fails its model
+        hook_client.post(f"/v1/jobs/{job_id}/cancel", headers=headers)
+        assert hook_client.get(f"/v1/models/{model_id}", headers=headers).json()["state"] == (
+            "failed"
+        )
+
+    def callback_of(answer: object) -> str | None:
+        job_id = answer.json()["job"]["id"]  # type: ignore[attr-defined]
+        return hook_client.get(f"/v1/jobs/{job_id}", headers=headers).json()["callback_url"]
+
+    fail_training(created["job"]["id"])
+    retrain = f"/v1/models/{model_id}/retrain"
+    kept = hook_client.post(retrain, headers=headers)
+    assert kept.status_code == 202, kept.text
+    assert callback_of(kept) == HOOK
+    fail_training(kept.json()["job"]["id"])
+    refused = hook_client.post(retrain, json={"callback_url": "http://10.0.0.7/x"}, headers=headers)
+    assert_problem(refused, 422, "webhook.url_not_allowed")
+    other = "http://127.0.0.1:9/other"
+    given = hook_client.post(retrain, json={"callback_url": other}, headers=headers)
+    assert given.status_code == 202, given.text
+    assert callback_of(given) == other

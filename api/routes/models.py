@@ -12,12 +12,14 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.deps import ApiState, DbSession, IdempotencyKey, Reader, State, Submitter
 from api.idempotency import fingerprint
 from api.problems import ProblemError, problem_responses
 from api.routes.datasets import find_dataset
-from api.schemas import ModelRequest
+from api.schemas import ModelRequest, RetrainRequest
 from api.submit import (
     checked_callback,
     create_and_enqueue,
@@ -32,7 +34,6 @@ from xmlx.dataset_images import images_storage_prefix
 from xmlx.db import session_scope
 from xmlx.errors import XmlxError
 from xmlx.models import Job, JobKind, Model, ModelState
-from xmlx.security import request_hash
 from xmlx.weights import PRETRAINED_BASES, weights_record
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -86,12 +87,14 @@ def retrain_model(
     state: State,
     idempotency_key: IdempotencyKey,
     response: Response,
+    body: RetrainRequest | None = None,
 ) -> ModelCreated:
     """Same model id, same parameters: links and names keep working, the model's jobs
     list shows every attempt, and the new job resumes from the checkpoints the failed
-    one left (they are kept until the model is ready)."""
+    one left (they are kept until the model is ready). The body is optional."""
     tenant_id = caller.tenant_id
-    fp = request_hash(f"POST /v1/models/{model_id}/retrain".encode())
+    body = body or RetrainRequest()
+    fp = fingerprint(f"POST /v1/models/{model_id}/retrain", body)
     replay = replayed_job(state, tenant_id, idempotency_key, fp)
     if replay is not None:
         mark_replayed(response)
@@ -108,10 +111,23 @@ def retrain_model(
     with session_scope(state.sessions) as session:
         dataset = find_dataset(session, tenant_id, model.dataset_id)
         image_prefix = images_storage_prefix(state.store, dataset)
+        url = body.callback_url or _last_training_callback(session, model_id)
+    callback_url = checked_callback(state, tenant_id, url)  # the allow-list may have changed
     return _submit_training(
         state, tenant_id, model_id, (dataset.manifest_key, image_prefix), training,
-        (idempotency_key, fp), response, new_model=False,
+        (idempotency_key, fp), response, new_model=False, callback_url=callback_url,
     )  # fmt: skip
+
+
+def _last_training_callback(session: Session, model_id: str) -> str | None:
+    """The callback URL the model's latest training job was given, if any."""
+    stmt = (
+        select(Job.callback_url)
+        .where(Job.model_id == model_id, Job.kind == JobKind.TRAIN)
+        .order_by(Job.created_at.desc(), Job.id.desc())
+        .limit(1)
+    )
+    return session.scalar(stmt)
 
 
 def _submit_training(
