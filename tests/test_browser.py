@@ -32,6 +32,7 @@ from workers.training import run_training
 from xmlcore.datasets import generate_dishes
 from xmlx import jobs
 from xmlx import repository as repo
+from xmlx.client import Client
 from xmlx.db import SessionFactory, session_scope
 from xmlx.settings import Settings
 from xmlx.storage import make_object_store
@@ -85,6 +86,22 @@ def gallery(
     with httpx.Client(base_url=base, timeout=30) as client:
         return make_gallery(client, session_factory, make_object_store(settings),
                             tmp_path_factory.mktemp("dishes"), image_size=IMAGE_SIZE)  # fmt: skip
+
+
+def test_the_client_downloads_every_labels_heatmap(
+    served: tuple[str, Settings], gallery: Gallery, tmp_path: Path
+) -> None:
+    """Two labels explained per image: the client fetches both heatmaps and the mask by
+    default, or just what `names` lists (no browser needed: real HTTP, presigned URLs)."""
+    with Client(served[0], gallery.user.key) as client:
+        pictures = client.download_artifacts(gallery.job_id, tmp_path / "all")
+        second = client.download_artifacts(gallery.job_id, tmp_path / "w", names=["heatmap_2.png"])
+    succeeded = [key for key in gallery.keys if key not in FAILED]
+    want = {f"{Path(key).stem}_{name}" for key in succeeded
+            for name in ("heatmap.png", "heatmap_2.png", "mask.png")}  # fmt: skip
+    assert {path.name for path in pictures} == want
+    assert all(path.read_bytes().startswith(b"\x89PNG") for path in pictures)
+    assert {path.name for path in second} == {f"{Path(k).stem}_heatmap_2.png" for k in succeeded}
 
 
 @pytest.fixture(scope="module")

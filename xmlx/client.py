@@ -290,15 +290,18 @@ class Client:
         return written
 
     def download_artifacts(
-        self, job_id: str, dest: Path, *, names: Iterable[str] = ("heatmap.png", "mask.png")
+        self, job_id: str, dest: Path, *, names: Iterable[str] | None = None
     ) -> list[Path]:
-        """Fetch every item's artifacts (through their presigned URLs) into ``dest``."""
-        wanted = set(names)
+        """Fetch the succeeded items' artifacts (through their presigned URLs) into
+        ``dest`` as ``<image stem>_<name>``. ``names`` picks some (e.g. ``weights.npy``);
+        by default every picture: one heatmap per explained label (``heatmap.png``,
+        ``heatmap_2.png``, ...) and the top-superpixel mask."""
+        wanted = set(names) if names is not None else None
         written = []
         dest.mkdir(parents=True, exist_ok=True)
         for item in self.iter_results(job_id, state="succeeded"):
             for name, url in item.artifacts.items():
-                if name not in wanted:
+                if not (name in wanted if wanted is not None else name.endswith(".png")):
                     continue
                 response = httpx.get(url, timeout=60.0)
                 response.raise_for_status()
