@@ -103,3 +103,14 @@ def test_randomising_the_top_layers_changes_weights_and_spearman_sees_it() -> No
     assert sanity.spearman(a, a) == pytest.approx(1.0)
     assert sanity.spearman(a, -a) == pytest.approx(-1.0)
     assert sanity.spearman(a, np.zeros_like(a)) == 0.0
+
+
+def test_the_planted_part_runs_alone_with_the_occlusion_window_asked_for() -> None:
+    argv = ["--planted-only", "--methods", "occlusion", "--occlusion-window", "4,2",
+            "--n-planted", "3", "--size", str(SIZE)]  # fmt: skip
+    result = sanity.main(argv)
+    assert result["setup"]["occlusion"] == {"patch": 4, "stride": 2}
+    assert "trained" not in result and "randomisation" not in result  # no model trained
+    for part in ("region_cnn", "mask_energy"):
+        assert 0 <= result["planted"][part]["occlusion"]["mass_in_mask"] <= 1
+    assert sanity.method_params("occlusion", 64, sanity.parse_args([])) == {"patch": 8, "stride": 4}
