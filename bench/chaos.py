@@ -268,8 +268,12 @@ def worker_killed(chaos: Chaos) -> dict[str, Any]:
     started = time.monotonic()
     job_id = chaos.explain(n)
     while kills < chaos.sizes.kills and not _is_final(chaos.job(job_id)):
-        victim = WORKERS[kills % len(WORKERS)]  # alternate: no warm-up between kills
-        if not chaos.holds_lease(victim):
+        # Alternate (the worker just restarted is still warming up) but take the other
+        # one when it is the one working: a fast batch can end while the preferred
+        # victim holds nothing, and the scenario would then stop short of its kills.
+        order = WORKERS[kills % len(WORKERS) :] + WORKERS[: kills % len(WORKERS)]
+        victim = next((name for name in order if chaos.holds_lease(name)), None)
+        if victim is None:
             time.sleep(0.2)
             continue
         time.sleep(0.5)  # mid-chunk, not at its first item
