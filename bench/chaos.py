@@ -92,6 +92,9 @@ SERVICE_ENV = {
     "XMLX_VISIBILITY_TIMEOUT_SECONDS": "600",
     "XMLX_MAX_BATCH_ITEMS": "5000",
     "XMLX_RATE_LIMIT_PER_MINUTE": "100000",
+    # Scenario 14 stops a worker that may be inside a transaction holding the job's row
+    # lock: the server ends such a session after this (the default is 120 s).
+    "XMLX_DATABASE_IDLE_TRANSACTION_TIMEOUT_SECONDS": "15",
 }
 EXPLAIN = {"method": "lime", "target": {"kind": "top_k", "k": 1}}
 ARTIFACTS_PER_ITEM = 3
@@ -520,11 +523,15 @@ def stopped_worker(chaos: Chaos) -> dict[str, Any]:
     stale_tokens = {_owner_hash(owner) for owner in chaos.worker_owners(victim)}
     chaos.signal_worker(victim, signal.SIGSTOP)
     stopped_at = datetime.now(UTC)
-    body = chaos.wait(job_id, 600)  # the other worker takes the chunk over
-    finished = _recorded_bytes(chaos, job_id)
-    log_mark = _log_size(chaos, victim)
-    chaos.signal_worker(victim, signal.SIGCONT)
-    refused = _wait_for_log(chaos, victim, log_mark, "lease_lost", timeout=120)
+    try:
+        body = chaos.wait(job_id, 600)  # the other worker takes the chunk over
+        finished = _recorded_bytes(chaos, job_id)
+        log_mark = _log_size(chaos, victim)
+    finally:  # never leave a stopped worker to the scenarios after this one
+        chaos.signal_worker(victim, signal.SIGCONT)
+    # Refused either by the lease check (stopped mid-batch) or, stopped inside a
+    # transaction, by the server, which ended the session and rolled it back.
+    refused = _wait_for_log(chaos, victim, log_mark, STALE_WRITE_REFUSED, timeout=120)
     # Its clean-up deletes run right after the refused record: on a loaded machine
     # that takes a while, so wait for them (bounded) rather than a fixed pause.
     # Files carrying the victim's token that no item names: before the stop it may have
@@ -550,6 +557,9 @@ def stopped_worker(chaos: Chaos) -> dict[str, Any]:
             "stale_write_refused": refused, "artifacts_unchanged": unchanged,
             "items_naming_stale_files": len(stale_names), "stale_files_left": len(stale_files),
             "passed": passed}  # fmt: skip
+
+
+STALE_WRITE_REFUSED = ("lease_lost", "idle-in-transaction timeout")
 
 
 def _owner_hash(owner: str) -> str:
@@ -606,13 +616,18 @@ def _log_size(chaos: Chaos, name: str) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def _wait_for_log(chaos: Chaos, name: str, offset: int, text: str, timeout: float) -> bool:
+def _wait_for_log(
+    chaos: Chaos, name: str, offset: int, text: str | tuple[str, ...], timeout: float
+) -> bool:
+    """Whether the worker's log gets (one of) `text` after `offset` within `timeout`."""
+    wanted = [t.encode() for t in ((text,) if isinstance(text, str) else text)]
     deadline = time.monotonic() + timeout
     path = chaos.stack.log_path(name)
     while time.monotonic() < deadline:
         with path.open("rb") as handle:
             handle.seek(offset)
-            if text.encode() in handle.read():
+            seen = handle.read()
+            if any(t in seen for t in wanted):
                 return True
         time.sleep(0.5)
     return False

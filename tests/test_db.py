@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.exc import IntegrityError, OperationalError, StatementError
 
 from tests.kernel_fixtures import TEST_DATABASE_URL_ENV
 from xmlx import jobs
 from xmlx import repository as repo
-from xmlx.db import Base, SessionFactory, new_id, session_scope
+from xmlx.db import Base, SessionFactory, create_engine, new_id, session_scope
 from xmlx.models import Tenant
 
 
@@ -97,3 +97,33 @@ def test_database_kind_matches_the_environment(database_engine: Engine) -> None:
             assert dialect == "sqlite"
             files = connection.execute(text("PRAGMA database_list")).all()
             assert files[0][2].endswith(".sqlite")  # a file, not an in-memory database
+
+
+@pytest.mark.skipif(not os.environ.get(TEST_DATABASE_URL_ENV), reason="PostgreSQL only")
+def test_a_session_frozen_inside_a_transaction_loses_its_locks(
+    database_url: str, tenant_id: str
+) -> None:
+    """A worker stopped mid-transaction (SIGSTOP, a paused VM) held a job's row lock and
+    every other worker of the job waited on it for as long as it stayed stopped (seen
+    in chaos scenario 14). With the timeout the server ends the frozen session and the
+    waiter gets the row."""
+    frozen_engine = create_engine(database_url, idle_transaction_timeout_seconds=1)
+    waiter_engine = create_engine(database_url)
+    lock = text("SELECT id FROM tenants WHERE id = :id FOR UPDATE")
+    try:
+        frozen = frozen_engine.connect()
+        frozen.begin()
+        frozen.execute(lock, {"id": tenant_id})  # then nothing: "idle in transaction"
+        with waiter_engine.connect() as waiter:
+            waiter.execute(text("SET lock_timeout = '10s'"))
+            started = time.monotonic()
+            assert waiter.execute(lock, {"id": tenant_id}).scalar() == tenant_id
+            waited = time.monotonic() - started
+            waiter.rollback()
+        assert 0.5 < waited < 5  # about the 1 s timeout, not the 10 s lock_timeout
+        with pytest.raises(OperationalError):  # the frozen session was ended
+            frozen.execute(text("SELECT 1"))
+        frozen.invalidate()
+    finally:
+        frozen_engine.dispose()
+        waiter_engine.dispose()

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, MetaData, event
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -92,11 +93,47 @@ class Base(DeclarativeBase):
     }
 
 
-def create_engine(url: str, *, echo: bool = False) -> Engine:
-    """An engine for `url` with the settings this service relies on (see module doc)."""
+def create_engine(
+    url: str, *, echo: bool = False, idle_transaction_timeout_seconds: int = 0
+) -> Engine:
+    """An engine for `url` with the settings this service relies on (see module doc).
+    `idle_transaction_timeout_seconds` (PostgreSQL, 0: the server's): the server ends a
+    session idle inside a transaction that long, releasing its locks
+    (`Settings.database_idle_transaction_timeout_seconds` says why)."""
     if url.startswith("sqlite"):
         return _create_sqlite_engine(url, echo=echo)
-    return sa_create_engine(url, echo=echo, pool_pre_ping=True)
+    engine = sa_create_engine(url, echo=echo, pool_pre_ping=True)
+    event.listen(engine, "handle_error", _ended_session_is_a_lost_connection)
+    if idle_transaction_timeout_seconds > 0:
+        timeout_ms = int(idle_transaction_timeout_seconds * 1000)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # A session setting, not a startup option: PgBouncer refuses unknown startup
+            # parameters. psycopg opens a transaction for the SET: commit it.
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"SET idle_in_transaction_session_timeout = {timeout_ms}")
+            cursor.close()
+            dbapi_connection.commit()
+
+    return engine
+
+
+IDLE_IN_TRANSACTION_TIMEOUT = "25P03"  # SQLSTATE of a session the server ended
+
+
+def _ended_session_is_a_lost_connection(context: Any) -> Exception | None:
+    """A session the server ended for idling in a transaction surfaces from psycopg
+    as an InternalError (SQLSTATE class 25); to the service it is a lost connection,
+    like any other: an OperationalError, which the workers retry and the API answers
+    with 503, on an invalidated connection."""
+    original = context.original_exception
+    if getattr(original, "sqlstate", None) != IDLE_IN_TRANSACTION_TIMEOUT:
+        return None
+    context.is_disconnect = True
+    return OperationalError(
+        context.statement, context.parameters, original, connection_invalidated=True
+    )
 
 
 def _create_sqlite_engine(url: str, *, echo: bool) -> Engine:
@@ -121,7 +158,11 @@ def _create_sqlite_engine(url: str, *, echo: bool) -> Engine:
 
 
 def engine_from_settings(settings: Settings) -> Engine:
-    return create_engine(settings.database_url, echo=settings.database_echo)
+    return create_engine(
+        settings.database_url,
+        echo=settings.database_echo,
+        idle_transaction_timeout_seconds=settings.database_idle_transaction_timeout_seconds,
+    )
 
 
 SessionFactory = sessionmaker[Session]

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     # Database and broker.
     database_url: str = Field(default_factory=_default_database_url)
     database_echo: bool = False
+    # PostgreSQL ends a session left idle inside a transaction this long (0: the
+    # server's setting). A worker frozen mid-transaction (SIGSTOP, a paused VM, a long
+    # GC pause) otherwise keeps its row locks, say on a job, and every other worker of
+    # that job waits on them for as long as it stays frozen. Behind PgBouncer in
+    # transaction mode set it on the role instead (DEPLOY.md) and leave this 0.
+    database_idle_transaction_timeout_seconds: int = Field(default=120, ge=0, le=86_400)
     redis_url: str = "redis://127.0.0.1:6379/0"
 
     # Object storage.
