@@ -174,3 +174,29 @@ def test_a_retrain_keeps_the_failed_trainings_callback_unless_given_one(
     given = hook_client.post(retrain, json={"callback_url": other}, headers=headers)
     assert given.status_code == 202, given.text
     assert callback_of(given) == other
+
+
+def test_cli_retrain_restarts_a_failed_model(
+    make_api_settings: Callable[..., Settings], api_user: ApiUser, hook_client: TestClient
+) -> None:
+    """`xmlx retrain` over real HTTP: 409 for a model that has not failed, a new job
+    for a failed one, with the callback URL it is given."""
+    from xmlx.cli import app as cli
+
+    headers = api_user.headers
+    dataset = small_dataset(hook_client, api_user)
+    created = hook_client.post("/v1/models", json={"dataset_id": dataset["id"]},
+                               headers=headers).json()  # fmt: skip
+    model_id = created["model"]["id"]
+    allowed = partial(make_api_settings, webhook_allowed_hosts="127.0.0.1")
+    with serve_app(allowed) as (base, _settings):
+        common = ["retrain", model_id, "--no-wait", "--api-url", base, "--api-key", api_user.key]
+        pending = CliRunner().invoke(cli, common)
+        assert pending.exit_code == 1 and "model.not_failed" in pending.output
+        hook_client.post(f"/v1/jobs/{created['job']['id']}/cancel", headers=headers)
+        done = CliRunner().invoke(cli, [*common, "--callback-url", HOOK])
+        assert done.exit_code == 0, done.output
+    job_id = done.output.split()[1].rstrip(":")
+    job = hook_client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+    assert job["kind"] == "train" and job["model_id"] == model_id
+    assert job["callback_url"] == HOOK and job_id != created["job"]["id"]

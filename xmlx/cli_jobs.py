@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
     app.command()(submit)
     app.command()(status)
     app.command()(results)
+    app.command()(retrain)
 
 
 def submit(
@@ -122,6 +123,25 @@ def results(
             )
         if not jsonl:
             console.print(table)
+
+
+def retrain(
+    model: Annotated[str, typer.Argument(help="id of a FAILED model")],
+    callback_url: Annotated[
+        str | None,
+        typer.Option(help="where the new job reports its end (default: the failed one's)"),
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="wait with a progress bar")] = True,
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = "",
+) -> None:
+    """Train a failed model again under its id (it resumes from its checkpoints)."""
+    with _client(api_url, api_key) as client:
+        created = _call(lambda: client.retrain(model, callback_url=callback_url))
+        job_id = created["job"]["id"]
+        console.print(f"job {job_id}: {created['job']['state']}, model {model} retraining")
+        if wait:
+            _print_status(client.wait(job_id, progress=True))
 
 
 def _print_status(job: JobStatus) -> None:

@@ -208,6 +208,13 @@ class Client:
     def job(self, job_id: str) -> JobStatus:
         return JobStatus.from_json(self.request("GET", f"/v1/jobs/{job_id}"))
 
+    def retrain(self, model_id: str, *, callback_url: str | None = None) -> dict[str, Any]:
+        """Train a failed model again under its id, resuming from its checkpoints;
+        returns ``{"job": ..., "model": ...}``. Without `callback_url` the new job reports
+        where the failed training did."""
+        body = {"callback_url": callback_url} if callback_url is not None else None
+        return dict(self.request("POST", f"/v1/models/{model_id}/retrain", json=body))
+
     def model(self, model_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/models/{model_id}"))
 
