@@ -5,17 +5,21 @@ so each test gets a database of its own."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
+from tests.kernel_fixtures import is_postgres
 from xmlx import jobs, keys, migrate
 from xmlx import repository as repo
 from xmlx.db import SessionFactory, create_engine, make_session_factory, session_scope, utcnow
 from xmlx.jobs import ClaimStatus, LeaseRef
+from xmlx.jobs.dispatch import ALL_KINDS
 from xmlx.models import ModelState
 
 LEASE = 60
@@ -277,3 +281,29 @@ def test_attempt_tokens_make_artifact_keys_unique_per_lease() -> None:
     assert all(path.rsplit("/", 2)[0] == legacy.rsplit("/", 1)[0] for path in paths)
     with pytest.raises(keys.KeyValidationError):
         keys.item_artifact_key("ten_abcd", "job_0123", "a.png", "mask.png", "../x")
+
+
+@pytest.mark.skipif(not is_postgres(), reason="lock_timeout is PostgreSQL's")
+def test_a_job_whose_row_is_held_is_passed_over_not_waited_on(
+    sessions: SessionFactory,
+) -> None:
+    """A worker frozen inside a transaction keeps its job's row lock (chaos 14 saw the
+    other worker wait on it until its task time limit). A claim waits at most
+    `job_lock_wait_seconds` on that job, then serves the next one; with nothing else to
+    run it answers NOTHING instead of hanging."""
+    submit(sessions, tenant(sessions, "a"), 2)
+    submit(sessions, tenant(sessions, "b"), 2)
+    first, second = jobs.rank_jobs(sessions, ALL_KINDS, utcnow())
+    holder = sessions()
+    try:  # the frozen worker: the first job's row locked, the transaction left open
+        holder.execute(text("UPDATE jobs SET updated_at = now() WHERE id = :id"), {"id": first})
+        started = time.monotonic()
+        claim = take(sessions, job_lock_wait_seconds=0.5)
+        assert claim.claimed and claim.job is not None and claim.job.id == second
+        finish(sessions, take(sessions, job_lock_wait_seconds=0.5))  # second's last chunk
+        assert take(sessions, job_lock_wait_seconds=0.5).status == ClaimStatus.NOTHING
+        assert time.monotonic() - started < 10
+    finally:
+        holder.rollback()
+        holder.close()
+    assert take(sessions).job.id == first  # type: ignore[union-attr]  # free again

@@ -22,9 +22,12 @@ on the way, like a claim of it would (`chunk.max_attempts` / `chunk.max_retries`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from datetime import datetime, timedelta
 
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from xmlx import repository as repo
@@ -36,6 +39,7 @@ from xmlx.repository import dispatch, work
 from xmlx.repository.dispatch import RunnableJob
 
 ALL_KINDS = frozenset(kind.value for kind in JobKind)
+log = logging.getLogger("xmlx.dispatch")
 _EPOCH = datetime.min.replace(tzinfo=utcnow().tzinfo)
 
 
@@ -66,17 +70,40 @@ def claim_next(
     max_retries: int,
     kinds: Collection[str] = ALL_KINDS,
     now: datetime | None = None,
+    job_lock_wait_seconds: float = 5.0,
 ) -> Claim:
-    """Lease the fairest chunk for `owner`; status NOTHING when no chunk can run."""
+    """Lease the fairest chunk for `owner`; status NOTHING when no chunk can run.
+
+    A job whose row another session holds longer than `job_lock_wait_seconds`
+    (PostgreSQL) is passed over for the next one: the holder may be a worker frozen
+    inside a transaction (a paused VM), which keeps the lock until the server ends its
+    session (`Settings.database_idle_transaction_timeout_seconds`), and every worker
+    waiting on it would idle that long. Healthy holders keep the row for milliseconds.
+    The passed-over job's chunks are woken again by the reconciler."""
     now = now or utcnow()
     for job_id in rank_jobs(sessions, kinds, now):
-        with session_scope(sessions) as session:
-            claim = _lease_in_job(
-                session, job_id, owner, now, lease_seconds, (max_attempts, max_retries)
-            )
+        try:
+            with session_scope(sessions) as session:
+                _limit_lock_wait(session, job_lock_wait_seconds)
+                claim = _lease_in_job(
+                    session, job_id, owner, now, lease_seconds, (max_attempts, max_retries)
+                )
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                raise
+            log.warning("job %s is locked by another session; serving the next job", job_id)
+            continue
         if claim is not None:
             return claim
     return Claim(ClaimStatus.NOTHING, "")
+
+
+LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock wait past `lock_timeout`
+
+
+def _limit_lock_wait(session: Session, seconds: float) -> None:
+    if seconds > 0 and session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL lock_timeout = {int(seconds * 1000)}"))
 
 
 def _lease_in_job(
